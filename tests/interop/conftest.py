@@ -1,0 +1,115 @@
+"""Fixtures that run real peers (SIPp, baresip, Kamailio) on 127.0.0.1, see README.md in this directory.
+
+A missing program skips the test, unless WEBGATE_REQUIRE_PEERS is set (CI sets it): then it fails.
+Every process a fixture starts is stopped (by PID) at teardown, and its logs are kept in tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from . import peers
+
+
+def require_program(program: str, package: str) -> str:
+    """Path of ``program``; skip (or fail when WEBGATE_REQUIRE_PEERS is set) when it is not installed."""
+    path = peers.which(program)
+    if path is None:
+        msg = f"{program} is not installed (apt-get install {package})"
+        if os.environ.get("WEBGATE_REQUIRE_PEERS"):
+            pytest.fail(msg + " and WEBGATE_REQUIRE_PEERS is set", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+def _report(request: pytest.FixtureRequest, started: list) -> None:
+    """On failure, print what each peer did (flows, errors, log tails) into the test report."""
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.failed:
+        return
+    for p in started:
+        if isinstance(p, peers.Sipp):
+            print(p.describe())
+        else:
+            print(f"--- {p.name} log tail ({getattr(p, 'log_path', '?')}):\n{p.log_tail(3000)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def sipp_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., peers.Sipp]]:
+    """``sipp_factory(scenario, remote=None, **kw) -> peers.Sipp`` (started).
+
+    ``scenario``: a path, a name under tests/interop/scenarios (``"uas_answer"``, ``"selftest/uac_auth"``) or
+    ``"builtin:uac"``. Keyword arguments are those of ``peers.Sipp`` (``keys``, ``rtp_echo``, ``service``,
+    ``duration_ms``, ``auth``, ``calls``, ``extra``, ports). Logs go to ``tmp_path/sipp``."""
+    require_program("sipp", "sip-tester")
+    started: list[peers.Sipp] = []
+
+    def make(scenario: str | Path, remote: str | None = None, **kw: object) -> peers.Sipp:
+        if isinstance(scenario, str) and not scenario.startswith("builtin:") and not Path(scenario).is_file():
+            scenario = peers.scenario(scenario)
+        s = peers.Sipp(scenario, tmp_path / "sipp", remote=remote, **kw)  # type: ignore[arg-type]
+        started.append(s)
+        return s
+
+    yield make
+    _report(request, started)
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def baresip_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., peers.Baresip]]:
+    """``baresip_factory(name="bob", **kw) -> peers.Baresip`` (started, ctrl_tcp connected).
+
+    ``kw``: ``wav`` (audio source, default a 440 Hz 48 kHz tone), ``audio_codecs`` ("pcmu,pcma"),
+    ``answermode`` ("auto"), ``registrar="127.0.0.1:PORT"`` + ``password`` (+ ``auth_user``, ``regint``) for a
+    registering account, ``extra_account_params``."""
+    require_program("baresip", "baresip-core")
+    started: list[peers.Baresip] = []
+
+    def make(name: str = "bob", **kw: object) -> peers.Baresip:
+        b = peers.Baresip(tmp_path, name, **kw)  # type: ignore[arg-type]
+        started.append(b)
+        return b
+
+    yield make
+    _report(request, started)
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def kamailio_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., peers.Kamailio]]:
+    """``kamailio_factory(users=None) -> peers.Kamailio`` (started). Default users: alice/alicepw, bob/bobpw,
+    gateway/gwpw."""
+    require_program("kamailio", "kamailio")
+    require_program("kamcmd", "kamailio")
+    started: list[peers.Kamailio] = []
+
+    def make(users: dict[str, str] | None = None) -> peers.Kamailio:
+        k = peers.Kamailio(tmp_path / f"k{len(started)}", users=users)
+        started.append(k)
+        return k
+
+    yield make
+    _report(request, started)
+    for k in started:
+        k.stop()
+
+
+@pytest.fixture
+def kamailio(kamailio_factory: Callable[..., peers.Kamailio]) -> peers.Kamailio:
+    """A running Kamailio registrar/proxy with the default users (``.domain``, ``.uri(user)``,
+    ``.registered_contacts(user)``)."""
+    return kamailio_factory()

@@ -1,0 +1,195 @@
+"""RTP/RTCP sockets: a port-pair pool and one shared 20 ms media clock."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import protocol, task
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from webgate.media.stream import RtpAudioStream
+
+log = Logger()
+
+
+class NoPortsAvailable(Exception):
+    pass
+
+
+class _Socket(protocol.DatagramProtocol):
+    noisy = False
+
+    def __init__(self, endpoint: "RtpEndpoint", rtcp: bool) -> None:
+        self.endpoint = endpoint
+        self.rtcp = rtcp
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        ep = self.endpoint
+        stream = ep.stream
+        if stream is None:
+            return
+        try:
+            now = ep.pool.reactor.seconds()
+            if self.rtcp:
+                stream.rtcp_received(data, (addr[0], addr[1]), now)
+            else:
+                stream.datagram_received(data, (addr[0], addr[1]), now)
+        except Exception:
+            log.failure("RTP packet handling failed on port {port}", port=ep.rtp_port)
+
+
+class RtpEndpoint:
+    """An even/odd UDP port pair bound for one call leg."""
+
+    def __init__(self, pool: "RtpPortPool", rtp_port: int) -> None:
+        self.pool = pool
+        self.rtp_port = rtp_port
+        self.rtcp_port = rtp_port + 1
+        self.stream: RtpAudioStream | None = None
+        self._rtp = _Socket(self, False)
+        self._rtcp = _Socket(self, True)
+        self._listeners: list[Any] = []
+        self.released = False
+
+    def bind(self) -> None:
+        r = self.pool.reactor
+        a = r.listenUDP(self.rtp_port, self._rtp, interface=self.pool.bind_host)
+        try:
+            b = r.listenUDP(self.rtcp_port, self._rtcp, interface=self.pool.bind_host)
+        except CannotListenError:
+            a.stopListening()
+            raise
+        self._listeners = [a, b]
+
+    def send_rtp(self, data: bytes, dest: tuple[str, int]) -> None:
+        if self._rtp.transport is not None:
+            try:
+                self._rtp.transport.write(data, dest)
+            except OSError as e:
+                log.debug("RTP send to {dest} failed: {e}", dest=dest, e=e)
+
+    def send_rtcp(self, data: bytes, dest: tuple[str, int]) -> None:
+        if self._rtcp.transport is not None:
+            try:
+                self._rtcp.transport.write(data, dest)
+            except OSError as e:
+                log.debug("RTCP send to {dest} failed: {e}", dest=dest, e=e)
+
+    def make_stream(self, **kwargs: Any) -> RtpAudioStream:
+        self.stream = RtpAudioStream(self.send_rtp, self.send_rtcp, **kwargs)
+        self.pool.clock.add(self.stream)
+        return self.stream
+
+    def release(self) -> None:
+        self.pool.release(self)
+
+
+class MediaClock:
+    """One LoopingCall ticking every live stream every 20 ms (not one timer per call)."""
+
+    def __init__(self, reactor: Any, interval: float = 0.02) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self.streams: list[RtpAudioStream] = []
+        self.tickers: list[Callable[[float], None]] = []
+        self._loop: task.LoopingCall | None = None
+
+    def add(self, stream: RtpAudioStream) -> None:
+        self.streams.append(stream)
+        self._ensure()
+
+    def remove(self, stream: RtpAudioStream) -> None:
+        if stream in self.streams:
+            self.streams.remove(stream)
+        self._maybe_stop()
+
+    def add_ticker(self, fn: Callable[[float], None]) -> None:
+        self.tickers.append(fn)
+        self._ensure()
+
+    def remove_ticker(self, fn: Callable[[float], None]) -> None:
+        if fn in self.tickers:
+            self.tickers.remove(fn)
+        self._maybe_stop()
+
+    def _ensure(self) -> None:
+        if self._loop is None:
+            self._loop = task.LoopingCall(self._tick)
+            self._loop.clock = self.reactor
+            self._loop.start(self.interval, now=False)
+
+    def _maybe_stop(self) -> None:
+        if not self.streams and not self.tickers and self._loop is not None:
+            if self._loop.running:
+                self._loop.stop()
+            self._loop = None
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        for fn in list(self.tickers):
+            try:
+                fn(now)
+            except Exception:
+                log.failure("media ticker failed")
+        for s in list(self.streams):
+            try:
+                s.tick(now)
+            except Exception:
+                log.failure("media stream tick failed ({label})", label=s.label)
+
+    def stop(self) -> None:
+        self.streams.clear()
+        self.tickers.clear()
+        self._maybe_stop()
+
+
+class RtpPortPool:
+    def __init__(self, reactor: Any, bind_host: str, port_min: int, port_max: int) -> None:
+        if port_min % 2:
+            port_min += 1
+        self.reactor = reactor
+        self.bind_host = bind_host
+        self.port_min = port_min
+        self.port_max = port_max
+        self.in_use: dict[int, RtpEndpoint] = {}
+        self._cursor = port_min
+        self.clock = MediaClock(reactor)
+
+    @property
+    def capacity(self) -> int:
+        return (self.port_max - self.port_min + 1) // 2
+
+    def allocate(self) -> RtpEndpoint:
+        n = self.capacity
+        for _ in range(n):
+            port = self._cursor
+            self._cursor += 2
+            if self._cursor + 1 > self.port_max:
+                self._cursor = self.port_min
+            if port in self.in_use or port + 1 > self.port_max:
+                continue
+            ep = RtpEndpoint(self, port)
+            try:
+                ep.bind()
+            except CannotListenError:
+                continue
+            self.in_use[port] = ep
+            return ep
+        raise NoPortsAvailable(f"no free RTP port pair in {self.port_min}-{self.port_max}")
+
+    def release(self, ep: RtpEndpoint) -> None:
+        if ep.released:
+            return
+        ep.released = True
+        if ep.stream is not None:
+            ep.stream.close()
+            self.clock.remove(ep.stream)
+            ep.stream = None
+        for lp in ep._listeners:
+            try:
+                lp.stopListening()
+            except Exception:
+                log.failure("stopListening on RTP port failed")
+        ep._listeners = []
+        self.in_use.pop(ep.rtp_port, None)

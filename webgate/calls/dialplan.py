@@ -1,0 +1,104 @@
+"""The dial plan: which destinations may be called, and how they map to SIP targets.
+
+Nothing here lets an unconfigured gateway call a real phone: with no ``[[route]]`` only
+the built-in destinations (``echo``, ``tone``) resolve; everything else is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from webgate.calls import errors
+from webgate.calls.errors import CallRefused
+from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.sip.message import SipURI, check_user
+from webgate.proto.sip.useragent import Credentials
+
+# What a client may type as a destination: a dial string, not a URI.
+_DEST_RE = re.compile(r"^[A-Za-z0-9+*#._\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    destination: str  # what the client asked for
+    target: SipURI  # the Request-URI to INVITE
+    builtin: str | None = None  # "echo" / "tone" for the built-in destinations
+    trunk_name: str | None = None
+    public: bool = False
+    max_duration_s: int = 0
+    credentials: Credentials | None = field(default=None, repr=False)
+    transport: str = "udp"
+    dtmf_mode: str = "rfc4733"
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722", "opus")
+    headers: tuple[tuple[str, str], ...] = ()
+    from_user: str = ""
+    from_display: str = ""
+
+
+def validate_destination(destination: object) -> str:
+    if not isinstance(destination, str) or not _DEST_RE.match(destination):
+        raise CallRefused(
+            errors.INVALID_DESTINATION,
+            "destination must be 1-64 characters of letters, digits, + * # . _ -",
+            484,
+        )
+    return destination
+
+
+class DialPlan:
+    def __init__(
+        self,
+        routes: Sequence[Any] = (),
+        trunks: Sequence[Any] = (),
+        builtin: dict[str, str] | None = None,
+        builtin_target: SipURI | None = None,
+    ) -> None:
+        """``routes``/``trunks`` are config objects (see webgate.config); ``builtin`` maps a
+        destination name ("echo") to its kind ("echo"/"tone"); ``builtin_target`` is the
+        gateway's own SIP address on loopback that answers them."""
+        self.trunks = {t.name: t for t in trunks}
+        self.routes = [(re.compile(r.pattern), r) for r in routes]
+        self.builtin = dict(builtin or {})
+        self.builtin_target = builtin_target
+
+    def resolve(self, destination: object) -> RouteDecision:
+        dest = validate_destination(destination)
+        kind = self.builtin.get(dest)
+        if kind is not None and self.builtin_target is not None:
+            target = self.builtin_target.copy(user=kind)
+            return RouteDecision(dest, target, builtin=kind, public=True, transport=target.transport)
+        for rx, route in self.routes:
+            m = rx.fullmatch(dest)
+            if m is None:
+                continue
+            trunk = self.trunks[route.trunk]
+            args = [m.group(0), *[g or "" for g in m.groups()]]
+            try:
+                user = route.rewrite.format(*args, dest=dest, **{k: v or "" for k, v in m.groupdict().items()})
+                check_user(user, "rewritten destination")
+                base = SipURI.parse(str(getattr(trunk.target, "text", trunk.target)))
+            except (LocalProtocolError, RemoteProtocolError, IndexError, KeyError, ValueError) as e:
+                raise CallRefused(errors.INVALID_DESTINATION, f"dial plan rewrite failed: {e}", 484) from None
+            target = base.copy(user=user)
+            if trunk.transport != "udp":
+                target.params["transport"] = trunk.transport
+            creds = None
+            if trunk.username or trunk.auth_username:
+                creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm)
+            return RouteDecision(
+                dest,
+                target,
+                trunk_name=trunk.name,
+                public=bool(route.public),
+                max_duration_s=int(route.max_duration_s),
+                credentials=creds,
+                transport=trunk.transport,
+                dtmf_mode=trunk.dtmf,
+                codecs=tuple(trunk.codecs),
+                headers=tuple((str(k), str(v)) for k, v in dict(trunk.headers).items()),
+                from_user=trunk.from_user,
+                from_display=trunk.from_display,
+            )
+        raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"destination {dest!r} is not allowed by the dial plan", 403)

@@ -1,0 +1,496 @@
+"""The call manager: places calls for ingress legs, relays SIP events, and answers the
+built-in destinations (``echo``, ``tone``) as a real SIP UAS on loopback."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from webgate.adapters.rtp import NoPortsAvailable, RtpEndpoint, RtpPortPool
+from webgate.adapters.sip import SipTransport
+from webgate.calls import errors
+from webgate.calls.call import Call, CallState, IngressLeg
+from webgate.calls.dialplan import DialPlan, RouteDecision
+from webgate.calls.errors import CallRefused
+from webgate.calls.registry import CallRegistry
+from webgate.calls.session_id import SessionIdAllocator, SessionIdError
+from webgate.media.tones import ToneGenerator
+from webgate.proto import sdp
+from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.sip.message import SipURI, check_display_name, check_user, format_host
+from webgate.proto.sip.useragent import (
+    Answered,
+    Confirmed,
+    DtmfInfo,
+    EndCause,
+    Ended,
+    Event,
+    IncomingCall,
+    InviteSession,
+    OfferReceived,
+    Progress,
+    Registered,
+    RegistrationFailed,
+    UserAgent,
+)
+
+log = Logger()
+
+CODECS_BY_NAME = {
+    "pcmu": sdp.PCMU,
+    "pcma": sdp.PCMA,
+    "g722": sdp.G722,
+    "opus": sdp.OPUS,
+    "gsm": sdp.GSM,
+    "speex": sdp.SPEEX_8K,
+}
+
+# the end causes a client sees (documented in docs/protocol.md)
+_CAUSES = {
+    EndCause.LOCAL_HANGUP: "local_hangup",
+    EndCause.REMOTE_HANGUP: "remote_hangup",
+    EndCause.CANCELLED: "cancelled",
+    EndCause.REMOTE_CANCELLED: "cancelled",
+    EndCause.REJECTED: "rejected",
+    EndCause.DECLINED: "rejected",
+    EndCause.TIMEOUT: "timeout",
+    EndCause.AUTH_FAILED: "auth_failed",
+    EndCause.NO_ACK: "no_ack",
+    EndCause.TRANSPORT_ERROR: "network_error",
+    EndCause.PROTOCOL_ERROR: "protocol_error",
+}
+
+
+def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = None) -> list[sdp.Codec]:
+    order = list(prefer or []) + [n for n in names if n not in (prefer or [])]
+    out: list[sdp.Codec] = []
+    for n in order:
+        c = CODECS_BY_NAME.get(n.lower())
+        if c is not None and c not in out:
+            out.append(c)
+    return out
+
+
+class BuiltinCall:
+    """A call answered by the gateway itself (echo or tone)."""
+
+    def __init__(self, kind: str, session: InviteSession, endpoint: RtpEndpoint) -> None:
+        self.kind = kind
+        self.session = session
+        self.endpoint = endpoint
+        self.ticker: Callable[[float], None] | None = None
+
+
+class CallManager:
+    def __init__(
+        self,
+        reactor: Any,
+        ua: UserAgent,
+        transport: SipTransport,
+        rtp_pool: RtpPortPool,
+        dialplan: DialPlan,
+        registry: CallRegistry,
+        session_ids: SessionIdAllocator,
+        *,
+        rtp_advertise: str,
+        session_header: str = "X-Session-ID",
+        session_mode: str = "header",
+        from_domain: str = "",
+        max_calls: int = 100,
+        max_call_duration_s: int = 3600,
+        builtin_names: dict[str, str] | None = None,
+        tone_hz: int = 1000,
+        jitter_min_ms: int = 20,
+        jitter_max_ms: int = 200,
+    ) -> None:
+        self.reactor = reactor
+        self.ua = ua
+        self.transport = transport
+        self.rtp_pool = rtp_pool
+        self.dialplan = dialplan
+        self.registry = registry
+        self.session_ids = session_ids
+        self.rtp_advertise = rtp_advertise
+        self.session_header = session_header
+        self.session_mode = session_mode
+        self.from_domain = from_domain
+        self.max_calls = max_calls
+        self.max_call_duration_s = max_call_duration_s
+        self.builtin_names = dict(builtin_names or {})  # SIP user -> kind
+        self.tone_hz = tone_hz
+        self.jitter = (jitter_min_ms, jitter_max_ms)
+        self.builtin_calls: dict[str, BuiltinCall] = {}
+        self.accepting = True
+        self.counters: dict[str, int] = {"calls_placed": 0, "calls_refused": 0, "packet_path": 0, "frame_path": 0}
+        self.on_call_ended: list[Callable[[Call], None]] = []
+
+    # ------------------------------------------------------------------------------------
+    # placing calls
+
+    def place_call(
+        self,
+        leg: IngressLeg,
+        destination: object,
+        *,
+        session_id: str | None = None,
+        display_name: str | None = None,
+        caller_id: str | None = None,
+        prefer_codecs: list[str] | None = None,
+        identity: str | None = None,
+        route: RouteDecision | None = None,
+        max_duration_s: int | None = None,
+    ) -> Call:
+        """Start a call toward ``destination``. Raises :class:`CallRefused` with a stable code."""
+        if not self.accepting:
+            raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
+        if route is None:
+            route = self.dialplan.resolve(destination)
+        if display_name is not None:
+            try:
+                check_display_name(display_name)
+            except LocalProtocolError as e:
+                raise CallRefused(errors.INVALID_DISPLAY_NAME, e.message) from None
+        if caller_id is not None:
+            try:
+                check_user(caller_id, "caller ID")
+            except LocalProtocolError as e:
+                raise CallRefused(errors.INVALID_DESTINATION, e.message) from None
+        if len(self.registry) >= self.max_calls:
+            raise CallRefused(errors.TOO_MANY_CALLS, "the gateway is at its call limit", 503)
+        try:
+            sid = self.session_ids.allocate(session_id)
+        except SessionIdError as e:
+            raise CallRefused(e.code, e.message) from None
+        try:
+            endpoint = self.rtp_pool.allocate()
+        except NoPortsAvailable:
+            self.session_ids.release(sid)
+            raise CallRefused(errors.NO_MEDIA_PORTS, "no free media ports", 503) from None
+
+        call = Call(self, leg, sid, route, identity)
+        call.rtp = endpoint
+        stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=sid)
+        call.stream = stream
+        stream.on_audio = lambda pcm, rate: self._audio_to_leg(call, pcm, rate)
+        stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
+
+        codecs = sdp_codecs(route.codecs, prefer_codecs) + [sdp.TELEPHONE_EVENT]
+        offer = sdp.build_offer(codecs, self.rtp_advertise, endpoint.rtp_port, secrets.randbelow(2**31))
+        call.offer_sdp = offer
+
+        headers = list(route.headers)
+        from_user = route.from_user or "webgate"
+        pai = None
+        domain = self.from_domain or None
+        if self.session_mode in ("header", "both"):
+            headers.append((self.session_header, sid))
+        if self.session_mode in ("caller_id", "both"):
+            from_user = sid
+            pai = f"<sip:{sid}@{domain or format_host(self._sip_host(route))}>"
+        if caller_id:
+            from_user = caller_id if self.session_mode == "header" else from_user
+        now = self.reactor.seconds()
+        try:
+            session = self.ua.invite(
+                route.target,
+                offer.serialize(),
+                now,
+                from_user=from_user,
+                from_display=display_name or route.from_display or None,
+                from_domain=domain,
+                headers=headers,
+                asserted_identity=pai,
+                credentials=route.credentials,
+                transport=route.transport if route.builtin is None else None,
+            )
+        except LocalProtocolError as e:
+            endpoint.release()
+            self.session_ids.release(sid)
+            raise CallRefused(errors.INVALID_DESTINATION, e.message) from None
+        call.sip = session
+        session.user_data = call
+        call.times.invite_sent_mono = time.monotonic()
+        self.registry.add(call)
+        self.registry.bind_sip_call_id(call, session.call_id)
+        self.counters["calls_placed"] += 1
+        limit = max_duration_s or route.max_duration_s or self.max_call_duration_s
+        if limit:
+            call.duration_timer = self.reactor.callLater(limit, self.hangup, call, "max_duration")
+        log.info(
+            "call {session_id}: {ingress} {client} -> {destination} ({target})",
+            session_id=sid,
+            ingress=leg.kind,
+            client=leg.client,
+            destination=route.destination,
+            target=str(route.target),
+        )
+        self.transport.flush()
+        return call
+
+    def _sip_host(self, route: RouteDecision) -> str:
+        ep = self.ua.config.endpoints.get(route.transport) or next(iter(self.ua.config.endpoints.values()))
+        return ep.host
+
+    def hangup(self, call: Call, cause: str = "client_hangup") -> None:
+        if call.state is CallState.ENDED:
+            return
+        if call.sip is not None:
+            call.sip.hangup()
+            self.transport.flush()
+        self._finish(call, cause, None, notify_leg=cause not in ("client_hangup",))
+
+    def send_dtmf(self, call: Call, digits: str, duration_ms: int = 160) -> None:
+        """DTMF toward SIP: RFC 4733 when negotiated and configured, else SIP INFO."""
+        if call.state is CallState.ENDED or call.sip is None:
+            return
+        for d in digits:
+            if d.upper() not in "0123456789*#ABCD":
+                raise CallRefused("invalid_dtmf", f"invalid DTMF digit {d!r}")
+        for d in digits:
+            call.dtmf_sent.append(d)
+            use_info = call.route.dtmf_mode == "info"
+            if not use_info and call.stream is not None and call.stream.send_dtmf(d, duration_ms):
+                continue
+            if call.state is CallState.ANSWERED:
+                try:
+                    call.sip.send_info_dtmf(d, duration_ms)
+                except LocalProtocolError as e:
+                    log.warn("call {session_id}: INFO DTMF failed: {e}", session_id=call.session_id, e=e.message)
+        self.transport.flush()
+
+    # ------------------------------------------------------------------------------------
+    # media glue
+
+    def _audio_to_leg(self, call: Call, pcm: Any, rate: int) -> None:
+        if call.times.first_media_mono is None:
+            call.times.first_media_mono = time.monotonic()
+        try:
+            call.leg.audio_from_sip(call, pcm, rate)
+        except Exception:
+            log.failure("call {session_id}: ingress leg audio failed", session_id=call.session_id)
+
+    def _dtmf_to_leg(self, call: Call, digit: str, method: str) -> None:
+        call.dtmf_received.append(digit)
+        log.info("call {session_id}: DTMF {digit} from SIP ({method})", session_id=call.session_id, digit=digit, method=method)
+        try:
+            call.leg.dtmf_received(call, digit, method)
+        except Exception:
+            log.failure("call {session_id}: ingress leg DTMF failed", session_id=call.session_id)
+
+    def _apply_remote_sdp(self, call: Call, body: bytes | None) -> bool:
+        if not body or call.stream is None:
+            return False
+        try:
+            nm = sdp.apply_answer(call.offer_sdp, sdp.parse_sdp(body))
+        except (RemoteProtocolError, LocalProtocolError) as e:
+            log.warn("call {session_id}: unusable SDP answer: {e}", session_id=call.session_id, e=e.message)
+            return False
+        call.stream.configure(nm)
+        call.codec = nm.codec.name
+        self._choose_path(call)
+        return True
+
+    def _choose_path(self, call: Call) -> None:
+        leg = call.leg
+        packet_codecs = getattr(leg, "packet_codecs", ())
+        sink = getattr(leg, "payload_from_sip", None)
+        if call.codec and call.codec.upper() in [c.upper() for c in packet_codecs] and sink is not None and call.stream:
+            if call.media_path != "packet":
+                call.media_path = "packet"
+                self.counters["packet_path"] += 1
+                call.stream.on_payload = lambda payload, samples, pkt: sink(call, payload, samples)
+        elif call.media_path is None:
+            call.media_path = "frame"
+            self.counters["frame_path"] += 1
+
+    # ------------------------------------------------------------------------------------
+    # SIP events
+
+    def handle_sip_event(self, ev: Event) -> None:
+        if isinstance(ev, (Registered, RegistrationFailed)):
+            if isinstance(ev, Registered):
+                log.info("registered {aor} for {expires} s", aor=str(ev.registration.aor), expires=ev.expires)
+            else:
+                log.warn("registration of {aor} failed: {status} {reason}", aor=str(ev.registration.aor), status=ev.status, reason=ev.reason)
+            return
+        session = ev.session
+        owner = session.user_data
+        if isinstance(owner, BuiltinCall) or (isinstance(ev, IncomingCall)):
+            self._builtin_event(ev)
+            return
+        if not isinstance(owner, Call):
+            return
+        call = owner
+        if isinstance(ev, Progress):
+            has_media = self._apply_remote_sdp(call, ev.sdp) if ev.sdp else False
+            state = CallState.EARLY_MEDIA if has_media else CallState.RINGING
+            if call.state in (CallState.CALLING, CallState.RINGING) or (state is CallState.EARLY_MEDIA and call.state is not CallState.EARLY_MEDIA):
+                call.state = state
+                log.info("call {session_id}: {status} {state}", session_id=call.session_id, status=ev.status, state=state.value)
+                self._notify(call, state)
+        elif isinstance(ev, Answered):
+            self._apply_remote_sdp(call, ev.sdp)
+            call.state = CallState.ANSWERED
+            call.times.answered = time.time()
+            log.info("call {session_id}: answered, codec {codec}, {path} path", session_id=call.session_id, codec=call.codec, path=call.media_path)
+            self._notify(call, CallState.ANSWERED)
+        elif isinstance(ev, Ended):
+            cause = _CAUSES.get(ev.end.cause, "ended")
+            self._finish(call, cause, ev.end.status, notify_leg=True)
+        elif isinstance(ev, DtmfInfo):
+            self._dtmf_to_leg(call, ev.digit, "info")
+        elif isinstance(ev, OfferReceived):
+            self._answer_reoffer(session, call.stream, call.rtp, call)
+
+    def _answer_reoffer(self, session: InviteSession, stream: Any, endpoint: RtpEndpoint | None, call: Call | None) -> None:
+        offer = session.pending_offer_txn.request.body if session.pending_offer_txn is not None else b""
+        if not offer or endpoint is None or stream is None or stream.media is None:
+            session.answer_offer(session.local_sdp)
+            self.transport.flush()
+            return
+        try:
+            current = stream.media.codec
+            supported = [current.with_payload_type(None) if False else sdp.Codec(current.name, current.clock_rate, current.channels, current.fmtp)]
+            supported += [c for c in (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS) if not c.matches(current)]
+            supported.append(sdp.TELEPHONE_EVENT)
+            version = getattr(session, "_sdp_version", 1) + 1
+            session._sdp_version = version  # type: ignore[attr-defined]
+            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port,
+                                              session_id=getattr(session, "_sdp_sid", 1), session_version=version)
+        except RemoteProtocolError as e:
+            session.answer_offer(None, status=e.status_hint or 488)
+            self.transport.flush()
+            return
+        stream.configure(nm)
+        if call is not None:
+            call.codec = nm.codec.name
+            log.info("call {session_id}: re-offer answered ({direction}, hold={hold})", session_id=call.session_id, direction=nm.direction, hold=nm.on_hold)
+        session.answer_offer(answer.serialize())
+        self.transport.flush()
+
+    def _notify(self, call: Call, state: CallState) -> None:
+        try:
+            call.leg.call_progress(call, state)
+        except Exception:
+            log.failure("call {session_id}: ingress leg progress failed", session_id=call.session_id)
+
+    def _finish(self, call: Call, cause: str, status: int | None, notify_leg: bool) -> None:
+        if call.state is CallState.ENDED:
+            return
+        call.state = CallState.ENDED
+        call.end_cause = cause
+        call.end_status = status
+        call.times.ended = time.time()
+        if call.duration_timer is not None and call.duration_timer.active():
+            call.duration_timer.cancel()
+        call.duration_timer = None
+        if call.rtp is not None:
+            call.rtp.release()
+        self.registry.remove(call)
+        self.session_ids.release(call.session_id)
+        log.info("call {session_id}: ended ({cause}, {status})", session_id=call.session_id, cause=cause, status=status)
+        if notify_leg:
+            try:
+                call.leg.call_ended(call, cause, status)
+            except Exception:
+                log.failure("call {session_id}: ingress leg end failed", session_id=call.session_id)
+        for fn in list(self.on_call_ended):
+            try:
+                fn(call)
+            except Exception:
+                log.failure("call-ended hook failed")
+
+    # ------------------------------------------------------------------------------------
+    # built-in destinations (the gateway as UAS)
+
+    def _builtin_event(self, ev: Event) -> None:
+        if isinstance(ev, IncomingCall):
+            user = ev.request.uri.user or ""
+            kind = self.builtin_names.get(user)
+            if kind is None:
+                ev.session.reject(404, "Not Found")
+                self.transport.flush()
+                return
+            self._answer_builtin(kind, ev.session, ev.offer)
+            return
+        bc = ev.session.user_data
+        if not isinstance(bc, BuiltinCall):
+            return
+        if isinstance(ev, Ended):
+            self._end_builtin(bc)
+        elif isinstance(ev, DtmfInfo):
+            if bc.kind == "echo":
+                try:
+                    bc.session.send_info_dtmf(ev.digit, ev.duration_ms)
+                except LocalProtocolError:
+                    pass
+                self.transport.flush()
+        elif isinstance(ev, OfferReceived):
+            self._answer_reoffer(bc.session, bc.endpoint.stream, bc.endpoint, None)
+        elif isinstance(ev, Confirmed):
+            pass
+
+    def _answer_builtin(self, kind: str, session: InviteSession, offer: bytes | None) -> None:
+        if not offer:
+            session.reject(488, "Not Acceptable Here")
+            self.transport.flush()
+            return
+        try:
+            endpoint = self.rtp_pool.allocate()
+        except NoPortsAvailable:
+            session.reject(503, "Service Unavailable")
+            self.transport.flush()
+            return
+        supported = [sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS, sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
+        sid = secrets.randbelow(2**31)
+        try:
+            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port, session_id=sid)
+        except RemoteProtocolError as e:
+            endpoint.release()
+            session.reject(e.status_hint or 488)
+            self.transport.flush()
+            return
+        session._sdp_sid = sid  # type: ignore[attr-defined]
+        stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=f"builtin-{kind}")
+        stream.configure(nm)
+        bc = BuiltinCall(kind, session, endpoint)
+        session.user_data = bc
+        self.builtin_calls[session.call_id] = bc
+        if kind == "echo":
+            # the caller's audio goes straight back (packet path) and so do its digits
+            stream.on_payload = lambda payload, samples, pkt: stream.send_payload(payload, samples)
+            stream.on_dtmf = lambda digit, dur: stream.send_dtmf(digit, dur)
+        else:
+            info = stream.codec
+            assert info is not None
+            gen = ToneGenerator(float(self.tone_hz), info.sample_rate, 0.4)
+
+            def tick(now: float) -> None:
+                stream.send_pcm(gen.frame(20), info.sample_rate)
+
+            bc.ticker = tick
+            self.rtp_pool.clock.add_ticker(tick)
+        session.answer(answer.serialize())
+        self.transport.flush()
+        log.info("built-in {kind} answered {call_id} ({codec})", kind=kind, call_id=session.call_id, codec=nm.codec.name)
+
+    def _end_builtin(self, bc: BuiltinCall) -> None:
+        if bc.ticker is not None:
+            self.rtp_pool.clock.remove_ticker(bc.ticker)
+            bc.ticker = None
+        bc.endpoint.release()
+        self.builtin_calls.pop(bc.session.call_id, None)
+
+    # ------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop taking calls and end every live one with BYE/CANCEL."""
+        self.accepting = False
+        for call in list(self.registry):
+            self.hangup(call, "shutdown")
+        for bc in list(self.builtin_calls.values()):
+            bc.session.hangup()
+            self._end_builtin(bc)
+        self.transport.flush()

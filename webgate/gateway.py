@@ -1,0 +1,200 @@
+"""The gateway service: one ``MultiService`` that owns every listener and component.
+
+``build_gateway(config)`` builds it; twistd's ``makeService`` (webgate/tap.py) returns
+it. Today it holds the HTTP listener only. Extension points for the components other
+issues add:
+
+- ``gateway.sip`` — the SIP user agent (adapters), ``None`` until built;
+- ``gateway.registry`` — the call registry (calls/); ``health()["calls"]`` counts it
+  with ``len()``;
+- ``gateway.rtp_ports`` — the RTP port-pair pool;
+- ``gateway.add_listener(name, kind, address, target)`` — a TCP/UDP/TLS listener that
+  is a child service (opened in ``privilegedStartService``, closed on stop);
+  ``gateway.listening_address(name)`` gives the bound address (useful with port 0);
+- ``gateway.site`` — the twisted.web Site; add resources with
+  ``gateway.site.resource.putChild(b"api", ...)``;
+- ``gateway.drain()`` — awaited on shutdown after ``shutting_down`` is set (health
+  answers 503) and before listeners close: hang up / wait for calls there.
+
+Add components as child services (``svc.setServiceParent(gateway)``) so they start
+and stop with the gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from webgate import __version__
+from webgate.config import Config, HostPort
+from webgate.web.site import make_site
+
+__all__ = ["Gateway", "ListenError", "Listener", "build_gateway"]
+
+log = Logger()
+
+ListenerKind = Literal["tcp", "udp", "tls"]
+
+
+class ListenError(RuntimeError):
+    """A listener could not open its socket (address in use, not local, no permission)."""
+
+
+class Listener(service.Service):
+    """A listening socket as a service: TCP/TLS (a factory) or UDP (a protocol)."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: ListenerKind,
+        address: HostPort,
+        target: Any,
+        reactor: Any,
+        tls_context: Any = None,
+    ) -> None:
+        self.setName(name)
+        self.kind = kind
+        self.address = address
+        self.target = target
+        self.reactor = reactor
+        self.tls_context = tls_context
+        self.port: IListeningPort | None = None
+
+    def _listen(self) -> None:
+        host, port = self.address.host, self.address.port
+        try:
+            if self.kind == "tcp":
+                self.port = self.reactor.listenTCP(port, self.target, interface=host)
+            elif self.kind == "udp":
+                self.port = self.reactor.listenUDP(port, self.target, interface=host)
+            elif self.kind == "tls":
+                self.port = self.reactor.listenSSL(port, self.target, self.tls_context, interface=host)
+            else:
+                raise ValueError(f"unknown listener kind {self.kind!r}")
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise ListenError(f"{self.name}: cannot listen on {self.kind} {self.address}: {reason}") from e
+        log.info("{name} listening on {kind} {address}", name=self.name, kind=self.kind, address=self.bound)
+
+    def privilegedStartService(self) -> None:
+        # twistd opens ports here, before it drops privileges (--uid/--gid).
+        if self.port is None:
+            self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.port is None:
+            self._listen()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return maybeDeferred(port.stopListening)
+
+    @property
+    def bound(self) -> HostPort | None:
+        """The address actually bound (port 0 resolved), or None when not listening."""
+        if self.port is None:
+            return None
+        h = self.port.getHost()
+        return HostPort(h.host, h.port)
+
+
+class Gateway(service.MultiService):
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.setName("webgate")
+        self.config = config
+        self.reactor = reactor
+        self.started_at: float | None = None
+        self.shutting_down = False
+        self.listeners: dict[str, Listener] = {}
+        self.site: Any = None
+        # Extension points, filled in by later issues (see the module docstring).
+        self.sip: Any = None
+        self.registry: Any = None
+        self.rtp_ports: Any = None
+
+    # -- building
+
+    def add_listener(
+        self,
+        name: str,
+        kind: ListenerKind,
+        address: HostPort,
+        target: Any,
+        tls_context: Any = None,
+    ) -> Listener:
+        """Add a listener child service; ``target`` is a factory (tcp/tls) or protocol (udp)."""
+        if name in self.listeners:
+            raise ValueError(f"duplicate listener {name!r}")
+        listener = Listener(name, kind, address, target, self.reactor, tls_context)
+        listener.setServiceParent(self)
+        self.listeners[name] = listener
+        return listener
+
+    def listening_address(self, name: str) -> HostPort | None:
+        listener = self.listeners.get(name)
+        return listener.bound if listener is not None else None
+
+    # -- state
+
+    def health(self) -> dict[str, Any]:
+        """Health for ``GET /health`` (and monitoring): cheap, no secrets."""
+        uptime = 0.0 if self.started_at is None else self.reactor.seconds() - self.started_at
+        return {
+            "status": "shutting_down" if self.shutting_down else "ok",
+            "version": __version__,
+            "reactor": type(self.reactor).__name__,
+            "uptime_s": round(uptime, 3),
+            "calls": len(self.registry) if self.registry is not None else 0,
+            "listeners": {name: str(l.bound or l.address) for name, l in self.listeners.items()},
+        }
+
+    # -- lifecycle
+
+    def startService(self) -> None:
+        self.started_at = self.reactor.seconds()
+        self.shutting_down = False
+        log.info(
+            "webgate {version} starting on {reactor} (config {source})",
+            version=__version__,
+            reactor=type(self.reactor).__name__,
+            source=self.config.source,
+        )
+        super().startService()
+
+    async def drain(self) -> None:
+        """Wait for (or end) calls before the listeners close. No calls yet: nothing to do."""
+
+    async def _stop(self) -> None:
+        self.shutting_down = True
+        log.info("webgate shutting down")
+        await self.drain()
+        await maybeDeferred(super().stopService)
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+
+def build_gateway(config: Config, reactor: Any = None) -> Gateway:
+    """Build the gateway for ``config`` (not started). ``reactor`` defaults to the global one."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    gateway = Gateway(config, reactor)
+    gateway.site = make_site(gateway)
+    if config.http.listen is not None:
+        gateway.add_listener("http", "tcp", config.http.listen, gateway.site)
+    # SIP (udp/tcp/tls), RTMP and the RTP port pool are validated in config but not
+    # built yet: the issues that write webgate/adapters/ add them here.
+    return gateway

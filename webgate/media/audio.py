@@ -1,0 +1,216 @@
+"""PCM plumbing for the frame path: re-chunking, resampling, mixing.
+
+The internal audio format is PCM signed 16-bit mono as ``numpy.int16`` arrays at
+the codec's native rate.  Everything here is pure numpy (no PyAV), streaming and
+stateful where it must be, so a call's bridge can feed 20 ms frames one at a time
+and get output that is bit-identical to processing the whole signal at once.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "PCM",
+    "Framer",
+    "Resampler",
+    "apply_gain",
+    "as_pcm",
+    "db_to_gain",
+    "mix",
+    "silence",
+]
+
+PCM = npt.NDArray[np.int16]
+"""One block of PCM: 1-D ``int16`` samples, mono."""
+
+_FloatArray = npt.NDArray[np.float32]
+
+
+def as_pcm(data: npt.ArrayLike) -> PCM:
+    """Return ``data`` as a contiguous 1-D int16 array (no copy when it already is one).
+
+    Floats are taken as already scaled to the int16 range and are rounded and clipped.
+    """
+    arr = np.asarray(data)
+    out: PCM
+    if arr.dtype == np.int16:
+        out = np.ascontiguousarray(arr.reshape(-1))
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = np.clip(np.rint(arr.reshape(-1)), -32768, 32767).astype(np.int16)
+    else:
+        out = np.clip(arr.reshape(-1), -32768, 32767).astype(np.int16)
+    return out
+
+
+def silence(n_samples: int) -> PCM:
+    """``n_samples`` of digital silence."""
+    return np.zeros(max(0, n_samples), dtype=np.int16)
+
+
+def db_to_gain(db: float) -> float:
+    """Convert a level change in dB to a linear amplitude factor."""
+    return float(10.0 ** (db / 20.0))
+
+
+def apply_gain(pcm: PCM, gain: float) -> PCM:
+    """Scale ``pcm`` by a linear ``gain``, saturating at the int16 limits."""
+    if gain == 1.0:
+        return as_pcm(pcm)
+    scaled = np.asarray(pcm, dtype=np.float32) * np.float32(gain)
+    return as_pcm(scaled)
+
+
+def mix(*blocks: PCM) -> PCM:
+    """Sum PCM blocks sample by sample with saturation.
+
+    Blocks of different lengths are allowed; the result has the length of the
+    longest, shorter blocks counting as silence past their end.
+    """
+    if not blocks:
+        return silence(0)
+    length = max(len(b) for b in blocks)
+    acc = np.zeros(length, dtype=np.int32)
+    for block in blocks:
+        acc[: len(block)] += np.asarray(block, dtype=np.int32)
+    return np.clip(acc, -32768, 32767).astype(np.int16)
+
+
+class Framer:
+    """Re-chunk arbitrary-length PCM into fixed-size frames.
+
+    >>> f = Framer(160)
+    >>> [len(x) for x in f.push(np.zeros(400, np.int16))]
+    [160, 160]
+    >>> f.pending
+    80
+    """
+
+    def __init__(self, frame_samples: int) -> None:
+        if frame_samples <= 0:
+            raise ValueError("frame_samples must be positive")
+        self.frame_samples = frame_samples
+        self._buf: PCM = silence(0)
+
+    @property
+    def pending(self) -> int:
+        """Samples held back until a whole frame is available."""
+        return len(self._buf)
+
+    def push(self, pcm: PCM) -> list[PCM]:
+        """Add samples; return every whole frame now available (possibly none)."""
+        data = as_pcm(pcm)
+        if len(self._buf):
+            data = np.concatenate((self._buf, data))
+        n = self.frame_samples
+        whole = len(data) // n
+        frames = [data[i * n : (i + 1) * n].copy() for i in range(whole)]
+        self._buf = data[whole * n :].copy()
+        return frames
+
+    def flush(self, pad: bool = True) -> list[PCM]:
+        """Return the held-back tail: one frame padded with silence (``pad``) or as is."""
+        if not len(self._buf):
+            return []
+        tail = self._buf
+        self._buf = silence(0)
+        if pad:
+            tail = np.concatenate((tail, silence(self.frame_samples - len(tail))))
+        return [tail]
+
+    def reset(self) -> None:
+        """Drop any held-back samples."""
+        self._buf = silence(0)
+
+
+# --- resampling --------------------------------------------------------------------
+
+_ZERO_CROSSINGS = 16  # filter half-length, in zero crossings of the narrower band
+_KAISER_BETA = 8.6  # ~ -85 dB stop band
+_ROLLOFF = 0.92  # pass band edge as a fraction of the lower Nyquist frequency
+
+
+@lru_cache(maxsize=32)
+def _polyphase_bank(up: int, down: int) -> tuple[_FloatArray, int]:
+    """Windowed-sinc polyphase bank: array [phase, tap] (taps reversed) and taps per phase."""
+    factor = max(up, down)
+    taps = 2 * _ZERO_CROSSINGS * math.ceil(factor / up)  # taps per phase
+    length = taps * up
+    cutoff = _ROLLOFF * 0.5 / factor  # in cycles per sample at the up-sampled rate
+    centre = (length - 1) / 2.0
+    n = np.arange(length, dtype=np.float64) - centre
+    proto = 2.0 * cutoff * np.sinc(2.0 * cutoff * n) * np.kaiser(length, _KAISER_BETA)
+    proto *= up / proto.sum()  # unity DC gain after up-sampling
+    # Output sample y[m] at up-sampled position t = m*down uses x[i - k] * h[p + k*up]
+    # with i = t // up, p = t % up.  Store each phase's taps reversed so a window
+    # x[i-taps+1 .. i] multiplies element-wise.
+    bank = proto.reshape(taps, up).T[:, ::-1]
+    return np.ascontiguousarray(bank, dtype=np.float32), taps
+
+
+class Resampler:
+    """Streaming rational-ratio resampler (polyphase windowed sinc, pure numpy).
+
+    Feed any number of samples per call; output lengths vary by at most one
+    sample from ``len(input) * to_rate / from_rate`` but the concatenated output is
+    identical however the input was chunked, so frame boundaries never click.
+    The filter adds a fixed delay of :attr:`delay_samples` output samples.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise ValueError("sample rates must be positive")
+        self.from_rate = from_rate
+        self.to_rate = to_rate
+        g = math.gcd(from_rate, to_rate)
+        self._up = to_rate // g
+        self._down = from_rate // g
+        self._passthrough = self._up == self._down
+        if self._passthrough:
+            self._bank = np.zeros((1, 1), dtype=np.float32)
+            self._taps = 1
+        else:
+            self._bank, self._taps = _polyphase_bank(self._up, self._down)
+        # History: the last taps-1 input samples (starts as silence).
+        self._history = np.zeros(self._taps - 1, dtype=np.float32)
+        # Position of the next output, in 1/up input samples, relative to the
+        # first sample of the next input block.
+        self._pos = 0
+
+    @property
+    def delay_samples(self) -> float:
+        """Group delay of the filter, in output samples."""
+        if self._passthrough:
+            return 0.0
+        return (self._taps * self._up - 1) / 2.0 / self._down
+
+    def resample(self, pcm: PCM) -> PCM:
+        """Resample the next block of the stream."""
+        data = as_pcm(pcm)
+        if self._passthrough:
+            return data.copy()
+        n_in = len(data)
+        if n_in == 0:
+            return silence(0)
+        up, down = self._up, self._down
+        buf = np.concatenate((self._history, data.astype(np.float32)))
+        # Outputs whose newest input index (pos // up) falls inside this block.
+        limit = n_in * up  # exclusive bound on pos
+        n_out = max(0, -(-(limit - self._pos) // down))
+        positions = self._pos + down * np.arange(n_out, dtype=np.int64)
+        idx = positions // up  # index of the newest input sample, in the new block
+        phase = positions % up
+        windows = np.lib.stride_tricks.sliding_window_view(buf, self._taps)[idx]
+        out = np.einsum("nk,nk->n", windows, self._bank[phase])
+        self._pos = self._pos + n_out * down - limit
+        self._history = buf[len(buf) - (self._taps - 1) :].copy()
+        return as_pcm(out)
+
+    def reset(self) -> None:
+        """Forget the stream so far (history and phase)."""
+        self._history[:] = 0.0
+        self._pos = 0

@@ -1,0 +1,315 @@
+"""One RTP audio stream toward SIP: codec, jitter buffer, RFC 4733, RTCP, symmetric RTP.
+
+No sockets here: the adapter hands in datagrams and the time, and gives a ``send``
+callable. A shared 20 ms media clock calls :meth:`RtpAudioStream.tick`.
+
+Two media paths, kept apart (see docs/architecture.md):
+- *frame path*: :meth:`send_pcm` (resample -> encode -> packetize) and decoded PCM out
+  through ``on_audio``;
+- *packet path*: :meth:`send_payload` takes already-encoded payloads in the negotiated
+  codec, and ``on_payload`` hands received payloads out undecoded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from webgate.media.audio import PCM, Framer, Resampler
+from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec
+from webgate.proto import rtp
+from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.sdp import NegotiatedMedia
+
+HostPort = tuple[str, int]
+RTCP_INTERVAL = 5.0
+LATCH_IDLE_S = 2.0
+
+
+@dataclass
+class StreamStats:
+    packets_sent: int = 0
+    packets_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    packets_lost: int = 0
+    jitter_ms: float = 0.0
+    dtmf_sent: int = 0
+    dtmf_received: int = 0
+    bad_packets: int = 0
+    concealed: int = 0
+
+
+@dataclass
+class _Resamplers:
+    to_codec: dict[int, Resampler] = field(default_factory=dict)
+    from_codec: dict[int, Resampler] = field(default_factory=dict)
+
+
+class RtpAudioStream:
+    def __init__(
+        self,
+        send_rtp: Callable[[bytes, HostPort], None],
+        send_rtcp: Callable[[bytes, HostPort], None] | None = None,
+        *,
+        jitter_min_ms: int = 20,
+        jitter_max_ms: int = 200,
+        cname: str = "webgate",
+        label: str = "",
+    ) -> None:
+        self._send_rtp = send_rtp
+        self._send_rtcp = send_rtcp
+        self.jitter_min = jitter_min_ms / 1000.0
+        self.jitter_max = jitter_max_ms / 1000.0
+        self.cname = cname
+        self.label = label
+        self.stats = StreamStats()
+        self.media: NegotiatedMedia | None = None
+        self.codec: CodecInfo | None = None
+        self.encoder: Encoder | None = None
+        self.decoder: Decoder | None = None
+        self.sender: rtp.RtpSender | None = None
+        self.jitter: rtp.JitterBuffer | None = None
+        self.rx_stats: rtp.RtpStats | None = None
+        self.dtmf_rx: rtp.DtmfReceiver | None = None
+        self.remote: HostPort | None = None
+        self.remote_rtcp: HostPort | None = None
+        self._latched_at: float = 0.0
+        self._last_rx: float = 0.0
+        self._framer: Framer | None = None
+        self._resamplers = _Resamplers()
+        self._dtmf_queue: list[rtp.RtpPacket] = []
+        self._pending_digits: list[tuple[str, int]] = []
+        self._next_rtcp = 0.0
+        self.closed = False
+        # sinks (set by the call / built-in destination)
+        self.on_audio: Callable[[PCM, int], None] | None = None
+        self.on_payload: Callable[[bytes, int, rtp.RtpPacket], None] | None = None
+        self.on_dtmf: Callable[[str, int], None] | None = None
+        self.first_packet_at: float | None = None
+
+    # --- negotiation -----------------------------------------------------------------
+    def configure(self, media: NegotiatedMedia) -> None:
+        """(Re)configure from an offer/answer outcome; a codec change resets the codecs."""
+        c = media.codec
+        changed = self.media is None or self.media.codec != c
+        self.media = media
+        self.remote = (media.remote_address, media.remote_port) if media.remote_port else None
+        self.remote_rtcp = (media.remote_rtcp_address, media.remote_rtcp_port) if media.remote_rtcp_port else None
+        if changed:
+            info = get_codec(c.name, c.clock_rate, c.channels, c.fmtp)
+            self.codec = info
+            self.encoder = create_encoder(info) if info.can_encode else None
+            self.decoder = create_decoder(info) if info.can_decode else None
+            pt = c.payload_type if c.payload_type is not None else 0
+            if self.sender is None:
+                self.sender = rtp.RtpSender(pt, info.rtp_clock_rate)
+            else:
+                self.sender.payload_type = pt
+                self.sender.clock_rate = info.rtp_clock_rate
+            self.jitter = rtp.JitterBuffer(info.rtp_clock_rate, ptime=0.02, min_delay=self.jitter_min, max_delay=self.jitter_max)
+            self.rx_stats = rtp.RtpStats(info.rtp_clock_rate)
+            self._framer = Framer(info.frame_samples)
+            self._resamplers = _Resamplers()
+        te_rate = media.telephone_event_clock_rate or (self.codec.rtp_clock_rate if self.codec else 8000)
+        self.dtmf_rx = rtp.DtmfReceiver(te_rate)
+
+    @property
+    def samples_per_packet(self) -> int:
+        assert self.codec is not None
+        return self.codec.rtp_clock_rate // 50
+
+    @property
+    def can_send(self) -> bool:
+        m = self.media
+        return m is not None and self.remote is not None and m.sends and not m.on_hold and not self.closed
+
+    # --- input from the network --------------------------------------------------------
+    def datagram_received(self, data: bytes, source: HostPort, now: float) -> None:
+        if self.closed or self.media is None:
+            return
+        if rtp.is_rtcp(data):
+            self.rtcp_received(data, source, now)
+            return
+        try:
+            packet = rtp.RtpPacket.parse(data)
+        except RemoteProtocolError:
+            self.stats.bad_packets += 1
+            return
+        self._latch(source, now)
+        self.stats.packets_received += 1
+        self.stats.bytes_received += len(data)
+        if self.first_packet_at is None:
+            self.first_packet_at = now
+        m = self.media
+        if m.telephone_event is not None and packet.payload_type == m.telephone_event:
+            if self.dtmf_rx is not None:
+                try:
+                    digits = self.dtmf_rx.receive(packet, now)
+                except RemoteProtocolError:
+                    self.stats.bad_packets += 1
+                    return
+                for d in digits:
+                    self.stats.dtmf_received += 1
+                    if self.on_dtmf is not None:
+                        self.on_dtmf(d.digit, d.duration_ms)
+            return
+        if packet.payload_type != m.codec.payload_type:
+            if packet.payload_type == 13:  # comfort noise: play silence
+                return
+            self.stats.bad_packets += 1
+            return
+        if self.rx_stats is not None:
+            self.rx_stats.update(packet, now)
+        if self.on_payload is not None:
+            self.on_payload(packet.payload, self.samples_per_packet, packet)
+            return
+        if self.jitter is not None:
+            self.jitter.put(packet, now)
+
+    def _latch(self, source: HostPort, now: float) -> None:
+        """Symmetric RTP (RFC 4961 practice): send to where the peer's packets come from."""
+        if self.remote is None or source != self.remote:
+            if self._latched_at == 0.0 or now - self._last_rx > LATCH_IDLE_S:
+                self.remote = source
+                if self.remote_rtcp is not None:
+                    self.remote_rtcp = (source[0], source[1] + 1)
+                self._latched_at = now
+            else:
+                # a second source while the latched one is alive: ignore it for sending
+                pass
+        elif self._latched_at == 0.0:
+            self._latched_at = now
+        if source == self.remote:
+            self._last_rx = now
+
+    def rtcp_received(self, data: bytes, source: HostPort, now: float) -> None:
+        try:
+            packets = rtp.parse_rtcp(data)
+        except RemoteProtocolError:
+            self.stats.bad_packets += 1
+            return
+        for p in packets:
+            if isinstance(p, rtp.SenderReport) and self.rx_stats is not None:
+                self.rx_stats.on_sender_report(p, now)
+
+    # --- the media clock ---------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Every 20 ms: play out one frame, send a queued DTMF packet, RTCP when due."""
+        if self.closed or self.media is None:
+            return
+        if self._dtmf_queue:
+            pkt = self._dtmf_queue.pop(0)
+            self._write(pkt)
+        elif self._pending_digits:
+            digit, duration = self._pending_digits.pop(0)
+            self._start_digit(digit, duration)
+        if self.dtmf_rx is not None:
+            for d in self.dtmf_rx.poll(now):
+                self.stats.dtmf_received += 1
+                if self.on_dtmf is not None:
+                    self.on_dtmf(d.digit, d.duration_ms)
+        if self.jitter is not None and self.on_payload is None:
+            item = self.jitter.get(now)
+            pcm: PCM | None = None
+            if isinstance(item, rtp.RtpPacket):
+                if self.decoder is not None:
+                    try:
+                        pcm = self.decoder.decode(item.payload)
+                    except RemoteProtocolError:
+                        self.stats.bad_packets += 1
+                        pcm = self.decoder.conceal()
+            elif isinstance(item, rtp.Loss) and self.decoder is not None:
+                self.stats.concealed += 1
+                pcm = self.decoder.conceal()
+            if pcm is not None and self.on_audio is not None and self.codec is not None and len(pcm):
+                self.on_audio(pcm, self.codec.sample_rate)
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + RTCP_INTERVAL
+            self._send_report(now)
+
+    def _send_report(self, now: float) -> None:
+        if self._send_rtcp is None or self.remote_rtcp is None or self.sender is None:
+            return
+        blocks = []
+        if self.rx_stats is not None and self.stats.packets_received:
+            try:
+                blocks.append(self.rx_stats.report_block(now))
+            except Exception:
+                blocks = []
+        wall = time.time()
+        if self.sender.packet_count:
+            report: rtp.RtcpPacket = self.sender.sender_report(wall, blocks)
+        else:
+            report = rtp.ReceiverReport(ssrc=self.sender.ssrc, reports=tuple(blocks))
+        sdes = rtp.SourceDescription((rtp.SdesChunk(self.sender.ssrc, ((1, self.cname.encode()),)),))
+        try:
+            data = rtp.serialize_rtcp([report, sdes])
+        except (LocalProtocolError, TypeError):
+            data = rtp.serialize_rtcp([report])
+        self._send_rtcp(data, self.remote_rtcp)
+
+    # --- output ------------------------------------------------------------------------
+    def _write(self, packet: rtp.RtpPacket) -> None:
+        if not self.can_send or self.remote is None:
+            return
+        data = packet.serialize()
+        self.stats.packets_sent += 1
+        self.stats.bytes_sent += len(data)
+        self._send_rtp(data, self.remote)
+
+    def send_pcm(self, pcm: PCM, rate: int) -> None:
+        """Frame path: any rate, any length -> 20 ms packets in the negotiated codec."""
+        if self.encoder is None or self.codec is None or self.sender is None or self._framer is None:
+            return
+        if rate != self.codec.sample_rate:
+            rs = self._resamplers.to_codec.get(rate)
+            if rs is None:
+                rs = self._resamplers.to_codec[rate] = Resampler(rate, self.codec.sample_rate)
+            pcm = rs.resample(pcm)
+        for payload in self.encoder.encode(pcm):
+            self.send_payload(payload, self.samples_per_packet)
+
+    def send_payload(self, payload: bytes, samples: int | None = None, marker: bool = False) -> None:
+        """Packet path: an already-encoded payload in the negotiated codec."""
+        if self.sender is None:
+            return
+        n = self.samples_per_packet if samples is None else samples
+        if self._dtmf_queue:
+            # RFC 4733 §2.5.1.2: audio is not sent while the event is being signalled
+            self.sender.skip(n)
+            return
+        pkt = self.sender.next_packet(payload, n, marker=marker)
+        self._write(pkt)
+
+    def send_dtmf(self, digit: str, duration_ms: int = 160) -> bool:
+        """Queue an RFC 4733 digit. False when the far end did not negotiate telephone-event."""
+        if self.media is None or self.media.telephone_event is None or self.sender is None:
+            return False
+        self._pending_digits.append((digit, max(40, min(duration_ms, 2000))))
+        return True
+
+    def _start_digit(self, digit: str, duration_ms: int) -> None:
+        assert self.media is not None and self.sender is not None and self.media.telephone_event is not None
+        clock = self.media.telephone_event_clock_rate or self.sender.clock_rate
+        sender = rtp.DtmfSender(self.media.telephone_event, clock)
+        packets = sender.packets(digit, duration_ms, self.sender)
+        self.stats.dtmf_sent += 1
+        if packets:
+            self._write(packets[0])
+            self._dtmf_queue.extend(packets[1:])
+
+    def close(self) -> None:
+        self.closed = True
+        self._dtmf_queue.clear()
+        self._pending_digits.clear()
+        self.on_audio = None
+        self.on_payload = None
+        self.on_dtmf = None
+
+
+def silence_frame(rate: int) -> PCM:
+    return np.zeros(rate // 50, dtype=np.int16)

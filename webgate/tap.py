@@ -1,0 +1,290 @@
+"""The ``twistd webgate`` plugin: command-line options and ``makeService``.
+
+Importing this module installs Twisted's asyncio reactor when no reactor is installed
+yet, so plain ``twistd -n webgate`` runs aiortc (asyncio) and Twisted on one loop:
+twistd imports the plugin's tap module while it parses the ``webgate`` sub-command,
+before it would install its default reactor.
+
+The configuration is loaded and validated in :meth:`Options.postOptions`, so a bad
+file or flag makes twistd print the message (naming the key) and exit 1 before
+anything listens. This module imports nothing heavy at import time: ``twistd --help``
+stays fast and the gateway's modules are imported in :func:`makeService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    FileLogObserver,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+from webgate import __version__
+from webgate.config import Config, ConfigError, LogConfig, load_config
+
+log = Logger()
+
+
+def install_asyncio_reactor() -> bool:
+    """Install the asyncio reactor on a fresh loop unless a reactor is installed already.
+
+    Returns True if it installed it. Safe to call more than once.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return False
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    return True
+
+
+install_asyncio_reactor()
+
+
+def reactor_is_asyncio(reactor: Any) -> bool:
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return isinstance(reactor, AsyncioSelectorReactor)
+
+
+# flag -> dotted config key it overrides ("--rtp-ports" is handled separately)
+FLAG_KEYS: dict[str, str] = {
+    "http": "http.listen",
+    "rtmp": "rtmp.listen",
+    "sip-udp": "sip.udp",
+    "sip-tcp": "sip.tcp",
+    "sip-tls": "sip.tls",
+    "sip-advertise": "sip.advertised_address",
+    "rtp-advertise": "rtp.advertised_address",
+    "log-format": "log.format",
+    "log-level": "log.level",
+}
+
+
+class Options(usage.Options):
+    synopsis = "[webgate options]"
+    longdesc = (
+        "Run the webgate WebRTC/RTMP to SIP gateway. With no --config it runs on the "
+        "embedded default (HTTP on 127.0.0.1:8080, builtin echo/tone destinations, no "
+        "trunk). Flags override the file. Listeners are \"HOST:PORT\" (IPv6 as "
+        "\"[::1]:5060\"); an empty string turns a listener off. The asyncio reactor is "
+        "installed automatically; do not pass another --reactor."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (see webgate.example.toml)."],
+        ["http", None, None, 'HTTP listener "HOST:PORT" (http.listen; "" = off).'],
+        ["rtmp", None, None, 'RTMP listener "HOST:PORT" (rtmp.listen; "" = off).'],
+        ["sip-udp", None, None, 'SIP UDP listener "HOST:PORT" (sip.udp; "" = off).'],
+        ["sip-tcp", None, None, 'SIP TCP listener "HOST:PORT" (sip.tcp; "" = off).'],
+        ["sip-tls", None, None, 'SIP TLS listener "HOST:PORT" (sip.tls; "" = off; needs sip.tls_cert/tls_key).'],
+        ["rtp-ports", None, None, "RTP port range MIN-MAX, MIN even (rtp.port_min, rtp.port_max)."],
+        ["sip-advertise", None, None, "Host or IP put in Via/Contact (sip.advertised_address; \"\" = bind address)."],
+        ["rtp-advertise", None, None, "Host or IP put in SDP (rtp.advertised_address; \"\" = rtp.bind)."],
+        ["log-format", None, None, "Log format: text or json (log.format)."],
+        ["log-level", None, None, "Log level: debug, info, warn, error, critical (log.level)."],
+    ]
+
+    config: Config
+
+    def opt_version(self) -> None:
+        """Print webgate's version and exit."""
+        print(f"webgate {__version__}")
+        sys.exit(0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The config overrides given on the command line, as dotted keys."""
+        out: dict[str, Any] = {}
+        for flag, key in FLAG_KEYS.items():
+            if self[flag] is not None:
+                out[key] = self[flag]
+        if self["rtp-ports"] is not None:
+            lo, sep, hi = self["rtp-ports"].partition("-")
+            if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+                raise usage.UsageError(
+                    f"--rtp-ports: invalid range {self['rtp-ports']!r} (expected MIN-MAX, e.g. 20000-20999)"
+                )
+            out["rtp.port_min"] = int(lo)
+            out["rtp.port_max"] = int(hi)
+        return out
+
+    def _load(self) -> None:
+        overrides = self.overrides()
+        try:
+            self.config = load_config(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(_explain(e, overrides)) from None
+        from twisted.internet import reactor
+
+        if not reactor_is_asyncio(reactor):
+            raise usage.UsageError(
+                f"webgate needs the asyncio reactor, but {type(reactor).__name__} is installed: "
+                "drop --reactor (or use --reactor=asyncio)"
+            )
+
+    def postOptions(self) -> None:
+        parent = getattr(self, "parent", None)
+        try:
+            self._load()
+        except usage.UsageError as e:
+            if parent is not None:
+                # twistd prints usage errors on stdout after the whole help text;
+                # say it on stderr too, where an operator (and systemd) looks.
+                print(f"twistd webgate: {e}", file=sys.stderr)
+            raise
+        if parent is not None and not parent.get("logger") and not parent.get("syslog"):
+            # Replace twistd's default observer through its own --logger mechanism
+            # (twistd resolves the name after this method returns): same destination
+            # rules (stdout with -n, else --logfile or twistd.log), our format and level.
+            global _twistd_log_factory
+            _twistd_log_factory = log_observer_factory(
+                self.config.log, parent.get("logfile") or "", bool(parent.get("nodaemon"))
+            )
+            parent["logger"] = f"{__name__}.twistd_log_observer"
+
+
+def _explain(e: ConfigError, overrides: dict[str, Any]) -> str:
+    """The error text, each line saying which flag set the key if a flag did."""
+    flag_of = {key: f"--{flag}" for flag, key in FLAG_KEYS.items()}
+    flag_of["rtp.port_min"] = flag_of["rtp.port_max"] = "--rtp-ports"
+    lines = []
+    for err in e.errors:
+        key = err.split(":", 1)[0]
+        if key in overrides and key in flag_of:
+            err += f" (from {flag_of[key]})"
+        lines.append(err)
+    where = f"{e.source}: " if e.source and e.source != "<default>" else ""
+    return "invalid configuration\n" + "\n".join(where + line for line in lines)
+
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+
+
+def log_observer_factory(
+    log_config: LogConfig, logfile: str = "", nodaemon: bool = True
+) -> Callable[[], ILogObserver]:
+    """A twistd ``--logger``-style factory: text or JSON lines, filtered at the level."""
+
+    def factory() -> ILogObserver:
+        out: Any
+        if logfile == "-" or (not logfile and nodaemon):
+            out = sys.stdout
+        else:
+            from twisted.python.logfile import LogFile
+
+            out = LogFile.fromFullPath(logfile or "twistd.log")
+        if log_config.format == "json":
+            observer = FileLogObserver(out, event_as_json_line)
+        else:
+            observer = textFileLogObserver(out)
+        predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[log_config.level])
+        return FilteringLogObserver(observer, [predicate])
+
+    return factory
+
+
+_twistd_log_factory: Callable[[], ILogObserver] | None = None
+
+
+def twistd_log_observer() -> ILogObserver:
+    """The observer twistd installs (via ``--logger``) when webgate runs under it."""
+    factory = _twistd_log_factory or log_observer_factory(LogConfig())
+    return factory()
+
+
+def event_as_json_line(event: dict[str, Any]) -> str:
+    """One log event as one JSON object on one line (for jq, Loki, Elasticsearch...).
+
+    Keys: ``time`` (ISO 8601 UTC), ``level``, ``namespace``, ``message`` (the rendered
+    text, with the traceback if the event carries a failure), then the event's own
+    fields (``call_id``, ``session_id``, ...) as JSON where possible, else ``str()``.
+    """
+    level = event.get("log_level")
+    line: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        line["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if key.startswith("log_") or key in line or key in ("format", "message", "isError", "system"):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            line[key] = value
+        else:
+            try:
+                line[key] = json.loads(json.dumps(value))
+            except (TypeError, ValueError):
+                line[key] = str(value)
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+
+
+class _ToTwistedLogger(logging.Handler):
+    """Forwards stdlib ``logging`` records (aiortc, aioice, av) into twisted.logger."""
+
+    _levels = [
+        (logging.CRITICAL, LogLevel.critical),
+        (logging.ERROR, LogLevel.error),
+        (logging.WARNING, LogLevel.warn),
+        (logging.INFO, LogLevel.info),
+    ]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = next((tw for lv, tw in self._levels if record.levelno >= lv), LogLevel.debug)
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            Logger(namespace=record.name).emit(level, "{stdlib_message}", stdlib_message=text)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def forward_stdlib_logging(level: str) -> None:
+    """Route the stdlib root logger into twisted.logger (idempotent)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToTwistedLogger) for h in root.handlers):
+        root.addHandler(_ToTwistedLogger())
+    root.setLevel({"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}.get(level, logging.ERROR))
+
+
+def makeService(options: Options) -> Any:
+    """Build the gateway service from parsed options (twistd's IServiceMaker hook)."""
+    from twisted.internet import reactor
+
+    from webgate.gateway import build_gateway
+
+    config = getattr(options, "config", None)
+    if config is None:  # Options built without parseOptions()
+        try:
+            config = load_config(options["config"], options.overrides())
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+    if reactor_is_asyncio(reactor):
+        # aiortc and friends ask asyncio for "the" loop: make it the reactor's.
+        asyncio.set_event_loop(reactor._asyncioEventloop)  # type: ignore[attr-defined]
+    forward_stdlib_logging(config.log.level)
+    return build_gateway(config, reactor)

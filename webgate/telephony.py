@@ -1,0 +1,186 @@
+"""Builds the telephony side of the gateway from the configuration: the SIP user agent
+and its transports, the RTP port pool, the dial plan, the call registry and the call
+manager; and runs them as one Twisted service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from webgate.adapters.rtp import RtpPortPool
+from webgate.adapters.sip import SipTransport
+from webgate.calls.dialplan import DialPlan
+from webgate.calls.manager import CallManager
+from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
+from webgate.calls.session_id import SessionIdAllocator
+from webgate.proto.sip.message import SipURI
+from webgate.proto.sip.transaction import TimerConfig
+from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
+
+log = Logger()
+
+
+def _tls_server_context(cert: str, key: str) -> Any:
+    from twisted.internet import ssl
+
+    with open(cert, "rb") as f:
+        cert_pem = f.read()
+    with open(key, "rb") as f:
+        key_pem = f.read()
+    return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+
+
+def _tls_client_options(ca_file: str) -> Any:
+    from twisted.internet import ssl
+
+    trust: Any = None
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+
+    def make(host: str) -> Any:
+        if trust is not None:
+            return ssl.optionsForClientTLS(host, trustRoot=trust)
+        return ssl.optionsForClientTLS(host)
+
+    return make
+
+
+class TelephonyService(service.Service):
+    """Owns the SIP transports, RTP pool and call manager."""
+
+    name = "telephony"
+
+    def __init__(self, config: Any, reactor: Any, registry: CallRegistry | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.registry = registry or InMemoryCallRegistry()
+        self.ua: UserAgent | None = None
+        self.transport: SipTransport | None = None
+        self.rtp_pool: RtpPortPool | None = None
+        self.manager: CallManager | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.registrations: list[Any] = []
+
+    # ------------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.config
+        sip = cfg.sip
+        timers = TimerConfig(t1=sip.t1_ms / 1000.0, t2=sip.t2_ms / 1000.0, t4=sip.t4_ms / 1000.0)
+        ua_cfg = UAConfig(endpoints={}, user_agent=sip.user_agent, timers=timers)
+        if sip.outbound_proxy is not None:
+            ua_cfg.outbound_proxy = SipURI.parse(sip.outbound_proxy.text)
+        self.ua = UserAgent(ua_cfg)
+        tls_ctx = _tls_server_context(sip.tls_cert, sip.tls_key) if sip.tls is not None else None
+        self.transport = SipTransport(
+            self.reactor,
+            self.ua,
+            self._on_event,
+            max_message_size=sip.max_message_size,
+            tls_server_context=tls_ctx,
+            tls_client_options=_tls_client_options(getattr(sip, "tls_ca", "")),
+        )
+        # listen now (before anything else) so that port 0 resolves for the advertised address
+        adv = sip.advertised_address
+        for name in ("udp", "tcp", "tls"):
+            hp = getattr(sip, name)
+            if hp is None:
+                continue
+            listen = {"udp": self.transport.listen_udp, "tcp": self.transport.listen_tcp, "tls": self.transport.listen_tls}[name]
+            port = listen(hp.host, hp.port)
+            self.bound[name] = (hp.host, port)
+            host = adv or hp.host
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1"
+            ua_cfg.endpoints[name] = LocalEndpoint(name, host, port)
+            log.info("SIP listening on {transport} {host}:{port} (advertised {adv})", transport=name, host=hp.host, port=port, adv=host)
+        rtp = cfg.rtp
+        self.rtp_pool = RtpPortPool(self.reactor, rtp.bind, rtp.port_min, rtp.port_max)
+        rtp_adv = rtp.advertised_address or rtp.bind
+        if rtp_adv in ("0.0.0.0", "::"):
+            rtp_adv = "127.0.0.1"
+
+        builtin: dict[str, str] = {}
+        builtin_target = None
+        if cfg.builtin.enabled and ua_cfg.endpoints:
+            builtin = {cfg.builtin.echo: "echo", cfg.builtin.tone: "tone"}
+            t = "udp" if "udp" in ua_cfg.endpoints else next(iter(ua_cfg.endpoints))
+            ep = ua_cfg.endpoints[t]
+            builtin_target = SipURI(host=ep.host, port=ep.port)
+            if t != "udp":
+                builtin_target.params["transport"] = t
+        dialplan = DialPlan(cfg.routes, cfg.trunks, builtin=builtin, builtin_target=builtin_target)
+        sids = SessionIdAllocator(cfg.session_id.length, float(cfg.session_id.reuse_after_s), clock=self.reactor.seconds)
+        self.manager = CallManager(
+            self.reactor,
+            self.ua,
+            self.transport,
+            self.rtp_pool,
+            dialplan,
+            self.registry,
+            sids,
+            rtp_advertise=rtp_adv,
+            session_header=cfg.session_id.header,
+            session_mode=cfg.session_id.mode,
+            from_domain=sip.from_domain,
+            max_calls=cfg.limits.max_calls,
+            max_call_duration_s=cfg.limits.max_call_duration_s,
+            builtin_names={"echo": "echo", "tone": "tone"} if cfg.builtin.enabled else {},
+            tone_hz=cfg.builtin.tone_hz,
+            jitter_min_ms=rtp.jitter_min_ms,
+            jitter_max_ms=rtp.jitter_max_ms,
+        )
+        # REGISTER for trunks that require it
+        now = self.reactor.seconds()
+        for trunk in cfg.trunks:
+            if not trunk.register:
+                continue
+            target = SipURI.parse(trunk.target.text)
+            user = trunk.username or trunk.auth_username
+            aor = SipURI(scheme="sip", user=user, host=target.host)
+            creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm) if trunk.password else None
+            reg = self.ua.register(aor, target, now, credentials=creds, expires=trunk.register_expires, transport=trunk.transport)
+            self.registrations.append(reg)
+        self.transport.flush()
+
+    def _on_event(self, ev: Any) -> None:
+        if self.manager is not None:
+            self.manager.handle_sip_event(ev)
+
+    # ------------------------------------------------------------------------------
+    def privilegedStartService(self) -> None:  # noqa: N802
+        if self.ua is None:
+            self.build()
+        super().privilegedStartService()
+
+    def startService(self) -> None:  # noqa: N802
+        if self.ua is None:
+            self.build()
+        super().startService()
+
+    def drain(self) -> defer.Deferred[None]:
+        """End every live call (BYE/CANCEL) and wait a moment for the answers."""
+        if self.manager is not None:
+            self.manager.shutdown()
+        if self.ua is not None and self.transport is not None:
+            now = self.reactor.seconds()
+            for reg in self.registrations:
+                self.ua.unregister(reg, now)
+            self.transport.flush()
+        d: defer.Deferred[None] = defer.Deferred()
+        self.reactor.callLater(0.5, d.callback, None)
+        return d
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        ds = []
+        if self.transport is not None:
+            ds.append(self.transport.stop())
+        if self.rtp_pool is not None:
+            for ep in list(self.rtp_pool.in_use.values()):
+                ep.release()
+            self.rtp_pool.clock.stop()
+        return defer.DeferredList(ds)
