@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
-
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -80,12 +80,12 @@ def _all_keys() -> list[tuple[str, str]]:
 
 def test_every_key_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    sections = {m[1]: m[2] for m in re.finditer(r"^## `([^`]+)`\n(.*?)(?=^## |\Z)", doc, re.M | re.S)}
+    sections = {m[1]: m[2] for m in re.finditer(r"^## `([^`]+)`\n(.*?)(?=^## |\Z)", doc, re.MULTILINE | re.DOTALL)}
     example = (ROOT / "webgate.example.toml").read_text()
     for section, name in _all_keys():
         assert section in sections, f"no '## `{section}`' in docs/configuration.md"
         assert f"| `{name}` |" in sections[section], f"{section} {name} missing from docs/configuration.md"
-        assert re.search(rf"^#? ?{name} = ", example, re.M), f"{section} {name} missing from webgate.example.toml"
+        assert re.search(rf"^#? ?{name} = ", example, re.MULTILINE), f"{section} {name} missing from webgate.example.toml"
 
 
 # -- a good configuration

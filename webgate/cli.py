@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from webgate import __version__
 from webgate.config import Config, ConfigError, load_config

@@ -15,20 +15,21 @@ import ipaddress
 import re
 import string
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from webgate import __version__
 
 __all__ = [
+    "DEFAULT_TOML",
+    "KNOWN_CODECS",
     "BuiltinConfig",
     "Config",
     "ConfigError",
-    "DEFAULT_TOML",
     "HostPort",
     "HttpConfig",
-    "KNOWN_CODECS",
     "LimitsConfig",
     "LogConfig",
     "RouteConfig",
@@ -316,11 +317,7 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 # Headers the SIP UA writes itself; a trunk may not set them.
 _RESERVED_HEADERS = frozenset(
     h.lower()
-    for h in (
-        "Via v From f To t Call-ID i CSeq Contact m Content-Length l Content-Type c "
-        "Max-Forwards Route Record-Route Authorization Proxy-Authorization "
-        "Content-Encoding e Supported k Allow"
-    ).split()
+    for h in ["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m", "Content-Length", "l", "Content-Type", "c", "Max-Forwards", "Route", "Record-Route", "Authorization", "Proxy-Authorization", "Content-Encoding", "e", "Supported", "k", "Allow"]
 )
 
 # RFC 3261 token: 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")

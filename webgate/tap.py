@@ -17,16 +17,17 @@ import asyncio
 import json
 import logging
 import sys
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
-    FileLogObserver,
     formatEvent,
     textFileLogObserver,
 )
@@ -221,7 +222,7 @@ def event_as_json_line(event: dict[str, Any]) -> str:
     """
     level = event.get("log_level")
     line: dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(),
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
         "level": level.name if level is not None else "info",
         "namespace": event.get("log_namespace", "-"),
         "message": formatEvent(event),
@@ -285,6 +286,6 @@ def makeService(options: Options) -> Any:
             raise usage.UsageError(str(e)) from None
     if reactor_is_asyncio(reactor):
         # aiortc and friends ask asyncio for "the" loop: make it the reactor's.
-        asyncio.set_event_loop(reactor._asyncioEventloop)  # type: ignore[attr-defined]
+        asyncio.set_event_loop(reactor._asyncioEventloop)
     forward_stdlib_logging(config.log.level)
     return build_gateway(config, reactor)

@@ -356,8 +356,12 @@ class Sipp(_Process):
 
     def describe(self) -> str:
         return (f"sipp {self.tag} rc={self.proc.returncode if self.proc else None}\n"
-                f"argv: {' '.join(self.argv)}\nflow: {self.flow()}\n"
+                f"argv: {' '.join(self.argv)}\nflow: {_cap(self.flow())}\n"
                 f"errors:\n{self.errors()[-3000:]}\noutput tail:\n{self.log_tail(1500)}")
+
+
+def _cap(items: list[str], n: int = 40) -> str:
+    return str(items) if len(items) <= n else f"{items[:n]} ... ({len(items)} messages)"
 
 
 def render_scenario(template: str | Path, dest_dir: Path, **subs: object) -> Path:
@@ -646,8 +650,19 @@ class Baresip(_Process):
         finally:
             u.close()
 
-    def wait_registered(self, timeout: float = 10.0) -> dict:
-        return self.wait_event("REGISTER_OK", timeout)
+    def registered(self) -> bool:
+        """True when ``reginfo`` shows the account registered (status OK)."""
+        data = str(self.cmd("reginfo").get("data", ""))
+        return re.search(r"\bOK\b", re.sub(r"\x1b\[[0-9;]*m", "", data)) is not None
+
+    def wait_registered(self, timeout: float = 10.0) -> None:
+        """Wait until the registering account got its 200 OK (raises TimeoutError with the log tail)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.registered():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"baresip {self.user} not registered after {timeout}s:\n{self.log_tail(1500)}")
 
     def recorded_wav(self, kind: str = "dec") -> Path | None:
         """Newest ``rec/dump-*-dec.wav`` (what baresip received) or ``-enc.wav`` (what it sent)."""
@@ -851,16 +866,17 @@ class Kamailio(_Process):
             raise PeerError("kamcmd not found")
         r = subprocess.run([kamcmd, "-s", f"unix:{self.ctl}", *args], capture_output=True, text=True,
                            timeout=timeout)
-        if r.returncode != 0:
+        if r.returncode != 0 or r.stdout.startswith("error:"):
             raise PeerError(f"kamcmd {' '.join(args)} rc={r.returncode}: {r.stderr or r.stdout}")
         return r.stdout
 
     def registered_contacts(self, user: str) -> list[str]:
-        """Contact URIs bound to ``sip:USER@127.0.0.1:PORT`` (from ``kamcmd ul.dump``)."""
+        """Contact URIs registered for USER (``kamcmd ul.lookup location USER``; AoRs are stored without the
+        domain since usrloc's use_domain is off)."""
         try:
-            out = self.rpc("ul.lookup", "location", f"sip:{user}@{self.domain}")
+            out = self.rpc("ul.lookup", "location", user)
         except PeerError as e:
-            if "404" in str(e) or "not found" in str(e).lower():
+            if "not found" in str(e).lower():
                 return []
             raise
         return re.findall(r"Address:\s*(\S+)", out)

@@ -105,7 +105,9 @@ def test_uas_auth_bye(sipp_factory, password, ok):
     assert uas.flow()[:7] == ["<INVITE", ">180", ">200", "<ACK", "<BYE", ">401", "<BYE"], uas.describe()
     assert [c[2] for c in uas.digest_checks("Authorization", "gwpw")] == [ok]
     assert rc_uas == (0 if ok else 1), uas.describe()
-    assert uas.flow()[-1] == (">200" if ok else ">403")
+    assert (">403" in uas.flow()) is not ok
+    if ok:
+        assert uas.flow()[-1] == ">200"
 
 
 def test_uas_183_early_media(sipp_factory, tmp_path):
@@ -202,6 +204,7 @@ def test_uas_retrans_200(sipp_factory):
     run_pair(uas, uac)
     flow = uas.flow()
     assert flow[:6] == ["<INVITE", ">180", ">200", "<ACK", ">200", "<ACK"], flow
+    assert uas.received()[2].time - uas.received()[1].time > 0.15  # the 200 really was re-sent after the ACK
     assert flow[-2:] == ["<BYE", ">200"]
     first, second = [m for m in uas.sent() if m.status == 200 and m.cseq_method == "INVITE"]
     for h in ("Via", "From", "To", "Call-ID", "CSeq"):

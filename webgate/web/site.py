@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-__all__ = ["HealthSource", "HealthResource", "NotFound", "html5_client_dir", "Root", "json_body", "make_site"]
+__all__ = ["HealthResource", "HealthSource", "NotFound", "Root", "html5_client_dir", "json_body", "make_site"]
 
 
 class HealthSource(Protocol):

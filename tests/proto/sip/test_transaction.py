@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from webgate.proto.errors import LocalProtocolError
@@ -24,6 +26,7 @@ from webgate.proto.sip.transaction import (
     ResponseReceived,
     ServerTransaction,
     TimerConfig,
+    Transaction,
     TransactionManager,
     TransactionState,
     TransactionTerminated,
@@ -39,6 +42,11 @@ TCP: Addr = ("tcp", "192.0.2.10", 5060)
 PEER_UDP: Addr = ("udp", "198.51.100.7", 5062)
 PEER_TCP: Addr = ("tcp", "198.51.100.7", 40000)
 S = TransactionState
+
+
+def state_of(txn: Transaction) -> TransactionState:
+    """Read the state without mypy narrowing it from an earlier assert."""
+    return txn.state
 
 
 def make_request(
@@ -73,7 +81,7 @@ def sent(mgr: TransactionManager) -> list[tuple[SipMessage, Addr]]:
 
 def run_until(mgr: TransactionManager, end: float) -> list[tuple[float, list[Event], list[tuple[SipMessage, Addr]]]]:
     """Fire every timer up to ``end`` at its exact time; record (time, events, sent)."""
-    out = []
+    out: list[tuple[float, list[Event], list[tuple[SipMessage, Addr]]]] = []
     while True:
         t = mgr.next_timer()
         if t is None or t > end:
@@ -103,7 +111,7 @@ def test_invite_client_udp_retransmits_timer_a_doubling_until_b() -> None:
     last_t, last_ev, _ = log[-1]
     assert last_t == 32.0
     assert last_ev == [TransactionTimeout(txn), TransactionTerminated(txn)]
-    assert txn.state is S.TERMINATED
+    assert state_of(txn) is S.TERMINATED
     assert mgr.next_timer() is None
     # after termination a late final matches nothing and is dropped
     ev = mgr.receive(resp(inv, 486), UDP, 33.0)
@@ -141,9 +149,27 @@ def test_invite_client_provisional_stops_a_and_b() -> None:
     ev = mgr.receive(r180, UDP, 0.7)
     assert ev == [ResponseReceived(txn, r180)]
     assert txn.state is S.PROCEEDING and txn.last_response is r180
-    assert mgr.next_timer() is None  # neither A nor B run in Proceeding
+    # neither A nor B run in Proceeding; only the Timer C safety net (180 s)
+    assert mgr.next_timer() == pytest.approx(180.7)
     assert mgr.handle_timers(100.0) == []
     assert sent(mgr) == []
+    # every provisional restarts Timer C
+    mgr.receive(resp(inv, 183), UDP, 100.0)
+    assert mgr.next_timer() == pytest.approx(280.0)
+    assert mgr.handle_timers(279.0) == []
+    assert mgr.handle_timers(280.0) == [TransactionTimeout(txn), TransactionTerminated(txn)]
+    assert sent(mgr) == []
+    # a 2xx after that has no transaction: delivered with txn None so the TU can ACK + BYE
+    late = resp(inv, 200)
+    assert mgr.receive(late, UDP, 281.0) == [ResponseReceived(None, late)]
+
+
+def test_timer_c_can_be_disabled() -> None:
+    mgr = TransactionManager(TimerConfig(timer_c=None))
+    inv = make_request()
+    mgr.send_request(inv, UDP, 0.0)
+    mgr.receive(resp(inv, 180), UDP, 0.1)
+    assert mgr.next_timer() is None
 
 
 def test_invite_client_2xx_and_retransmitted_2xx_are_delivered() -> None:
@@ -229,7 +255,7 @@ def test_non_invite_client_timer_e_capped_at_t2_then_f() -> None:
     log = run_until(mgr, 100.0)
     times = retransmit_times(log, "OPTIONS")
     assert times[:6] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in pairwise(times)]
     assert max(gaps) == 4.0
     assert times[-1] == 31.5
     assert log[-1][0] == 32.0
@@ -399,7 +425,7 @@ def test_server_invite_non2xx_timer_g_until_ack_then_i() -> None:
     # ACK (same branch) -> Confirmed, not delivered to the TU, G stops
     ack = make_request("ACK", branch=inv.top_via.branch, to_tag="b2")
     assert mgr.receive(ack, PEER_UDP, 9.0) == []
-    assert txn.state is S.CONFIRMED
+    assert state_of(txn) is S.CONFIRMED
     assert mgr.receive(ack, PEER_UDP, 9.5) == []  # retransmitted ACK absorbed
     log = run_until(mgr, 100.0)
     assert all(not msgs for _, _, msgs in log)
@@ -416,7 +442,7 @@ def test_server_invite_non2xx_timer_g_caps_at_t2() -> None:
     sent(mgr)
     log = run_until(mgr, 31.0)
     times = [t for t, _, msgs in log for _ in msgs]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in pairwise(times)]
     assert times[:4] == [0.5, 1.5, 3.5, 7.5]
     assert max(gaps) == 4.0 and gaps[-1] == 4.0
 
@@ -479,7 +505,7 @@ def test_server_invite_2xx_ack_timeout() -> None:
     mgr.send_response(txn, resp(inv, 200), 0.0)
     log = run_until(mgr, 100.0)
     times = [t for t, _, msgs in log for _ in msgs]
-    assert max(b - a for a, b in zip(times, times[1:])) == 4.0
+    assert max(b - a for a, b in pairwise(times)) == 4.0
     assert log[-1][0] == 32.0
     assert log[-1][1] == [AckTimeout(txn), TransactionTerminated(txn)]
 
@@ -538,12 +564,12 @@ def test_server_non_invite_j_over_udp() -> None:
     assert sent(mgr) == []
     r100 = resp(req, 100, tag=None)
     mgr.send_response(txn, r100, 0.2)
-    assert txn.state is S.PROCEEDING
+    assert state_of(txn) is S.PROCEEDING
     assert mgr.receive(parse_message(raw), PEER_UDP, 0.3) == []
     assert [m for m, _ in sent(mgr)] == [r100, r100]
     ok = resp(req, 200)
     mgr.send_response(txn, ok, 1.0)
-    assert txn.state is S.COMPLETED
+    assert state_of(txn) is S.COMPLETED
     sent(mgr)
     assert mgr.receive(parse_message(raw), PEER_UDP, 2.0) == []
     assert [m for m, _ in sent(mgr)] == [ok]
@@ -634,7 +660,7 @@ def test_received_and_rport_are_stamped_and_used() -> None:
     assert via.params["rport"] == "34567"
     r = resp(inv, 180)
     assert r.top_via.params["rport"] == "34567"
-    assert list(inv.headers)[0][0] == "Via"  # kept at the top
+    assert next(iter(inv.headers))[0] == "Via"  # kept at the top
 
 
 def test_response_destination_rules() -> None:
@@ -749,3 +775,145 @@ def test_many_transactions_interleave_on_one_clock() -> None:
     assert len(timeouts) == 25 and len(terms) == 50
     assert {e.txn for e in timeouts} == set(txns[25:])
     assert mgr.client_transactions == [] and mgr.next_timer() is None
+
+
+# ---------------------------------------------------------------------------------------
+# back-to-back over a lossy "network", and a random-input fuzz
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+A_ADDR: Addr = ("udp", "198.51.100.7", 5062)
+B_ADDR: Addr = ("udp", "192.0.2.10", 5060)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    drops=st.lists(st.booleans(), min_size=0, max_size=40),
+    final=st.sampled_from([200, 486, 603]),
+    method=st.sampled_from(["INVITE", "OPTIONS"]),
+    answer_delay=st.sampled_from([0.0, 0.1, 1.0, 5.0]),
+)
+def test_back_to_back_lossy_link(drops: list[bool], final: int, method: str, answer_delay: float) -> None:
+    """Client and server managers wired through serialize/parse with some datagrams lost:
+    the client sees exactly one copy of a non-2xx final (or >= 1 of a 2xx) unless the loss
+    outlasts Timer B/F, and both sides end with no transaction and no timer left."""
+    a, b = TransactionManager(), TransactionManager()
+    drop_iter = iter(drops)
+    now = 0.0
+    request = make_request(method)
+    ctxn = a.send_request(request, B_ADDR, now)
+    finals: list[int] = []
+    timeouts = 0
+    strays = 0  # 2xx delivered with txn None (arrived after Timer B/C ended the transaction)
+    answer_at: float | None = None
+    stxn: ServerTransaction | None = None
+    for _ in range(2000):
+        # wire: deliver what each side sent unless the drop pattern eats it
+        for src, dst, dst_addr in ((a, b, A_ADDR), (b, a, B_ADDR)):
+            for msg, _dest in src.outgoing():
+                if next(drop_iter, False):
+                    continue
+                for ev in dst.receive(parse_message(msg.serialize()), dst_addr, now):
+                    if isinstance(ev, RequestReceived) and ev.txn is not None:
+                        assert stxn is None or ev.txn is stxn  # retransmissions never reach the TU
+                        stxn = ev.txn
+                        answer_at = now + answer_delay
+                    elif isinstance(ev, ResponseReceived) and ev.response.status >= 200:
+                        finals.append(ev.response.status)
+                        if ev.txn is None:
+                            strays += 1
+                        if ev.response.status < 300 and method == "INVITE":
+                            # the UAC core ACKs every 2xx copy, statelessly, on a new branch
+                            a.send_stateless(make_request("ACK", to_tag="b2"), B_ADDR)
+                    elif isinstance(ev, RequestReceived) and ev.txn is None:
+                        assert ev.request.method == "ACK"
+                    elif isinstance(ev, TransactionTimeout):
+                        timeouts += 1
+        if stxn is not None and answer_at is not None and now >= answer_at:
+            b.send_response(stxn, resp(stxn.request, final), now)
+            answer_at = None
+        nxt = [t for t in (a.next_timer(), b.next_timer(), answer_at) if t is not None]
+        if not nxt and not any((a._out, b._out)):
+            break
+        if not any((a._out, b._out)):
+            now = max(now, min(nxt))
+        for mgr in (a, b):
+            for ev in mgr.handle_timers(now):
+                if isinstance(ev, TransactionTimeout):
+                    timeouts += 1
+    assert a.client_transactions == [] and b.server_transactions == []
+    assert a.next_timer() is None and b.next_timer() is None
+    assert ctxn.state is S.TERMINATED
+    if timeouts:
+        # only a 2xx can still come after the timeout, as a stray
+        assert len(finals) == strays and set(finals) <= {200}
+    elif final == 200 and method == "INVITE":
+        assert finals and set(finals) == {200}
+    else:
+        assert finals == [final]
+
+
+_STATUSES = st.sampled_from([100, 180, 183, 200, 202, 401, 486, 487, 500, 603])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["req", "resp", "answer", "tick", "ack_received"]),
+            st.sampled_from(["INVITE", "ACK", "CANCEL", "BYE", "OPTIONS"]),
+            st.integers(0, 3),  # branch index
+            _STATUSES,
+            st.sampled_from([0.0, 0.1, 0.5, 4.0, 40.0]),
+            st.sampled_from(["udp", "tcp"]),
+        ),
+        max_size=40,
+    )
+)
+def test_fuzz_random_event_sequences(steps: list[tuple[str, str, int, int, float, str]]) -> None:
+    """Random requests, responses, TU answers and clock jumps: only LocalProtocolError for
+    TU misuse, timers never go backwards, terminated transactions are forgotten."""
+    mgr = TransactionManager()
+    branches = [new_branch() for _ in range(4)]
+    sent_reqs: list[SipRequest] = []
+    for method, br in (("INVITE", 0), ("OPTIONS", 1)):
+        r = make_request(method, branch=branches[br])
+        mgr.send_request(r, UDP, 0.0)
+        sent_reqs.append(r)
+    now = 0.0
+    for kind, method, bi, status, dt, transport in steps:
+        src: Addr = (transport, "198.51.100.7", 5062)
+        if kind == "req":
+            r = make_request(method, branch=branches[bi], transport=transport.upper(),
+                             to_tag="b2" if method == "ACK" else None)
+            for ev in mgr.receive(r, src, now):
+                assert not isinstance(ev, ResponseReceived)
+        elif kind == "resp":
+            base = sent_reqs[bi % len(sent_reqs)]
+            mgr.receive(resp(base, status), UDP, now)
+        elif kind == "answer":
+            for stx in mgr.server_transactions:
+                try:
+                    mgr.send_response(stx, resp(stx.request, status), now)
+                except LocalProtocolError:
+                    assert stx.state is not S.TRYING
+        elif kind == "ack_received":
+            for stx in mgr.server_transactions:
+                stx.ack_received()
+        else:
+            now += dt
+            mgr.handle_timers(now)
+            nt = mgr.next_timer()
+            assert nt is None or nt > now
+        for txn in [*mgr.client_transactions, *mgr.server_transactions]:
+            assert txn.state is not S.TERMINATED
+        mgr.outgoing()
+    mgr.handle_timers(now + 1000.0)
+    # every transaction ends once time passes, save server ones still waiting for their TU
+    for stx in mgr.server_transactions:
+        assert stx.state in (S.TRYING, S.PROCEEDING) and stx.last_response is None or (
+            stx.last_response is not None and stx.last_response.status < 200
+        )
+    assert mgr.client_transactions == []

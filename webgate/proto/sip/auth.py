@@ -15,8 +15,8 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 from urllib.parse import quote as _pct_quote
 from urllib.parse import unquote as _pct_unquote
 
@@ -486,9 +486,9 @@ def verify_authorization(
 
 
 __all__ = [
+    "SUPPORTED_ALGORITHMS",
     "Challenge",
     "Credentials",
-    "SUPPORTED_ALGORITHMS",
     "build_authorization",
     "make_challenge",
     "parse_authorization",

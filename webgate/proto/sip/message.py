@@ -121,13 +121,13 @@ _LIST_HEADERS = {
 }
 
 TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+\Z")
 # RFC 3261 user part: unreserved / escaped / user-unreserved ("&=+$,;?/"); we refuse ';' '?'
 # '&' '=' ',' '$' '/' as well, since a dial string never needs them and they change meaning.
-_USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()+%#]+$")
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)$")
-_STATUS_LINE_RE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) ?(.*)$")
-_REQUEST_LINE_RE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/2\.0$")
+_USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()+%#]+\Z")
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)\Z")
+_STATUS_LINE_RE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) ?(.*)\Z")
+_REQUEST_LINE_RE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/2\.0\Z")
 
 
 def _is_ascii_digits(text: str) -> bool:
@@ -174,7 +174,7 @@ def check_user(value: str, what: str = "SIP user") -> str:
         # escaped octets must be well formed and must not smuggle control characters
         for m in re.finditer(r"%(..)?", value):
             hx = m.group(1)
-            if hx is None or not re.match(r"^[0-9A-Fa-f]{2}$", hx) or int(hx, 16) < 0x20:
+            if hx is None or not re.match(r"^[0-9A-Fa-f]{2}\Z", hx) or int(hx, 16) < 0x20:
                 raise LocalProtocolError(f"invalid {what}: bad escape in {value!r}")
     return value
 
@@ -286,7 +286,7 @@ class SipURI:
         scheme = scheme.lower()
         if scheme == "tel":
             number, _, ptext = rest.partition(";")
-            if not number or not re.match(r"^[0-9A-Fa-f*#+\-.()pw]+$", number):
+            if not number or not re.match(r"^[0-9A-Fa-f*#+\-.()pw]+\Z", number):
                 raise RemoteProtocolError(f"invalid tel URI: {text!r}", 400)
             return cls(scheme="tel", user=number, host="", params=parse_params(ptext))
         if scheme not in ("sip", "sips"):
@@ -364,18 +364,18 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
             if not rest.startswith(":"):
                 raise RemoteProtocolError(f"bad host:port {text!r}", 400)
             port = _parse_port(rest[1:], text)
-        if not re.match(r"^[0-9A-Fa-f:.]+$", host):
+        if not re.match(r"^[0-9A-Fa-f:.]+\Z", host):
             raise RemoteProtocolError(f"bad IPv6 address {host!r}", 400)
         return host, port
     if text.count(":") > 1:
         # bare IPv6 (not allowed in URIs, but some Vias carry it)
-        if not re.match(r"^[0-9A-Fa-f:.]+$", text):
+        if not re.match(r"^[0-9A-Fa-f:.]+\Z", text):
             raise RemoteProtocolError(f"bad host {text!r}", 400)
         return text, None
     host, sep, ptext = text.partition(":")
     if sep:
         port = _parse_port(ptext, text)
-    if not re.match(r"^[A-Za-z0-9\-._]+$", host):
+    if not re.match(r"^[A-Za-z0-9\-._]+\Z", host):
         raise RemoteProtocolError(f"bad host {host!r}", 400)
     return host, port
 
@@ -484,7 +484,7 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> "Via":
         text = text.strip()
-        m = re.match(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+(.+)$", text, re.IGNORECASE)
+        m = re.match(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z]+)\s+(.+)\Z", text, re.IGNORECASE)
         if not m:
             raise RemoteProtocolError(f"bad Via {text!r}", 400)
         transport = m.group(1).upper()

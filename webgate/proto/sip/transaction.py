@@ -23,6 +23,10 @@ Choices worth knowing (all within RFC 3261 unless noted):
   itself; ``txn.ack_received()`` does the same and may be called as well (idempotent).
   The transaction stays 64*T1 after the 2xx (Timer L) to absorb retransmitted INVITEs
   (answered by re-sending the 2xx).
+* Client INVITE in Proceeding: RFC 3261 has no timeout there (the TU CANCELs). As a
+  safety net against leaks, ``TimerConfig.timer_c`` (180 s, restarted by every
+  provisional) ends it with :class:`TransactionTimeout`; a 2xx after that arrives as
+  ``ResponseReceived(None, ...)``.
 * Client INVITE with a 2xx goes to ``ACCEPTED`` for 64*T1 (Timer M); every 2xx that
   arrives then (retransmissions, forked answers) is delivered as
   ``ResponseReceived(txn, resp)``. A 2xx to an INVITE that matches no transaction is
@@ -42,12 +46,10 @@ import enum
 import heapq
 import secrets
 from dataclasses import dataclass
-from typing import Union
 
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.sip.message import (
     Headers,
-    NameAddr,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -73,6 +75,9 @@ class TimerConfig:
     t4: float = 5.0
     timer_d: float = 32.0  # unreliable transports; 0 on reliable ones
     trying_delay: float = 0.2  # server INVITE: automatic 100 Trying; 0 = immediately
+    # client INVITE safety net (cf. Timer C, §16.6): Proceeding with no new provisional
+    # for this long -> TransactionTimeout. The TU should CANCEL well before; None = never.
+    timer_c: float | None = 180.0
 
     @property
     def timeout(self) -> float:
@@ -207,15 +212,15 @@ class MessageDropped:
     source: Addr | None = None
 
 
-Event = Union[
-    RequestReceived,
-    ResponseReceived,
-    TransactionTimeout,
-    TransportError,
-    AckTimeout,
-    TransactionTerminated,
-    MessageDropped,
-]
+Event = (
+    RequestReceived
+    | ResponseReceived
+    | TransactionTimeout
+    | TransportError
+    | AckTimeout
+    | TransactionTerminated
+    | MessageDropped
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,10 +258,10 @@ def _stamp_via(request: SipRequest, via: Via, source: Addr) -> None:
     changed = False
     params = dict(via.params)
     src_host, src_port = source[1], source[2]
-    if via.host.lower() != src_host.lower() or "rport" in params:
-        if params.get("received") != src_host:
-            params["received"] = src_host
-            changed = True
+    needs_received = via.host.lower() != src_host.lower() or "rport" in params
+    if needs_received and params.get("received") != src_host:
+        params["received"] = src_host
+        changed = True
     if "rport" in params and params["rport"] is None:
         params["rport"] = str(src_port)
         changed = True
@@ -404,12 +409,10 @@ class TransactionManager:
             return []
         txn.state = TransactionState.TERMINATED
         txn._timers.clear()
-        if isinstance(txn, ClientTransaction):
-            if self._client.get(txn.key) is txn:
-                del self._client[txn.key]
-        elif isinstance(txn, ServerTransaction):
-            if self._server.get(txn.key) is txn:
-                del self._server[txn.key]
+        if isinstance(txn, ClientTransaction) and self._client.get(txn.key) is txn:
+            del self._client[txn.key]
+        elif isinstance(txn, ServerTransaction) and self._server.get(txn.key) is txn:
+            del self._server[txn.key]
         return [TransactionTerminated(txn)]
 
     def _drop(self, message: SipMessage, reason: str, source: Addr | None) -> list[Event]:
@@ -455,7 +458,10 @@ class TransactionManager:
                 if status < 200:
                     txn.state = S.PROCEEDING
                     txn.last_response = resp
+                    if t.timer_c is not None:
+                        self._set_timer(txn, "C", t.timer_c, now)
                     return [ResponseReceived(txn, resp)]
+                txn._timers.cancel("C")
                 txn.last_response = resp
                 if status < 300:
                     txn.state = S.ACCEPTED
@@ -700,7 +706,7 @@ class TransactionManager:
                 txn._interval = t.t2 if txn.state is S.PROCEEDING else min(2 * txn._interval, t.t2)
                 self._set_timer(txn, "E", txn._interval, now)
                 return []
-            if name in ("B", "F"):
+            if name in ("B", "F") or (name == "C" and txn.state is S.PROCEEDING):
                 self.stats.timeouts += 1
                 return [TransactionTimeout(txn), *self._terminate(txn)]
             if name in ("D", "K", "M"):
@@ -736,9 +742,9 @@ def _safe_reason(text: str, default: str) -> str:
 
 
 __all__ = [
-    "Addr",
-    "AckTimeout",
     "BRANCH_COOKIE",
+    "AckTimeout",
+    "Addr",
     "ClientTransaction",
     "Event",
     "MessageDropped",

@@ -1,0 +1,252 @@
+// webgate.js: browser client for the webgate WebRTC-to-SIP gateway.
+// One dependency-free ES module. Protocol: docs/protocol.md (## WebSocket). API: README.md.
+//
+//   import { WebGate } from '/html5_client/webgate.js';
+//   const gw = new WebGate({ url: 'ws://HOST:PORT/ws', token });
+//   const call = await gw.call('echo', { stream, video: false, sessionId });
+//   call.sessionId; call.remoteStream;
+//   call.addEventListener('ringing' | 'answered' | 'dtmf' | 'ended' | 'error', ev => ev.detail);
+//   call.sendDTMF('123#'); call.hangup();
+
+const PROTOCOL_VERSION = 1;
+const DTMF_RE = /^[0-9*#A-Da-d]{1,32}$/;
+
+/** An error with a stable `code` (see docs/protocol.md): a refused call rejects with one. */
+export class WebGateError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'WebGateError';
+    this.code = code;
+  }
+}
+
+/** The default signalling URL: `/ws` on the server that served the page. */
+export function defaultUrl() {
+  if (typeof location === 'undefined') return 'ws://127.0.0.1:8080/ws';
+  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+}
+
+function waitForIceGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(timer); pc.removeEventListener('icegatheringstatechange', check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+export class WebGate {
+  /**
+   * @param {object} options
+   * @param {string} [options.url]   WebSocket URL of the gateway's /ws (default: this page's host)
+   * @param {string} [options.token] access token, sent with each call
+   * @param {RTCIceServer[]} [options.iceServers] override the ICE servers the gateway hands out
+   * @param {number} [options.timeoutMs] how long to wait for the gateway to accept a call (10 s)
+   */
+  constructor(options = {}) {
+    this.url = options.url || defaultUrl();
+    this.token = options.token;
+    this.iceServers = options.iceServers;
+    this.timeoutMs = options.timeoutMs || 10000;
+  }
+
+  /**
+   * Place a call. Resolves once the gateway accepted it and assigned `call.sessionId`
+   * (before the far end answers); rejects with a WebGateError (`err.code`) when refused.
+   * @param {string} destination
+   * @param {object} [opts]
+   * @param {MediaStream} [opts.stream] microphone (and camera) to send; default: getUserMedia
+   * @param {boolean} [opts.video] also send/receive video (kept with the session, never sent to SIP)
+   * @param {string} [opts.sessionId] bring your own session ID (8-10 digits, not in use)
+   * @param {string} [opts.displayName] caller display name for SIP
+   */
+  async call(destination, opts = {}) {
+    const call = new WebGateCall(this, destination, opts);
+    await call._start();
+    return call;
+  }
+}
+
+export class WebGateCall extends EventTarget {
+  constructor(gate, destination, opts) {
+    super();
+    this.gate = gate;
+    this.destination = destination;
+    this.opts = opts;
+    this.sessionId = null;
+    this.codec = null;          // the audio codec toward the browser (PCMU, opus, ...)
+    this.state = 'new';         // new, connecting, trying, ringing, early_media, answered, ended
+    this.endCause = null;
+    this.remoteStream = new MediaStream();
+    this.localStream = null;
+    this.pc = null;
+    this.ws = null;
+    this._ownStream = false;
+    this._pending = null;       // {resolve, reject} while waiting for 'accepted'
+    this._ping = null;
+    this._welcome = null;
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  _send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  async _start() {
+    const opts = this.opts;
+    this.state = 'connecting';
+    const timeoutMs = this.gate.timeoutMs;
+    const accepted = new Promise((resolve, reject) => { this._pending = { resolve, reject }; });
+    const timer = setTimeout(() => this._fail(new WebGateError('timeout', 'the gateway did not answer in time')), timeoutMs);
+    try {
+      await this._open();
+      let stream = opts.stream;
+      if (!stream) {
+        stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: !!opts.video });
+        this._ownStream = true;
+      }
+      this.localStream = stream;
+      const iceServers = this.gate.iceServers || (this._welcome && this._welcome.ice_servers) || [];
+      const pc = this.pc = new RTCPeerConnection({ iceServers });
+      pc.ontrack = (ev) => { this.remoteStream.addTrack(ev.track); this._emit('track', { track: ev.track }); };
+      pc.onconnectionstatechange = () => {
+        this._emit('connectionstatechange', { state: pc.connectionState });
+        if (pc.connectionState === 'failed') this._end('ice_failed', null, true);
+      };
+      const audio = stream.getAudioTracks();
+      if (audio.length) audio.forEach((t) => pc.addTrack(t, stream));
+      else pc.addTransceiver('audio', { direction: 'recvonly' });
+      if (opts.video) {
+        const video = stream.getVideoTracks();
+        if (video.length) video.forEach((t) => pc.addTrack(t, stream));
+        else pc.addTransceiver('video', { direction: 'recvonly' });
+      }
+      await pc.setLocalDescription(await pc.createOffer());
+      // send the offer with the candidates gathered so far; later ones are trickled
+      await waitForIceGathering(pc, 1500);
+      pc.onicecandidate = (ev) => this._send({ type: 'candidate', candidate: ev.candidate ? ev.candidate.toJSON() : null });
+      const msg = { type: 'call', destination: this.destination, sdp: pc.localDescription.sdp };
+      if (opts.sessionId != null) msg.session_id = String(opts.sessionId);
+      if (opts.displayName != null) msg.display_name = opts.displayName;
+      if (this.gate.token != null) msg.token = this.gate.token;
+      this._send(msg);
+      if (pc.iceGatheringState === 'complete') this._send({ type: 'candidate', candidate: null });
+      await accepted;
+    } catch (err) {
+      this._fail(err instanceof WebGateError ? err : new WebGateError(err && err.name === 'NotAllowedError' ? 'media_denied' : 'client_error', String(err && err.message || err)));
+      await accepted.catch(() => {});
+      throw this._error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  _open() {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try { ws = this.ws = new WebSocket(this.gate.url); } catch (e) { reject(new WebGateError('connection_failed', String(e.message || e))); return; }
+      let welcomed = false;
+      ws.onmessage = (ev) => {
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch (e) { return; }
+        if (!welcomed && msg.type === 'welcome') {
+          welcomed = true;
+          this._welcome = msg;
+          if (msg.version !== PROTOCOL_VERSION) console.warn('webgate: protocol version', msg.version);
+          this._ping = setInterval(() => this._send({ type: 'ping' }), 20000);
+          resolve();
+          return;
+        }
+        this._onMessage(msg);
+      };
+      ws.onerror = () => { if (!welcomed) reject(new WebGateError('connection_failed', 'cannot reach ' + this.gate.url)); };
+      ws.onclose = () => {
+        if (!welcomed) reject(new WebGateError('connection_failed', 'connection closed by ' + this.gate.url));
+        else this._end('connection_lost', null, true);
+      };
+    });
+  }
+
+  _onMessage(msg) {
+    switch (msg.type) {
+      case 'accepted':
+        this.sessionId = msg.session_id;
+        this.codec = msg.codec || null;
+        this.state = 'trying';
+        if (this._pending) { this._pending.resolve(this); this._pending = null; }
+        this._emit('accepted', { sessionId: this.sessionId, codec: this.codec });
+        break;
+      case 'answer':
+        this.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp })
+          .catch((e) => this._emit('error', { code: 'invalid_sdp', message: String(e.message || e) }));
+        break;
+      case 'candidate':
+        if (msg.candidate) this.pc.addIceCandidate(msg.candidate).catch(() => {});
+        break;
+      case 'progress':
+        this.state = msg.state;
+        this._emit('progress', { state: msg.state });
+        if (msg.state === 'ringing' || msg.state === 'early_media') this._emit('ringing', { state: msg.state, earlyMedia: msg.state === 'early_media' });
+        else if (msg.state === 'answered') this._emit('answered', { sessionId: this.sessionId });
+        break;
+      case 'dtmf':
+        this._emit('dtmf', { digit: msg.digit, method: msg.method });
+        break;
+      case 'ended':
+        this._end(msg.cause, msg.status == null ? null : msg.status, false);
+        break;
+      case 'error':
+        if (this._pending) this._fail(new WebGateError(msg.code, msg.message));
+        else this._emit('error', { code: msg.code, message: msg.message, ref: msg.ref });
+        break;
+      default:
+        break;   // pong and future message types
+    }
+  }
+
+  _fail(err) {
+    this._error = err;
+    if (this._pending) { this._pending.reject(err); this._pending = null; }
+    this._cleanup();
+  }
+
+  _end(cause, status, local) {
+    if (this.state === 'ended') return;
+    this.state = 'ended';
+    this.endCause = cause;
+    this._cleanup();
+    this._emit('ended', { cause, status, local: !!local });
+  }
+
+  _cleanup() {
+    if (this._ping) { clearInterval(this._ping); this._ping = null; }
+    if (this.pc) { try { this.pc.close(); } catch (e) { /* closed */ } }
+    if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
+    const ws = this.ws;
+    if (ws) {
+      ws.onclose = null;
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close();
+    }
+  }
+
+  /** Send DTMF digits (0-9 * # A-D) toward the phone (signalled; see README.md). */
+  sendDTMF(digits, durationMs) {
+    digits = String(digits);
+    if (!DTMF_RE.test(digits)) throw new WebGateError('invalid_dtmf', 'digits must be 1-32 of 0-9 * # A-D');
+    if (this.state === 'ended') throw new WebGateError('no_call', 'the call has ended');
+    const msg = { type: 'dtmf', digits };
+    if (durationMs != null) msg.duration_ms = durationMs;
+    this._send(msg);
+  }
+
+  /** Hang up (CANCEL before answer, BYE after). Fires 'ended' with cause 'client_hangup'. */
+  hangup() {
+    if (this.state === 'ended') return;
+    this._send({ type: 'hangup' });
+    this._end('client_hangup', null, true);
+  }
+}
+
+export default WebGate;

@@ -1,0 +1,196 @@
+"""Test helpers: a gateway with ``/ws`` on 127.0.0.1:0, a WebSocket signalling client, and an
+aiortc browser stand-in that sends a tone and records what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from typing import Any
+
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from av import AudioFrame
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.websocket import WebSocketClientEndpoint
+
+from tests.calls.gw import make_config, reactor, sleep, start_telephony
+from webgate.adapters import aio
+from webgate.adapters.webrtc import WebRtcSettings
+from webgate.media.tones import ToneGenerator
+from webgate.web.static import add_static
+from webgate.web.ws import make_ws_resource
+
+
+class Gateway:
+    """TelephonyService + a Site with /ws, / and /html5_client/ on 127.0.0.1:0."""
+
+    def __init__(self, extra: dict[str, Any] | None = None, settings: WebRtcSettings | None = None) -> None:
+        self.config = make_config(extra)
+        self.svc = start_telephony(self.config)
+        root = Resource()
+        self.ws = make_ws_resource(self.svc.manager, self.config, reactor, settings=settings or WebRtcSettings())
+        root.putChild(b"ws", self.ws)
+        add_static(root)
+        self.site = Site(root)
+        self.site.noisy = False
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.http = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/ws"
+
+    @property
+    def manager(self) -> Any:
+        return self.svc.manager
+
+    async def stop(self) -> None:
+        for conn in list(self.ws.signalling.connections):  # type: ignore[attr-defined]
+            conn.close()
+        await self.port.stopListening()
+        await self.svc.stopService()
+        await sleep(0.1)
+
+
+class WsClient:
+    """A WebSocket signalling client (Twisted's own websocket client)."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.messages: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.closed: Deferred[None] = Deferred()
+        self.is_closed = False
+
+    # WebSocketProtocol
+    def negotiationStarted(self, transport: Any) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        self.raw.append(message)
+        self.messages.append(json.loads(message))
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        self.is_closed = True
+        self.closed.callback(None)
+
+    # API
+    def send(self, msg: dict[str, Any] | str) -> None:
+        self.transport.sendTextMessage(msg if isinstance(msg, str) else json.dumps(msg))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    async def next(self, kind: str, timeout: float = 5.0, after: int = 0, **match: Any) -> dict[str, Any]:
+        """The first message of ``kind`` at index >= ``after`` matching ``match``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.messages[after:]:
+                if m.get("type") == kind and all(m.get(k) == v for k, v in match.items()):
+                    return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {kind!r} {match or ''} within {timeout} s; got {self.messages}")
+            await sleep(0.02)
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.transport.loseConnection()
+
+
+async def connect(url: str) -> WsClient:
+    class Factory:
+        def buildProtocol(self, url: str) -> WsClient:
+            return WsClient()
+
+    client: WsClient = await WebSocketClientEndpoint.new(reactor, url).connect(Factory())
+    return client
+
+
+class ToneTrack(AudioStreamTrack):
+    """A 48 kHz mono tone, paced in real time (the browser's microphone)."""
+
+    def __init__(self, hz: float, rate: int = 48000) -> None:
+        super().__init__()
+        self.gen = ToneGenerator(hz, rate, 0.4)
+        self.rate = rate
+        self.n = rate // 50
+        self.ts = 0
+        self.t0: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        else:
+            self.ts += self.n
+            wait = self.t0 + self.ts / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        f = AudioFrame(format="s16", layout="mono", samples=self.n)
+        f.planes[0].update(self.gen.generate(self.n).tobytes())
+        f.pts, f.sample_rate, f.time_base = self.ts, self.rate, fractions.Fraction(1, self.rate)
+        return f
+
+
+class Browser:
+    """aiortc standing in for a browser: sends a tone, records the far end (mono int16)."""
+
+    def __init__(self, tone_hz: float = 700.0, codecs: list[str] | None = None) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTrack(ToneTrack(tone_hz))
+        if codecs:
+            caps = RTCRtpSender.getCapabilities("audio").codecs
+            prefs = [c for n in codecs for c in caps if c.mimeType.lower() == "audio/" + n.lower()]
+            self.pc.getTransceivers()[0].setCodecPreferences(prefs)
+        self.received: list[np.ndarray] = []
+        self.rate: int | None = None
+        self.task: Any = None
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: Any) -> None:
+        async def consume() -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                arr = frame.to_ndarray().reshape(-1)
+                ch = len(frame.layout.channels)
+                if ch > 1:
+                    arr = arr.reshape(-1, ch)[:, 0]
+                self.rate = frame.sample_rate
+                self.received.append(arr.astype(np.int16))
+
+        self.task = aio.spawn(consume(), "test browser consumer")
+
+    async def offer(self) -> str:
+        async def make() -> str:
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            return str(self.pc.localDescription.sdp)
+
+        return await aio.as_deferred(make())
+
+    async def answer(self, sdp: str) -> None:
+        await aio.as_deferred(self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer")))
+
+    def recording(self) -> np.ndarray:
+        return np.concatenate(self.received) if self.received else np.zeros(0, dtype=np.int16)
+
+    async def close(self) -> None:
+        aio.cancel(self.task)
+        await aio.as_deferred(self.pc.close())

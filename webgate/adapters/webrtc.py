@@ -1,0 +1,420 @@
+"""The WebRTC ingress leg: one aiortc ``RTCPeerConnection`` per call.
+
+Media path (see docs/decisions.md): aiortc only exposes decoded frames, so this leg is a
+*frame path* leg. Browser audio arrives as decoded ``av.AudioFrame`` s (aiortc decodes
+Opus/G.711/G.722 itself) and goes to :meth:`Call.send_audio` as PCM at the decoder's rate;
+SIP audio arrives as PCM from :meth:`audio_from_sip` and is played out by
+:class:`SipAudioTrack`, an ``AudioStreamTrack`` that aiortc's sender encodes. To keep the
+cost near a packet path for G.711 trunks, the answer toward the browser prefers the
+trunk's own codec order (PCMU first by default): then both directions are G.711 at 8 kHz
+and nothing is resampled, only G.711 decode+encode (~20 µs per 20 ms frame each way).
+
+DTMF: aiortc does not negotiate ``telephone-event`` (it is not in ``aiortc.codecs.CODECS``)
+and drops RTP with unknown payload types, so a browser's ``RTCDTMFSender`` has nothing to
+send on (``canInsertDTMF`` is false). Digits from the browser therefore come as the ``dtmf``
+signalling message (handled in webgate/web/ws.py); digits from SIP go to the browser as
+``dtmf`` signalling events.
+
+Video and data channels are accepted and kept alive; their media is read and dropped here
+(never sent to SIP) until the session hub gives them a viewer.
+
+All asyncio work is started through :mod:`webgate.adapters.aio`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
+from twisted.logger import Logger
+
+from webgate.adapters import aio
+from webgate.calls.call import Call, CallState
+from webgate.media.audio import PCM, Framer, Resampler
+
+log = Logger()
+
+__all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcSettings", "ice_servers_for_aiortc"]
+
+# aiortc codec names (mimeType subtype, lower case) by the names the trunk config uses
+_AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
+
+
+@dataclass(frozen=True)
+class WebRtcSettings:
+    """WebRTC and signalling settings (a ``[webrtc]`` config section when there is one)."""
+
+    #: ICE servers handed to aiortc AND to the browser: [{"urls": [...], "username": ..., "credential": ...}]
+    ice_servers: tuple[dict[str, Any], ...] = ()
+    #: a call whose ICE/DTLS is not connected this long after the answer (or drops) is hung up
+    ice_timeout_s: float = 15.0
+    #: largest signalling message accepted (bytes of UTF-8 JSON)
+    max_message_size: int = 65536
+    #: a WebSocket without any message for this long is closed (the client pings every 20 s)
+    idle_timeout_s: float = 60.0
+    #: how much SIP audio may queue toward the browser before the oldest is dropped
+    max_playout_ms: int = 200
+    #: protocol errors tolerated on one connection before it is closed
+    max_errors: int = 20
+
+    @classmethod
+    def from_config(cls, config: Any) -> WebRtcSettings:
+        sec = getattr(config, "webrtc", None)
+        if sec is None:
+            return cls()
+        kw: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if hasattr(sec, name):
+                kw[name] = getattr(sec, name)
+        if "ice_servers" in kw:
+            kw["ice_servers"] = tuple(_ice_server_dict(s) for s in kw["ice_servers"])
+        return cls(**kw)
+
+
+def _ice_server_dict(s: Any) -> dict[str, Any]:
+    if isinstance(s, dict):
+        d = dict(s)
+    else:
+        d = {k: getattr(s, k) for k in ("urls", "username", "credential") if getattr(s, k, None)}
+    urls = d.get("urls")
+    d["urls"] = [urls] if isinstance(urls, str) else list(urls or [])
+    return d
+
+
+def ice_servers_for_aiortc(servers: tuple[dict[str, Any], ...]) -> list[RTCIceServer]:
+    """An explicit list (possibly empty): aiortc then never asks its default public STUN server."""
+    return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers]
+
+
+class InvalidOffer(Exception):
+    """The browser's SDP offer is unusable (garbage, or no audio we can receive)."""
+
+
+class SipAudioTrack(AudioStreamTrack):
+    """The audio the browser hears: PCM from the SIP leg, paced in 20 ms frames with pts.
+
+    Frames are produced at one fixed rate per track (``rate``, chosen to match the codec
+    negotiated with the browser: 8 kHz for G.711, 16 kHz for G.722, 48 kHz for Opus), so
+    aiortc's encoder never resamples; SIP audio at another rate is resampled once here.
+    Silence is sent while nothing is queued (before answer, packet loss).
+    """
+
+    kind = "audio"
+
+    def __init__(self, rate: int, max_queue_ms: int = 200) -> None:
+        super().__init__()
+        self.rate = rate
+        self.samples = rate // 50
+        self._queue: collections.deque[PCM] = collections.deque(maxlen=max(2, max_queue_ms // 20))
+        self._framer = Framer(self.samples)
+        self._resamplers: dict[int, Resampler] = {}
+        self._ts = 0
+        self._t0: float | None = None
+        self.frames_sent = 0
+        self.frames_silent = 0
+        self.frames_dropped = 0
+
+    def set_rate(self, rate: int) -> None:
+        """Fix the output rate (before the first frame is sent)."""
+        self.rate = rate
+        self.samples = rate // 50
+        self._framer = Framer(self.samples)
+        self._queue.clear()
+
+    def push(self, pcm: PCM, rate: int) -> None:
+        if rate != self.rate:
+            rs = self._resamplers.get(rate)
+            if rs is None:
+                rs = self._resamplers[rate] = Resampler(rate, self.rate)
+            pcm = rs.resample(pcm)
+        for frame in self._framer.push(pcm):
+            if len(self._queue) == self._queue.maxlen:
+                self.frames_dropped += 1
+            self._queue.append(frame)
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        else:
+            self._ts += self.samples
+            wait = self._t0 + self._ts / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        if self._queue:
+            pcm = self._queue.popleft()
+        else:
+            pcm = np.zeros(self.samples, dtype=np.int16)
+            self.frames_silent += 1
+        frame = AudioFrame(format="s16", layout="mono", samples=self.samples)
+        frame.planes[0].update(np.ascontiguousarray(pcm, dtype=np.int16).tobytes())
+        frame.pts = self._ts
+        frame.sample_rate = self.rate
+        frame.time_base = fractions.Fraction(1, self.rate)
+        self.frames_sent += 1
+        return frame
+
+
+def _frame_to_mono(frame: Any) -> PCM:
+    """An aiortc-decoded ``av.AudioFrame`` (packed s16, 1 or 2 channels) as mono int16."""
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        data = arr.astype(np.int32)
+        mono = data.mean(axis=0) if channels > 1 else data[0]
+    else:
+        flat = arr.reshape(-1)
+        if channels > 1:
+            mono = flat.reshape(-1, channels).astype(np.int32).mean(axis=1)
+        else:
+            mono = flat
+    if mono.dtype != np.int16:
+        mono = np.clip(mono, -32768, 32767).astype(np.int16)
+    return mono  # type: ignore[no-any-return]
+
+
+@dataclass
+class LegStats:
+    frames_from_browser: int = 0
+    frames_to_browser: int = 0
+    video_frames_dropped: int = 0
+    data_messages_dropped: int = 0
+    browser_codec: str | None = None
+    transcoded: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WebRtcLeg:
+    """The ingress leg of one browser call (implements ``webgate.calls.call.IngressLeg``).
+
+    ``signal(msg)`` sends a JSON-able dict to the browser; ``on_done()`` is called once
+    the leg has ended (the WebSocket side may then close).
+    """
+
+    kind = "webrtc"
+
+    def __init__(
+        self,
+        client: str,
+        settings: WebRtcSettings,
+        signal: Callable[[dict[str, Any]], None],
+        reactor: Any,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.signal = signal
+        self.reactor = reactor
+        self.call: Call | None = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_for_aiortc(settings.ice_servers)))
+        self.out_track: SipAudioTrack | None = None
+        self.stats = LegStats()
+        self.closed = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._channels: list[Any] = []
+        self._ice_timer: Any = None
+        self._answer: RTCSessionDescription | None = None
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def session_id(self) -> str | None:
+        return self.call.session_id if self.call is not None else None
+
+    # -- offer / answer -------------------------------------------------------------------
+    async def prepare_answer(self, offer_sdp: str, codec_order: tuple[str, ...] | list[str]) -> str:
+        """Apply the browser's offer and build (not yet apply) the answer.
+
+        ``codec_order``: the SIP side's codec preference (trunk config), used to pick the
+        codec toward the browser so no transcoding happens where it can be avoided.
+        Returns the audio codec the answer chose ("PCMU", "opus", ...).
+        Raises :class:`InvalidOffer`.
+        """
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        order = [_AIORTC_NAMES[c.lower()] for c in codec_order if c.lower() in _AIORTC_NAMES]
+        order += [n for n in ("opus", "g722", "pcmu", "pcma") if n not in order]
+        prefs = [c for n in order for c in caps if c.mimeType.lower() == "audio/" + n]
+        # aiortc negotiates codecs inside setRemoteDescription, so the transceiver that will
+        # carry the call (with its preferences and our track) must exist before it; the
+        # offer's first audio section binds to it.
+        self.out_track = SipAudioTrack(48000, self.settings.max_playout_ms)
+        main = self.pc.addTransceiver(self.out_track, direction="sendrecv")
+        main.setCodecPreferences(prefs)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as e:  # noqa: BLE001 - aiortc raises ValueError, KeyError, IndexError... on garbage
+            raise InvalidOffer(f"unusable SDP offer: {type(e).__name__}: {e}") from None
+        if main.mid is None:
+            raise InvalidOffer("the offer has no audio section")
+        try:
+            self._answer = await self.pc.createAnswer()
+        except Exception as e:  # noqa: BLE001 - any aiortc failure on a remote offer is the offer's fault
+            raise InvalidOffer(f"cannot answer the offer: {type(e).__name__}: {e}") from None
+        codec = self._answer_codec(self._answer.sdp)
+        if codec is None:
+            raise InvalidOffer("no common audio codec (offer Opus, G722, PCMU or PCMA)")
+        self.stats.browser_codec = codec
+        # play out at the browser codec's own rate so aiortc's encoder never resamples
+        self.out_track.set_rate({"PCMU": 8000, "PCMA": 8000, "G722": 16000}.get(codec.upper(), 48000))
+        return codec
+
+    @staticmethod
+    def _answer_codec(sdp_text: str) -> str | None:
+        """The first codec of the first audio section of an SDP (what both sides send)."""
+        in_audio = False
+        first_pt: str | None = None
+        for line in sdp_text.splitlines():
+            if line.startswith("m="):
+                if in_audio:
+                    break
+                in_audio = line.startswith("m=audio")
+                if in_audio:
+                    parts = line.split()
+                    if len(parts) < 4 or parts[1] == "0":
+                        return None
+                    first_pt = parts[3]
+            elif in_audio and first_pt is not None and line.startswith(f"a=rtpmap:{first_pt} "):
+                name = line.split(" ", 1)[1].split("/")[0]
+                return {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722", "opus": "opus"}.get(name.lower(), name)
+        return None
+
+    async def complete_answer(self) -> str:
+        """Apply the answer (aiortc gathers its ICE candidates here); return its SDP."""
+        assert self._answer is not None
+        await self.pc.setLocalDescription(self._answer)
+        self._ice_timer = self.reactor.callLater(self.settings.ice_timeout_s, self._ice_timeout)
+        return str(self.pc.localDescription.sdp)
+
+    async def add_candidate(self, cand: dict[str, Any] | None) -> None:
+        """A trickled browser candidate (``None`` or an empty candidate: end of candidates)."""
+        if not cand or not cand.get("candidate"):
+            await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
+            return
+        text = str(cand["candidate"])
+        text = text.removeprefix("candidate:")
+        c = candidate_from_sdp(text)
+        c.sdpMid = cand.get("sdpMid")
+        c.sdpMLineIndex = cand.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(c)
+
+    def attach(self, call: Call) -> None:
+        self.call = call
+        self.stats.transcoded = None
+
+    # -- aiortc events ----------------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._tasks.append(aio.spawn(self._consume_audio(track), "webrtc audio consumer", session_id=self.session_id))
+        else:
+            self._tasks.append(aio.spawn(self._drain_video(track), "webrtc video drain", session_id=self.session_id))
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self._channels.append(channel)
+
+        @channel.on("message")
+        def _dropped(message: Any) -> None:
+            self.stats.data_messages_dropped += 1
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("call {session_id}: WebRTC {state}", session_id=self.session_id, state=state)
+        if state == "connected":
+            if self._ice_timer is not None and self._ice_timer.active():
+                self._ice_timer.cancel()
+            self._ice_timer = None
+        elif state == "failed":
+            self._end_from_browser("ice_failed")
+
+    def _ice_timeout(self) -> None:
+        self._ice_timer = None
+        if self.pc.connectionState != "connected":
+            self._end_from_browser("ice_timeout")
+
+    def _end_from_browser(self, cause: str) -> None:
+        call = self.call
+        if call is not None and not call.ended:
+            call.hangup(cause)  # the manager notifies us through call_ended (cause is not client_hangup)
+        else:
+            self.close()
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            call = self.call
+            if call is None or call.ended:
+                continue
+            self.stats.frames_from_browser += 1
+            call.send_audio(_frame_to_mono(frame), int(getattr(frame, "sample_rate", 48000)))
+
+    async def _drain_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            self.stats.video_frames_dropped += 1
+
+    # -- IngressLeg -------------------------------------------------------------------------
+    def call_progress(self, call: Call, state: CallState) -> None:
+        if state is CallState.ANSWERED:
+            self.stats.transcoded = (call.codec or "").upper() != (self.stats.browser_codec or "").upper()
+            log.info(
+                "call {session_id}: browser {browser} <-> SIP {sip} ({what})",
+                session_id=call.session_id,
+                browser=self.stats.browser_codec,
+                sip=call.codec,
+                what="transcoded" if self.stats.transcoded else "same codec, G.711/Opus decode+encode only",
+            )
+        self.signal({"type": "progress", "state": state.value})
+
+    def call_ended(self, call: Call, cause: str, status: int | None) -> None:
+        msg: dict[str, Any] = {"type": "ended", "cause": cause}
+        if status is not None:
+            msg["status"] = status
+        self.signal(msg)
+        self.close()
+
+    def dtmf_received(self, call: Call, digit: str, method: str) -> None:
+        self.signal({"type": "dtmf", "digit": digit, "method": method})
+
+    def audio_from_sip(self, call: Call, pcm: PCM, rate: int) -> None:
+        if self.out_track is not None:
+            self.out_track.push(pcm, rate)
+            self.stats.frames_to_browser += 1
+
+    # -- teardown ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop media and close the peer connection (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._ice_timer is not None and self._ice_timer.active():
+            self._ice_timer.cancel()
+        self._ice_timer = None
+        for t in self._tasks:
+            aio.cancel(t)
+        self._tasks.clear()
+        if self.out_track is not None:
+            self.out_track.stop()
+        aio.spawn(self.pc.close(), "RTCPeerConnection.close", session_id=self.session_id)

@@ -1,0 +1,397 @@
+"""``/ws``: WebSocket signalling for browser (WebRTC) calls.
+
+One WebSocket carries at most one call at a time (the JS client opens one per call), so
+"the WebSocket dropped" and "the browser went away" are the same event: the call is hung
+up (BYE or CANCEL toward SIP). JSON text messages only; every message is documented in
+docs/protocol.md (## WebSocket). Errors carry a stable ``code``; a bad message never
+disturbs another client, and a client that keeps sending bad messages is disconnected.
+
+Built on Twisted's own ``twisted.web.websocket`` (wsproto underneath, see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
+
+from webgate.adapters import aio
+from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
+from webgate.calls.call import Call
+from webgate.calls.errors import CallRefused
+
+log = Logger()
+
+__all__ = ["ERROR_CODES", "PROTOCOL_VERSION", "SignallingFactory", "SignallingProtocol", "make_ws_resource"]
+
+PROTOCOL_VERSION = 1
+
+# stable error codes of this module (the call layer adds its own: webgate/calls/errors.py)
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+UNKNOWN_TYPE = "unknown_type"
+MESSAGE_TOO_LARGE = "message_too_large"
+INVALID_SDP = "invalid_sdp"
+INVALID_CANDIDATE = "invalid_candidate"
+INVALID_DTMF = "invalid_dtmf"
+NO_CALL = "no_call"
+CALL_IN_PROGRESS = "call_in_progress"
+TOO_MANY_ERRORS = "too_many_errors"
+IDLE_TIMEOUT = "idle_timeout"
+INTERNAL_ERROR = "internal_error"
+ERROR_CODES = (
+    BAD_JSON,
+    BAD_MESSAGE,
+    UNKNOWN_TYPE,
+    MESSAGE_TOO_LARGE,
+    INVALID_SDP,
+    INVALID_CANDIDATE,
+    INVALID_DTMF,
+    NO_CALL,
+    CALL_IN_PROGRESS,
+    TOO_MANY_ERRORS,
+    IDLE_TIMEOUT,
+    INTERNAL_ERROR,
+)
+
+_DTMF_RE = re.compile(r"[0-9*#A-Da-d]{1,32}")
+_SESSION_ID_RE = re.compile(r"\d{1,16}")
+_MAX_SDP = 32768
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _opt_str(msg: dict[str, Any], key: str, max_len: int) -> str | None:
+    v = msg.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) > max_len:
+        raise _BadMessage(BAD_MESSAGE, f"'{key}' must be a string of at most {max_len} characters")
+    return v
+
+
+class _BadMessage(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SignallingProtocol:
+    """One WebSocket connection (``twisted.web.websocket.WebSocketProtocol``)."""
+
+    def __init__(self, factory: SignallingFactory, client: str, channel: Any) -> None:
+        self.factory = factory
+        self.client = client
+        self.channel = channel
+        self.transport: WebSocketTransport | None = None
+        self.closed = False
+        self.closing = False  # we sent a close frame: nothing more is sent or handled
+        self.leg: WebRtcLeg | None = None
+        self.call: Call | None = None
+        self.errors = 0
+        self._idle: Any = None
+        self._pending_candidates: list[Any] = []
+        self._answer_ready = False
+        self._bytes_since_message = 0
+
+    @property
+    def settings(self) -> WebRtcSettings:
+        return self.factory.settings
+
+    # -- WebSocketProtocol ------------------------------------------------------------------
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        self._guard_incoming_bytes()
+        self.factory.connections.add(self)
+        self._touch()
+        self.send(
+            {
+                "type": "welcome",
+                "version": PROTOCOL_VERSION,
+                "ice_servers": [dict(s) for s in self.settings.ice_servers],
+                "max_message_size": self.settings.max_message_size,
+            }
+        )
+
+    def pongReceived(self, payload: bytes) -> None:
+        self._touch()
+
+    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
+        if self.closing:
+            return
+        self._bytes_since_message = 0
+        self._touch()
+        self.error(BAD_MESSAGE, "binary messages are not accepted; send JSON text")
+
+    def textMessageReceived(self, message: str) -> None:
+        if self.closing:
+            return
+        self._bytes_since_message = 0
+        self._touch()
+        if len(message) > self.settings.max_message_size or len(message.encode("utf-8", "surrogatepass")) > self.settings.max_message_size:
+            self.error(MESSAGE_TOO_LARGE, f"messages are limited to {self.settings.max_message_size} bytes")
+            return
+        try:
+            msg = json.loads(message)
+        except (ValueError, RecursionError):
+            self.error(BAD_JSON, "the message is not valid JSON")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self.error(BAD_MESSAGE, "a message is a JSON object with a string 'type'")
+            return
+        kind = msg["type"]
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self.error(UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}", ref=kind[:40])
+            return
+        try:
+            handler(self, msg)
+        except _BadMessage as e:
+            self.error(e.code, e.message, ref=kind)
+        except CallRefused as e:
+            self.error(e.code, e.message, ref=kind)
+        except Exception:  # noqa: BLE001 - the edge: log, answer internal_error, keep serving
+            log.failure("ws {client}: handling {kind} failed", client=self.client, kind=kind)
+            self.error(INTERNAL_ERROR, "internal error", ref=kind)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.factory.connections.discard(self)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        call, leg = self.call, self.leg
+        if call is not None and not call.ended:
+            log.info("call {session_id}: WebSocket closed, hanging up", session_id=call.session_id)
+            call.hangup("ws_closed")
+        if leg is not None:
+            leg.close()
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed or self.closing or self.transport is None:
+            return
+        self.transport.sendTextMessage(json.dumps(msg, separators=(",", ":")))
+
+    def error(self, code: str, message: str, ref: str | None = None, fatal: bool = False) -> None:
+        self.errors += 1
+        body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if ref is not None:
+            body["ref"] = ref
+        if self.call is not None:
+            body["session_id"] = self.call.session_id
+        log.info("ws {client}: error {code}: {message}", client=self.client, code=code, message=message)
+        self.send(body)
+        if fatal:
+            self.close(1008)
+        elif self.errors > self.settings.max_errors:
+            self.send({"type": "error", "code": TOO_MANY_ERRORS, "message": "too many bad messages; closing"})
+            self.close(1008)
+
+    def close(self, code: int = 1000) -> None:
+        if not self.closed and not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.loseConnection(code)
+
+    # -- guards -------------------------------------------------------------------------------
+    def _touch(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.settings.idle_timeout_s)
+        elif not self.closed:
+            self._idle = self.factory.reactor.callLater(self.settings.idle_timeout_s, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._idle = None
+        self.error(IDLE_TIMEOUT, f"no message for {self.settings.idle_timeout_s:g} s", fatal=True)
+
+    def _guard_incoming_bytes(self) -> None:
+        """twisted.web.websocket buffers a fragmented message without limit before
+        delivering it; count the bytes received since the last complete message and cut a
+        connection that streams far more than any valid message (RFC 6455 close 1009)."""
+        channel = self.channel
+        inner = getattr(channel, "dataReceived", None)
+        if inner is None:
+            return
+        hard_limit = 2 * self.settings.max_message_size + 4096
+
+        def data_received(data: bytes) -> None:
+            if self.closed or self.closing:
+                return
+            self._bytes_since_message += len(data)
+            if self._bytes_since_message > hard_limit:
+                self.error(MESSAGE_TOO_LARGE, f"messages are limited to {self.settings.max_message_size} bytes; closing")
+                self.close(1009)
+                return
+            inner(data)
+
+        channel.dataReceived = data_received
+
+    # -- messages -----------------------------------------------------------------------------
+    def _on_ping(self, msg: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"type": "pong"}
+        if isinstance(msg.get("id"), (str, int)) and len(str(msg["id"])) <= 64:
+            reply["id"] = msg["id"]
+        self.send(reply)
+
+    def _on_call(self, msg: dict[str, Any]) -> None:
+        if self.leg is not None and self.leg.closed:
+            self.leg, self.call, self._answer_ready, self._pending_candidates = None, None, False, []
+        if self.leg is not None:
+            raise _BadMessage(CALL_IN_PROGRESS, "this connection already has a call; open another WebSocket")
+        destination = msg.get("destination")
+        sdp = msg.get("sdp")
+        if not isinstance(sdp, str) or not sdp or len(sdp) > _MAX_SDP:
+            raise _BadMessage(INVALID_SDP, "'sdp' must be the browser's SDP offer (a string)")
+        session_id = msg.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            if isinstance(session_id, int) and not isinstance(session_id, bool):
+                session_id = str(session_id)
+            else:
+                raise _BadMessage("invalid_session_id", "'session_id' must be a string of 8-10 digits")
+        display_name = _opt_str(msg, "display_name", 128)
+        _opt_str(msg, "token", 4096)  # accepted; checked by the authorisation issue
+        if isinstance(destination, str) and _CONTROL_RE.search(destination):
+            # dialplan's pattern ends in "$", which also matches before a final "\n": refuse here too
+            raise CallRefused("invalid_destination", "the destination contains control characters")
+        manager = self.factory.manager
+        route = manager.dialplan.resolve(destination)  # raises CallRefused with a stable code
+        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)
+        self.leg = leg
+        d: Deferred[None] = aio.as_deferred(self._start_call(leg, route, session_id, display_name, sdp))
+        d.addErrback(self._start_failed, leg)
+
+    async def _start_call(self, leg: WebRtcLeg, route: Any, session_id: str | None, display_name: str | None, sdp: str) -> None:
+        try:
+            codec = await leg.prepare_answer(sdp, route.codecs)
+        except InvalidOffer as e:
+            self._drop_leg(leg)
+            self.error(INVALID_SDP, str(e), ref="call")
+            return
+        if self.closed or leg.closed:
+            leg.close()
+            return
+        try:
+            call = self.factory.manager.place_call(
+                leg, route.destination, session_id=session_id, display_name=display_name, prefer_codecs=[codec], route=route
+            )
+        except CallRefused as e:
+            self._drop_leg(leg)
+            self.error(e.code, e.message, ref="call")
+            return
+        self.call = call
+        leg.attach(call)
+        self.send({"type": "accepted", "session_id": call.session_id, "codec": codec})
+        self.send({"type": "progress", "state": "trying"})
+        answer = await leg.complete_answer()
+        if call.ended or leg.closed:
+            return
+        self.send({"type": "answer", "sdp": answer})
+        self._answer_ready = True
+        pending, self._pending_candidates = self._pending_candidates, []
+        for cand in pending:
+            await self._add_candidate(leg, cand)
+
+    def _drop_leg(self, leg: WebRtcLeg) -> None:
+        leg.close()
+        if self.leg is leg:
+            self.leg = None
+
+    def _start_failed(self, failure: Failure, leg: WebRtcLeg) -> None:
+        log.failure("ws {client}: starting a call failed", failure, client=self.client)
+        call = self.call
+        if call is not None and not call.ended:
+            call.hangup("internal_error")
+        self._drop_leg(leg)
+        self.error(INTERNAL_ERROR, "the call could not be set up", ref="call")
+
+    async def _add_candidate(self, leg: WebRtcLeg, cand: Any) -> None:
+        try:
+            await leg.add_candidate(cand)
+        except Exception as e:  # noqa: BLE001 - aiortc/aioice reject bad candidates with assorted errors
+            self.error(INVALID_CANDIDATE, f"unusable ICE candidate: {type(e).__name__}", ref="candidate")
+
+    def _on_candidate(self, msg: dict[str, Any]) -> None:
+        cand = msg.get("candidate")
+        if cand is not None and not (isinstance(cand, dict) and isinstance(cand.get("candidate", ""), str)):
+            raise _BadMessage(INVALID_CANDIDATE, "'candidate' must be an RTCIceCandidateInit object or null")
+        if isinstance(cand, dict):
+            mid = cand.get("sdpMid")
+            idx = cand.get("sdpMLineIndex")
+            if (mid is not None and not isinstance(mid, str)) or (idx is not None and not isinstance(idx, int)):
+                raise _BadMessage(INVALID_CANDIDATE, "'sdpMid' must be a string and 'sdpMLineIndex' an integer")
+            cand = {"candidate": cand.get("candidate", ""), "sdpMid": mid, "sdpMLineIndex": idx}
+        leg = self.leg
+        if leg is None:
+            raise _BadMessage(NO_CALL, "no call on this connection")
+        if not self._answer_ready:
+            if len(self._pending_candidates) < 64:
+                self._pending_candidates.append(cand)
+            return
+        aio.spawn(self._add_candidate(leg, cand), "add ICE candidate", client=self.client)
+
+    def _on_dtmf(self, msg: dict[str, Any]) -> None:
+        digits = msg.get("digits")
+        if not isinstance(digits, str) or not _DTMF_RE.fullmatch(digits):
+            raise _BadMessage(INVALID_DTMF, "'digits' must be 1-32 of 0-9 * # A-D")
+        duration = msg.get("duration_ms", 160)
+        if not isinstance(duration, int) or isinstance(duration, bool) or not 40 <= duration <= 2000:
+            raise _BadMessage(INVALID_DTMF, "'duration_ms' must be an integer 40..2000")
+        call = self.call
+        if call is None or call.ended:
+            raise _BadMessage(NO_CALL, "no call on this connection")
+        call.send_dtmf(digits.upper(), duration)
+
+    def _on_hangup(self, msg: dict[str, Any]) -> None:
+        call, leg = self.call, self.leg
+        if leg is None:
+            raise _BadMessage(NO_CALL, "no call on this connection")
+        if call is not None and not call.ended:
+            call.hangup("client_hangup")
+        self.send({"type": "ended", "cause": "client_hangup"})
+        leg.close()
+        self.leg = None
+        self.call = None
+        self._answer_ready = False
+        self._pending_candidates = []
+
+    _handlers: ClassVar[dict[str, Callable[[SignallingProtocol, dict[str, Any]], None]]] = {
+        "ping": _on_ping,
+        "call": _on_call,
+        "candidate": _on_candidate,
+        "dtmf": _on_dtmf,
+        "hangup": _on_hangup,
+    }
+
+
+class SignallingFactory:
+    """``twisted.web.websocket.WebSocketServerFactory`` for ``/ws``."""
+
+    def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.reactor = reactor
+        self.connections: set[SignallingProtocol] = set()
+
+    def buildProtocol(self, request: Any) -> SignallingProtocol:
+        addr = request.getClientAddress()
+        client = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', 0)}"
+        return SignallingProtocol(self, client, request.channel)
+
+
+def make_ws_resource(manager: Any, config: Any, reactor: Any, settings: WebRtcSettings | None = None) -> Resource:
+    """The ``/ws`` resource. ``settings`` default to ``WebRtcSettings.from_config(config)``."""
+    factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor)
+    res = WebSocketResource(factory)  # type: ignore[arg-type]
+    res.signalling = factory  # type: ignore[attr-defined]  # for health/metrics and tests
+    return res
