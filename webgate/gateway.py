@@ -122,6 +122,7 @@ class Gateway(service.MultiService):
         self.sip: Any = None
         self.registry: Any = None
         self.rtp_ports: Any = None
+        self.telephony: Any = None
 
     # -- building
 
@@ -156,7 +157,10 @@ class Gateway(service.MultiService):
             "reactor": type(self.reactor).__name__,
             "uptime_s": round(uptime, 3),
             "calls": len(self.registry) if self.registry is not None else 0,
-            "listeners": {name: str(l.bound or l.address) for name, l in self.listeners.items()},
+            "listeners": {
+                **{name: str(l.bound or l.address) for name, l in self.listeners.items()},
+                **({f"sip_{t}": f"{h}:{p}" for t, (h, p) in self.telephony.bound.items()} if self.telephony is not None else {}),
+            },
         }
 
     # -- lifecycle
@@ -173,7 +177,9 @@ class Gateway(service.MultiService):
         super().startService()
 
     async def drain(self) -> None:
-        """Wait for (or end) calls before the listeners close. No calls yet: nothing to do."""
+        """End live calls (BYE/CANCEL, clients told) before the listeners close."""
+        if self.telephony is not None:
+            await self.telephony.drain()
 
     async def _stop(self) -> None:
         self.shutting_down = True
@@ -195,6 +201,16 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     gateway.site = make_site(gateway)
     if config.http.listen is not None:
         gateway.add_listener("http", "tcp", config.http.listen, gateway.site)
-    # SIP (udp/tcp/tls), RTMP and the RTP port pool are validated in config but not
-    # built yet: the issues that write webgate/adapters/ add them here.
+    # SIP (udp/tcp/tls), the RTP port pool, the dial plan and the call manager
+    from webgate.telephony import TelephonyService
+
+    telephony = TelephonyService(config, reactor)
+    telephony.setServiceParent(gateway)
+    gateway.telephony = telephony
+    gateway.registry = telephony.registry
+    # RTMP ingress (Flash RPC and encoder style)
+    if config.rtmp.listen is not None:
+        from webgate.adapters.rtmp import RtmpFactory
+
+        gateway.add_listener("rtmp", "tcp", config.rtmp.listen, RtmpFactory(telephony, config.rtmp, reactor))
     return gateway

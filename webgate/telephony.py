@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from webgate.adapters.rtp import RtpPortPool
@@ -16,6 +17,7 @@ from webgate.calls.dialplan import DialPlan
 from webgate.calls.manager import CallManager
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
+from webgate.gateway import ListenError
 from webgate.proto.sip.message import SipURI
 from webgate.proto.sip.transaction import TimerConfig
 from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
@@ -90,7 +92,11 @@ class TelephonyService(service.Service):
             if hp is None:
                 continue
             listen = {"udp": self.transport.listen_udp, "tcp": self.transport.listen_tcp, "tls": self.transport.listen_tls}[name]
-            port = listen(hp.host, hp.port)
+            try:
+                port = listen(hp.host, hp.port)
+            except CannotListenError as e:
+                reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+                raise ListenError(f"sip.{name}: cannot listen on {hp}: {reason}") from None
             self.bound[name] = (hp.host, port)
             host = adv or hp.host
             if host in ("0.0.0.0", "::"):

@@ -7,8 +7,8 @@ Every process a fixture starts is stopped (by PID) at teardown, and its logs are
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 

@@ -22,9 +22,9 @@ import subprocess
 import tempfile
 import time
 import wave
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class _Process:
     def _spawn(self, argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> None:
         self.argv = list(argv)
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
 
@@ -214,8 +214,8 @@ class SipMessage:
         return self.text.split("\n\n", 1)[1] if "\n\n" in self.text else ""
 
 
-_MSG_SPLIT = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)[^\n]*\n", re.M)
-_MSG_HEAD = re.compile(r"^(?:UDP|TCP|TLS|SCTP|WS|WSS)? ?message (sent|received) [\[(]\d+\]? ?bytes\)? ?:?\n\n", re.M)
+_MSG_SPLIT = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)[^\n]*\n", re.MULTILINE)
+_MSG_HEAD = re.compile(r"^(?:UDP|TCP|TLS|SCTP|WS|WSS)? ?message (sent|received) [\[(]\d+\]? ?bytes\)? ?:?\n\n", re.MULTILINE)
 
 
 def parse_sipp_messages(log: str) -> list[SipMessage]:
@@ -408,7 +408,7 @@ def digest_ok(header_value: str, method: str, password: str, body: str = "") -> 
         alg = d.get("algorithm", "MD5").upper()
         if alg not in ("MD5", "MD5-SESS"):
             return False
-        md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+        md5 = lambda s: hashlib.md5(s.encode()).hexdigest()
         ha1 = md5(f"{d['username']}:{d['realm']}:{password}")
         if alg == "MD5-SESS":
             ha1 = md5(f"{ha1}:{d['nonce']}:{d['cnonce']}")
@@ -503,7 +503,7 @@ class BaresipCtrl:
                     return json.loads(msg)
             try:
                 chunk = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return None
             if not chunk:
                 raise EOFError("baresip closed the ctrl_tcp connection")
@@ -837,7 +837,7 @@ class Kamailio(_Process):
         return f"sip:{user}@{self.domain}"
 
     def check_config(self) -> str:
-        r = subprocess.run([self.exe, "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([self.exe, "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30, check=False)
         if r.returncode != 0:
             raise PeerError(f"kamailio -c failed:\n{r.stdout}\n{r.stderr}")
         return r.stdout + r.stderr
@@ -865,7 +865,7 @@ class Kamailio(_Process):
         if kamcmd is None:
             raise PeerError("kamcmd not found")
         r = subprocess.run([kamcmd, "-s", f"unix:{self.ctl}", *args], capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, check=False)
         if r.returncode != 0 or r.stdout.startswith("error:"):
             raise PeerError(f"kamcmd {' '.join(args)} rc={r.returncode}: {r.stderr or r.stdout}")
         return r.stdout
@@ -1038,7 +1038,7 @@ class RtpSink:
             self.sock.settimeout(left)
             try:
                 self.packets.append(self.sock.recvfrom(4096))
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 break
         return len(self.packets)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from . import peers
@@ -30,7 +31,7 @@ def test_uas_answer(sipp_factory):
     assert uas.flow() == ["<INVITE", ">180", ">200", "<ACK", "<BYE", ">200"]
     assert uac.flow() == [">INVITE", "<180", "<200", ">ACK", ">BYE", "<200"]
     answer = uas.sent()[1]
-    assert "m=audio %d RTP/AVP 0 101" % uas.media_port in answer.body
+    assert f"m=audio {uas.media_port} RTP/AVP 0 101" in answer.body
     assert "a=rtpmap:101 telephone-event/8000" in answer.body
 
 
@@ -174,7 +175,7 @@ def test_uas_update_reinvite_new_addr(sipp_factory):
     uac = sipp_factory("selftest/uac_reinvite_answer", uas.address, duration_ms=100)
     run_pair(uas, uac)
     assert uas.flow() == ["<INVITE", ">180", ">200", "<ACK", ">INVITE", "<200", ">ACK", "<BYE", ">200"]
-    reinvite = [m for m in uas.sent() if m.method == "INVITE"][0]
+    reinvite = next(m for m in uas.sent() if m.method == "INVITE")
     assert f"m=audio {uas.media_port + 2} RTP/AVP" in reinvite.body
 
 
@@ -230,5 +231,3 @@ def test_digest_ok():
     assert peers.digest_ok(h, "GET", "Circle Of Life")
     assert not peers.digest_ok(h, "GET", "circle of life")
 
-
-import numpy as np  # noqa: E402  (used by test_peers_audio_helpers)
