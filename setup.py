@@ -42,7 +42,7 @@ setup(
     include_package_data=False,
     zip_safe=False,
     install_requires=[
-        "twisted[tls]>=24",
+        "twisted[tls,websocket]>=25.5",  # twisted.web.websocket
         "service_identity",
         "aiortc>=1.9",
         "av",

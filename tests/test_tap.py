@@ -114,7 +114,7 @@ def test_make_service_builds_the_gateway(free_port: Callable[..., int]) -> None:
     gateway = makeService(parse("--http", f"127.0.0.1:{port}"))
     assert isinstance(gateway, Gateway)
     assert gateway.listeners["http"].address == HostPort("127.0.0.1", port)
-    assert gateway.sip is None and gateway.registry is None  # extension points
+    assert gateway.telephony is not None and len(gateway.registry) == 0
     health = gateway.health()
     assert health["reactor"] == type(reactor).__name__ == "AsyncioSelectorReactor"
     assert (health["status"], health["calls"], health["version"]) == ("ok", 0, __version__)

@@ -208,6 +208,12 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     telephony.setServiceParent(gateway)
     gateway.telephony = telephony
     gateway.registry = telephony.registry
+    # WebRTC: WebSocket signalling at /ws, the demo page at / and the JS client at /html5_client/
+    from webgate.web.static import add_static
+    from webgate.web.ws import make_ws_resource
+
+    gateway.site.resource.putChild(b"ws", make_ws_resource(telephony, config, reactor))
+    add_static(gateway.site.resource)
     # RTMP ingress (Flash RPC and encoder style)
     if config.rtmp.listen is not None:
         from webgate.adapters.rtmp import RtmpFactory

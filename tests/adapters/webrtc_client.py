@@ -38,7 +38,7 @@ class Gateway:
         self.config = make_config(extra)
         self.svc = start_telephony(self.config)
         root = Resource()
-        self.ws = make_ws_resource(self.svc.manager, self.config, reactor, settings=settings or WebRtcSettings())
+        self.ws = make_ws_resource(self.svc, self.config, reactor, settings=settings or WebRtcSettings())
         root.putChild(b"ws", self.ws)
         add_static(root)
         self.site = Site(root)

@@ -266,13 +266,17 @@ def test_oversized_payload_rejected() -> None:
 
 
 @pytest.mark.parametrize("name", DECODABLE)
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(payload=st.binary(min_size=0, max_size=600))
-def test_garbage_payloads_never_crash(name: str, payload: bytes) -> None:
+def test_garbage_payloads_never_crash(name: str) -> None:
+    # (a seeded loop rather than hypothesis: hypothesis and pytest-twisted's greenlet don't mix here)
+    import random
+
+    r = random.Random(name)
+    payloads = [b"", b"\x00", b"\xff" * 600] + [r.randbytes(r.randint(0, 600)) for _ in range(60)]
+    for payload in payloads:
+        _decode_garbage(name, payload)
+
+
+def _decode_garbage(name: str, payload: bytes) -> None:
     dec = create_decoder(name)
     try:
         out = dec.decode(payload)

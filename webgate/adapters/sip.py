@@ -31,6 +31,8 @@ _RAW_HDR = {
     "cseq": re.compile(rb"^cseq[ \t]*:(.*)$", re.I | re.M),
 }
 
+_CANONICAL = {"via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq"}
+
 
 def is_ip(host: str) -> bool:
     try:
@@ -40,10 +42,12 @@ def is_ip(host: str) -> bool:
         return False
 
 
-def bad_request_for(data: bytes, reason: str) -> bytes | None:
-    """Build a stateless 400 for an unparseable request, if enough of it is readable (§8.2)."""
-    if data[:4] == b"SIP/" or b"SIP/2.0\r\n" not in data[:512] and b"SIP/2.0\n" not in data[:512]:
-        return None  # responses are never answered; a non-SIP blob gets nothing
+def bad_request_for(data: bytes, reason: str, status: int = 400) -> bytes | None:
+    """Build a stateless 400 (or 513 for an oversized message) for an unparseable request, if enough
+    of it is readable (§8.2)."""
+    start = data.lstrip(b"\r\n")[:4]
+    if start in (b"SIP/", b"ACK ") or b"SIP/2.0\r\n" not in data[:512] and b"SIP/2.0\n" not in data[:512]:
+        return None  # responses and ACKs are never answered (§17.1.1.1, §8.2); a non-SIP blob gets nothing
     head = data.split(b"\r\n\r\n", 1)[0][:8192]
     lines = []
     for name, rx in _RAW_HDR.items():
@@ -53,9 +57,9 @@ def bad_request_for(data: bytes, reason: str) -> bytes | None:
         value = m.group(1).strip()
         if any(c < 0x20 and c != 9 for c in value) or len(value) > 1024:
             return None
-        lines.append(name.title().replace("Id", "ID").encode() + b": " + value)
+        lines.append(_CANONICAL[name] + b": " + value)
     safe_reason = re.sub(r"[^A-Za-z0-9 ,.:'()_-]", "?", reason)[:80]
-    return b"SIP/2.0 400 " + safe_reason.encode() + b"\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"
+    return b"SIP/2.0 %d " % status + safe_reason.encode() + b"\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"
 
 
 class SipEventHandler(Protocol):
@@ -213,7 +217,7 @@ class SipTransport:
         except RemoteProtocolError as e:
             self.stats["bad"] += 1
             log.debug("bad SIP datagram from {source}: {error}", source=source, error=e.message)
-            reply = bad_request_for(data, e.message)
+            reply = bad_request_for(data, e.message, 513 if e.status_hint == 513 else 400)
             if reply is not None and proto.transport is not None:
                 proto.transport.write(reply, (source[1], source[2]))
             return

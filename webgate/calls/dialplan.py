@@ -17,7 +17,7 @@ from webgate.proto.sip.message import SipURI, check_user
 from webgate.proto.sip.useragent import Credentials
 
 # What a client may type as a destination: a dial string, not a URI.
-_DEST_RE = re.compile(r"^[A-Za-z0-9+*#._\-]{1,64}$")
+_DEST_RE = re.compile(r"[A-Za-z0-9+*#._\-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class RouteDecision:
 
 
 def validate_destination(destination: object) -> str:
-    if not isinstance(destination, str) or not _DEST_RE.match(destination):
+    if not isinstance(destination, str) or not _DEST_RE.fullmatch(destination):
         raise CallRefused(
             errors.INVALID_DESTINATION,
             "destination must be 1-64 characters of letters, digits, + * # . _ -",

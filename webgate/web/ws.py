@@ -378,10 +378,17 @@ class SignallingFactory:
     """``twisted.web.websocket.WebSocketServerFactory`` for ``/ws``."""
 
     def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any) -> None:
-        self.manager = manager
+        self._manager = manager
         self.settings = settings
         self.reactor = reactor
         self.connections: set[SignallingProtocol] = set()
+
+    @property
+    def manager(self) -> Any:
+        """The CallManager; a TelephonyService may be given instead (its manager exists only
+        once the service has started, so it is looked up per call)."""
+        m = self._manager
+        return m if hasattr(m, "place_call") else m.manager
 
     def buildProtocol(self, request: Any) -> SignallingProtocol:
         addr = request.getClientAddress()
@@ -390,7 +397,8 @@ class SignallingFactory:
 
 
 def make_ws_resource(manager: Any, config: Any, reactor: Any, settings: WebRtcSettings | None = None) -> Resource:
-    """The ``/ws`` resource. ``settings`` default to ``WebRtcSettings.from_config(config)``."""
+    """The ``/ws`` resource. ``manager``: the CallManager, or the TelephonyService (looked up
+    lazily). ``settings`` default to ``WebRtcSettings.from_config(config)``."""
     factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor)
     res = WebSocketResource(factory)  # type: ignore[arg-type]
     res.signalling = factory  # type: ignore[attr-defined]  # for health/metrics and tests

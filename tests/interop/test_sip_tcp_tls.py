@@ -1,0 +1,131 @@
+"""Calls to the built-in echo over SIP/TCP and SIP/TLS: the gateway's UAC reaches its own UAS through a
+trunk pointing at its own TCP (or TLS) listener; the audio must come back at 1000 Hz.
+
+The TLS certificate is a self-signed one made in tmp_path (``cryptography``), valid for 127.0.0.1 and
+localhost; the UAC side trusts it as its CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from tests.calls.gw import make_config, sleep, start_telephony, wait_for
+from tests.interop import peers
+from webgate import telephony
+from webgate.calls.call import CallState
+from webgate.calls.local import LocalLeg
+from webgate.media.analysis import dominant_frequency, rms_dbfs
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webgate test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "sip.crt", tmp_path / "sip.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def self_trunk_config(transport: str, port: int, **sip: Any) -> Any:
+    return make_config(
+        {
+            "trunk": [{"name": "self", "target": f"sip:127.0.0.1:{port}", "transport": transport}],
+            "route": [{"pattern": "loop", "trunk": "self", "rewrite": "echo"}],
+            "sip": {transport: f"127.0.0.1:{port}", **sip},
+        }
+    )
+
+
+async def call_echo_and_check(svc: Any, transport: str) -> None:
+    leg = LocalLeg(tone_hz=1000.0)
+    call = svc.manager.place_call(leg, "loop")
+    assert call.route.transport == transport and call.route.target.params.get("transport") == transport
+    leg.start_source(call)
+    assert await wait_for(lambda: call.state is CallState.ANSWERED, 5), svc.transport.stats
+    # both ends of the call ran over the stream transport
+    assert call.sip.transport == transport
+    (uas,) = svc.manager.builtin_calls.values()
+    assert uas.session.transport == transport
+    assert any(k[0] == transport for k in svc.transport.connections), list(svc.transport.connections)
+    await sleep(1.5)
+    pcm = leg.recording()
+    rate = leg.received_rate or 8000
+    assert len(pcm) > rate // 2, "less than 0.5 s of audio came back"
+    tail = pcm[-rate // 2 :]
+    assert abs(dominant_frequency(tail, rate) - 1000.0) < 20
+    assert rms_dbfs(tail) > -30
+    call.hangup()
+    assert await wait_for(lambda: not svc.manager.builtin_calls, 3)  # the BYE made it over the stream
+    assert len(svc.registry) == 0 and not svc.rtp_pool.in_use
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_over_tcp() -> None:
+    port = peers.free_port("tcp")
+    svc = start_telephony(self_trunk_config("tcp", port))
+    try:
+        assert svc.bound["tcp"] == ("127.0.0.1", port)
+        await call_echo_and_check(svc, "tcp")
+    finally:
+        await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed(tmp_path)
+    # the config has no sip.tls_ca key yet: trust the self-signed certificate as the client's CA
+    real = telephony._tls_client_options
+    monkeypatch.setattr(telephony, "_tls_client_options", lambda ca_file: real(ca_file or str(cert)))
+    port = peers.free_port("tcp")
+    svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key)))
+    try:
+        assert svc.bound["tls"] == ("127.0.0.1", port)
+        await call_echo_and_check(svc, "tls")
+    finally:
+        await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_with_untrusted_certificate_fails_cleanly(tmp_path: Path) -> None:
+    """Without trusting the self-signed certificate the TLS handshake fails: the call ends, nothing leaks."""
+    cert, key = self_signed(tmp_path)
+    port = peers.free_port("tcp")
+    svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key), t1_ms=50))
+    try:
+        leg = LocalLeg(tone_hz=None)
+        call = svc.manager.place_call(leg, "loop")
+        assert await wait_for(lambda: leg.ended is not None, 8), call.state
+        assert call.state is CallState.ENDED and leg.ended[0] in ("network_error", "timeout"), leg.ended
+        assert not svc.manager.builtin_calls
+        assert await wait_for(lambda: len(svc.registry) == 0 and not svc.rtp_pool.in_use, 3)
+    finally:
+        await svc.stopService()
