@@ -246,7 +246,7 @@ async def test_udp_garbage_burst() -> None:
                 sent[what] = (data, call_id)
                 peer.send(data)
             for what, (data, call_id) in sent.items():
-                assert await wait_for(lambda: peer.replies_for(call_id), 2), f"no answer to a request with {what}"
+                assert await wait_for(lambda cid=call_id: peer.replies_for(cid), 2), f"no answer to a request with {what}"
                 (reply,) = peer.replies_for(call_id)
                 assert reply.startswith(b"SIP/2.0 400 "), (what, reply[:200])
                 via = [ln for ln in data.split(b"\r\n") if ln.startswith(b"Via:")][0]
@@ -321,7 +321,7 @@ async def test_tcp_garbage_then_serving() -> None:
             await sleep(0.5)
             results = [tcp_read(c) for c in conns]
             # garbage that breaks the framing gets the connection closed (no 200 to anything)
-            for (out, closed), data in zip(results[:6], chunks[:6]):
+            for (out, _closed), data in zip(results[:6], chunks[:6], strict=True):
                 assert not out.startswith(b"SIP/2.0 200"), (data[:60], out[:100])
             assert sum(closed for _, closed in results[:6]) >= 4, [closed for _, closed in results]
             for c in conns:

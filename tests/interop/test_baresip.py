@@ -9,7 +9,8 @@ decodes into ``rec/dump-*-dec.wav``). Blocking baresip calls (ctrl_tcp, DTMF key
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread

@@ -8,7 +8,8 @@ bob/bobpw.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread

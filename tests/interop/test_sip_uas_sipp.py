@@ -6,7 +6,7 @@ The gateway runs in-process (pytest-twisted, asyncio reactor); SIPp is a child p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest_twisted
 
