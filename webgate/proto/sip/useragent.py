@@ -216,6 +216,18 @@ def parse_dtmf_info(content_type: str, body: bytes) -> tuple[str, int] | None:
     return None
 
 
+def challenge_of(response: SipResponse) -> "auth.Challenge | None":
+    """The digest challenge to answer in a 401/407 (the strongest algorithm offered), if any."""
+    hname = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+    challenges = []
+    for v in response.headers.get_all(hname):
+        try:
+            challenges.append(auth.parse_challenge(v))
+        except RemoteProtocolError:
+            continue
+    return auth.select_challenge(challenges) if challenges else None
+
+
 class InviteSession:
     """One INVITE-initiated session, as caller (uac) or callee (uas)."""
 
@@ -475,16 +487,9 @@ class UserAgent:
         creds = session.credentials
         if creds is None or session.invite is None or session.dest is None:
             return False
-        hname = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-        challenges = []
-        for v in response.headers.get_all(hname):
-            try:
-                challenges.append(auth.parse_challenge(v))
-            except RemoteProtocolError:
-                continue
-        if not challenges:
+        ch = challenge_of(response)
+        if ch is None:
             return False
-        ch = auth.select_challenge(challenges)
         stale = bool(getattr(ch, "stale", False))
         if session.auth_attempts >= 1 and not stale:
             return False
@@ -668,16 +673,9 @@ class UserAgent:
         old = txn.request
         if old.headers.get("Authorization") or old.headers.get("Proxy-Authorization"):
             return False
-        hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-        challenges = []
-        for v in resp.headers.get_all(hname):
-            try:
-                challenges.append(auth.parse_challenge(v))
-            except RemoteProtocolError:
-                continue
-        if not challenges:
+        ch = challenge_of(resp)
+        if ch is None:
             return False
-        ch = auth.select_challenge(challenges)
         req = session.dialog.create_request(old.method, self._via(session.transport),
                                             old.headers.get("Contact"))
         for name, value in old.headers:
@@ -1016,15 +1014,8 @@ class UserAgent:
             self._events.append(Registered(reg, expires))
             return
         if resp.status in (401, 407) and reg.credentials is not None and reg.auth_attempts < 2:
-            hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-            challenges = []
-            for v in resp.headers.get_all(hname):
-                try:
-                    challenges.append(auth.parse_challenge(v))
-                except RemoteProtocolError:
-                    continue
-            if challenges:
-                ch = auth.select_challenge(challenges)
+            ch = challenge_of(resp)
+            if ch is not None:
                 if reg.auth_attempts == 0 or getattr(ch, "stale", False):
                     reg.auth_attempts += 1
                     ruri = SipURI(scheme=reg.registrar.scheme, host=reg.registrar.host, port=reg.registrar.port)
