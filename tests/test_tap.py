@@ -335,5 +335,5 @@ def test_readme_and_ci_install_the_same_packages() -> None:
     ci_packages = set(re.search(r'^APT_PACKAGES="([^"]+)"', ci, re.MULTILINE)[1].split())  # type: ignore[index]
     assert _apt_packages(tests) == ci_packages
     assert {"sip-tester", "baresip-core", "kamailio", "chromium-driver", "librtmp-dev"} <= ci_packages
-    assert "exec scripts/test.sh" in ci and "WEBGATE_REQUIRE_PEERS=1" in ci
+    assert "exec ./scripts/test.sh" in ci and "WEBGATE_REQUIRE_PEERS=1" in ci
     assert os.access(ROOT / ".ci" / "run", os.X_OK) and os.access(ROOT / "scripts" / "test.sh", os.X_OK)
