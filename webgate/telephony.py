@@ -118,7 +118,7 @@ class TelephonyService(service.Service):
             builtin_target = SipURI(host=ep.host, port=ep.port)
             if t != "udp":
                 builtin_target.params["transport"] = t
-        dialplan = DialPlan(cfg.routes, cfg.trunks, builtin=builtin, builtin_target=builtin_target)
+        dialplan = DialPlan(cfg, builtin=builtin, builtin_target=builtin_target)
         sids = SessionIdAllocator(cfg.session_id.length, float(cfg.session_id.reuse_after_s), clock=self.reactor.seconds)
         self.manager = CallManager(
             self.reactor,

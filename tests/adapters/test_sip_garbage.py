@@ -15,10 +15,9 @@ from typing import Any
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from tests.calls.gw import make_config, sleep, start_telephony, wait_for
+from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 
 MAX_SIZE = 8000  # sip.max_message_size for these tests, so "huge" fits in a datagram
 
@@ -201,12 +200,7 @@ async def echo_call_works(svc: Any) -> None:
     leg.start_source(call)
     assert await wait_for(lambda: call.state is CallState.ANSWERED, 5)
     await sleep(1.2)
-    pcm = leg.recording()
-    rate = leg.received_rate or 8000
-    assert len(pcm) > rate // 2, "no audio came back from echo"
-    tail = pcm[-rate // 2 :]
-    assert abs(dominant_frequency(tail, rate) - 1000.0) < 20
-    assert rms_dbfs(tail) > -30
+    assert_tone(leg.recording(), leg.received_rate or 8000, 1000.0, "echo")
     call.hangup()
 
 

@@ -9,6 +9,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 
 from webgate.config import parse_config
+from webgate.media.analysis import dominant_frequency, rms_dbfs
 from webgate.telephony import TelephonyService
 
 reactor: Any = _reactor
@@ -66,3 +67,20 @@ async def wait_for(predicate: Any, timeout: float = 5.0, step: float = 0.02) -> 
         await sleep(step)
         waited += step
     return bool(predicate())
+
+
+def assert_tone(pcm: Any, rate: int, hz: float, what: str = "audio", seconds: float = 0.5, min_dbfs: float = -30.0) -> None:
+    """The last ``seconds`` of ``pcm`` are a tone of ``hz`` (±20 Hz), louder than ``min_dbfs``."""
+    n = int(rate * seconds)
+    assert len(pcm) > n, f"{what}: less than {seconds} s of audio ({len(pcm)} samples at {rate} Hz)"
+    tail = pcm[-n:]
+    f = dominant_frequency(tail, rate)
+    assert abs(f - hz) < 20, f"{what}: dominant {f:.1f} Hz, expected {hz} Hz"
+    level = rms_dbfs(tail)
+    assert level > min_dbfs, f"{what}: too quiet ({level:.1f} dBFS)"
+
+
+async def process_exit(proc: Any, timeout: float = 20.0) -> int | None:
+    """Wait (without blocking the reactor) for a subprocess.Popen to exit; its return code or None."""
+    await wait_for(lambda: proc is None or proc.poll() is not None, timeout, 0.05)
+    return proc.poll() if proc is not None else None

@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 import pytest_twisted
 
-from tests.calls.gw import make_config, start_telephony, wait_for
+from tests.calls.gw import make_config, process_exit, start_telephony, wait_for
 from tests.interop import peers
 
 
 async def until_exit(sipp: peers.Sipp, timeout: float = 15.0) -> int | None:
-    await wait_for(lambda: sipp.proc is None or sipp.proc.poll() is not None, timeout, 0.05)
-    return sipp.proc.poll() if sipp.proc is not None else None
+    return await process_exit(sipp.proc, timeout)
 
 
 @pytest_twisted.ensureDeferred

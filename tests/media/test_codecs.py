@@ -7,8 +7,6 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tests.media.conftest import tone
 from webgate.media.analysis import dominant_frequency, rms_dbfs

@@ -9,30 +9,18 @@ reactor: one bad packet must not disturb anybody else's call.
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
-from webgate.proto.sip.message import SipMessage, SipRequest, StreamFramer, parse_message
+from webgate.proto.sip.message import SipMessage, SipRequest, StreamFramer, parse_message, stateless_error_response
 from webgate.proto.sip.transaction import Addr
 from webgate.proto.sip.useragent import Event, UserAgent
 
 log = Logger()
-
-_RAW_HDR = {
-    "via": re.compile(rb"^(?:via|v)[ \t]*:(.*)$", re.I | re.M),
-    "from": re.compile(rb"^(?:from|f)[ \t]*:(.*)$", re.I | re.M),
-    "to": re.compile(rb"^(?:to|t)[ \t]*:(.*)$", re.I | re.M),
-    "call-id": re.compile(rb"^(?:call-id|i)[ \t]*:(.*)$", re.I | re.M),
-    "cseq": re.compile(rb"^cseq[ \t]*:(.*)$", re.I | re.M),
-}
-
-_CANONICAL = {"via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq"}
-
 
 def is_ip(host: str) -> bool:
     try:
@@ -40,30 +28,6 @@ def is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def bad_request_for(data: bytes, reason: str, status: int = 400) -> bytes | None:
-    """Build a stateless 400 (or 513 for an oversized message) for an unparseable request, if enough
-    of it is readable (§8.2)."""
-    start = data.lstrip(b"\r\n")[:4]
-    if start in (b"SIP/", b"ACK ") or b"SIP/2.0\r\n" not in data[:512] and b"SIP/2.0\n" not in data[:512]:
-        return None  # responses and ACKs are never answered (§17.1.1.1, §8.2); a non-SIP blob gets nothing
-    head = data.split(b"\r\n\r\n", 1)[0][:8192]
-    lines = []
-    for name, rx in _RAW_HDR.items():
-        m = rx.search(head)
-        if m is None:
-            return None
-        value = m.group(1).strip()
-        if any(c < 0x20 and c != 9 for c in value) or len(value) > 1024:
-            return None
-        lines.append(_CANONICAL[name] + b": " + value)
-    safe_reason = re.sub(r"[^A-Za-z0-9 ,.:'()_-]", "?", reason)[:80]
-    return b"SIP/2.0 %d " % status + safe_reason.encode() + b"\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"
-
-
-class SipEventHandler(Protocol):
-    def handle_sip_event(self, event: Event) -> None: ...
 
 
 class _UdpProtocol(protocol.DatagramProtocol):
@@ -79,16 +43,29 @@ class _UdpProtocol(protocol.DatagramProtocol):
 
 
 class _StreamProtocol(protocol.Protocol):
-    def __init__(self, owner: "SipTransport", transport_name: str) -> None:
+    def __init__(self, owner: "SipTransport", transport_name: str, client: "_ClientFactory | None" = None) -> None:
         self.owner = owner
         self.name = transport_name
         self.framer = StreamFramer(owner.max_message_size)
         self.peer: Addr = (transport_name, "", 0)
+        self.client = client  # set for connections we opened
+        self.keys: list[Addr] = []  # every address this connection is known under
 
     def connectionMade(self) -> None:  # noqa: N802
         p = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = (self.name, p.host, p.port)
-        self.owner.connections[self.peer] = self
+        self._register(self.peer)
+        if self.client is not None:
+            # also reachable under the name we dialled; send what waited for the connection
+            self._register(self.client.key)
+            self.owner.pending.pop(self.client.key, None)
+            for data in self.client.queue:
+                self.send(data)
+            self.client.queue.clear()
+
+    def _register(self, key: Addr) -> None:
+        self.owner.connections[key] = self
+        self.keys.append(key)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         for item in self.framer.feed(data):
@@ -100,8 +77,9 @@ class _StreamProtocol(protocol.Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        if self.owner.connections.get(self.peer) is self:
-            del self.owner.connections[self.peer]
+        for key in self.keys:
+            if self.owner.connections.get(key) is self:
+                del self.owner.connections[key]
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
@@ -126,24 +104,9 @@ class _ClientFactory(protocol.ClientFactory):
         self.name = transport_name
         self.key = key
         self.queue: list[bytes] = []
-        self.proto: _StreamProtocol | None = None
 
     def buildProtocol(self, addr: IAddress) -> _StreamProtocol:  # noqa: N802
-        p = _StreamProtocol(self.owner, self.name)
-        self.proto = p
-        orig = p.connectionMade
-
-        def made() -> None:
-            orig()
-            # also reachable under the name we dialled
-            self.owner.connections[self.key] = p
-            self.owner.pending.pop(self.key, None)
-            for data in self.queue:
-                p.send(data)
-            self.queue.clear()
-
-        p.connectionMade = made  # type: ignore[method-assign]
-        return p
+        return _StreamProtocol(self.owner, self.name, client=self)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
         log.warn("SIP {transport} connection to {dest} failed: {reason}", transport=self.name, dest=self.key, reason=reason.getErrorMessage())
@@ -217,7 +180,7 @@ class SipTransport:
         except RemoteProtocolError as e:
             self.stats["bad"] += 1
             log.debug("bad SIP datagram from {source}: {error}", source=source, error=e.message)
-            reply = bad_request_for(data, e.message, 513 if e.status_hint == 513 else 400)
+            reply = stateless_error_response(data, e.message, 513 if e.status_hint == 513 else 400)
             if reply is not None and proto.transport is not None:
                 proto.transport.write(reply, (source[1], source[2]))
             return
@@ -230,7 +193,7 @@ class SipTransport:
         except RemoteProtocolError as e:
             self.stats["bad"] += 1
             if isinstance(message, SipRequest) and message.method != "ACK":
-                reply = bad_request_for(message.serialize(), e.message)
+                reply = stateless_error_response(message.serialize(), e.message)
                 if reply is not None:
                     self._send_raw(reply, source)
             return

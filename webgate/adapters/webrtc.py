@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fractions
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,12 +41,12 @@ from aiortc import (
 from aiortc.contrib.media import MediaStreamError
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
-from av import AudioFrame
 from twisted.logger import Logger
 
 from webgate.adapters import aio
 from webgate.calls.call import Call, CallState
 from webgate.media.audio import PCM, Framer, Resampler
+from webgate.media.codecs import frame_to_mono, mono_frame
 
 log = Logger()
 
@@ -149,7 +148,7 @@ class SipAudioTrack(AudioStreamTrack):
                 self.frames_dropped += 1
             self._queue.append(frame)
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> Any:
         if self.readyState != "live":
             raise MediaStreamError
         if self._t0 is None:
@@ -164,31 +163,9 @@ class SipAudioTrack(AudioStreamTrack):
         else:
             pcm = np.zeros(self.samples, dtype=np.int16)
             self.frames_silent += 1
-        frame = AudioFrame(format="s16", layout="mono", samples=self.samples)
-        frame.planes[0].update(np.ascontiguousarray(pcm, dtype=np.int16).tobytes())
-        frame.pts = self._ts
-        frame.sample_rate = self.rate
-        frame.time_base = fractions.Fraction(1, self.rate)
+        frame = mono_frame(pcm, self.rate, self._ts)
         self.frames_sent += 1
         return frame
-
-
-def _frame_to_mono(frame: Any) -> PCM:
-    """An aiortc-decoded ``av.AudioFrame`` (packed s16, 1 or 2 channels) as mono int16."""
-    arr = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        data = arr.astype(np.int32)
-        mono = data.mean(axis=0) if channels > 1 else data[0]
-    else:
-        flat = arr.reshape(-1)
-        if channels > 1:
-            mono = flat.reshape(-1, channels).astype(np.int32).mean(axis=1)
-        else:
-            mono = flat
-    if mono.dtype != np.int16:
-        mono = np.clip(mono, -32768, 32767).astype(np.int16)
-    return mono  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -365,7 +342,7 @@ class WebRtcLeg:
             if call is None or call.ended:
                 continue
             self.stats.frames_from_browser += 1
-            call.send_audio(_frame_to_mono(frame), int(getattr(frame, "sample_rate", 48000)))
+            call.send_audio(frame_to_mono(frame), int(getattr(frame, "sample_rate", 48000)))
 
     async def _drain_video(self, track: MediaStreamTrack) -> None:
         while True:

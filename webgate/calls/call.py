@@ -8,6 +8,7 @@ and the session (found by session ID).
 from __future__ import annotations
 
 import enum
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,9 +73,9 @@ class Call:
         self.codec: str | None = None
         self.dtmf_sent: list[str] = []
         self.dtmf_received: list[str] = []
-        self.offer_sdp: Any = None
+        self.offer_sdp: Any = None  # our SDP offer (proto.sdp.SessionDescription)
+        self.sdp_session_id = secrets.randbelow(2**31)  # o= session ID, kept for re-offers
         self.sdp_version = 1
-        self.packet_sink: Any = None  # leg callback for packet-path payloads
         self.duration_timer: Any = None
 
     @property
@@ -129,5 +130,5 @@ class Call:
             "duration_s": round((self.times.ended or now) - (self.times.answered or now), 3) if self.times.answered else 0.0,
             "packets_sent": st.packets_sent if st else 0,
             "packets_received": st.packets_received if st else 0,
-            "packets_lost": st.packets_lost if st else 0,
+            "packets_lost": self.stream.packets_lost if self.stream is not None else 0,
         }

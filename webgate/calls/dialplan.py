@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from webgate.calls import errors
 from webgate.calls.errors import CallRefused
@@ -48,18 +48,11 @@ def validate_destination(destination: object) -> str:
 
 
 class DialPlan:
-    def __init__(
-        self,
-        routes: Sequence[Any] = (),
-        trunks: Sequence[Any] = (),
-        builtin: dict[str, str] | None = None,
-        builtin_target: SipURI | None = None,
-    ) -> None:
-        """``routes``/``trunks`` are config objects (see webgate.config); ``builtin`` maps a
-        destination name ("echo") to its kind ("echo"/"tone"); ``builtin_target`` is the
-        gateway's own SIP address on loopback that answers them."""
-        self.trunks = {t.name: t for t in trunks}
-        self.routes = [(re.compile(r.pattern), r) for r in routes]
+    def __init__(self, config: Any, builtin: dict[str, str] | None = None, builtin_target: SipURI | None = None) -> None:
+        """``config`` is the gateway's :class:`webgate.config.Config`: its ``route()`` is the
+        ``[[route]]`` matching and rewriting. ``builtin`` maps a destination name ("echo") to its
+        kind ("echo"/"tone"); ``builtin_target`` is the gateway's own SIP address that answers them."""
+        self.config = config
         self.builtin = dict(builtin or {})
         self.builtin_target = builtin_target
 
@@ -69,36 +62,35 @@ class DialPlan:
         if kind is not None and self.builtin_target is not None:
             target = self.builtin_target.copy(user=kind)
             return RouteDecision(dest, target, builtin=kind, public=True, transport=target.transport)
-        for rx, route in self.routes:
-            m = rx.fullmatch(dest)
-            if m is None:
-                continue
-            trunk = self.trunks[route.trunk]
-            args = [m.group(0), *[g or "" for g in m.groups()]]
-            try:
-                user = route.rewrite.format(*args, dest=dest, **{k: v or "" for k, v in m.groupdict().items()})
-                check_user(user, "rewritten destination")
-                base = SipURI.parse(str(getattr(trunk.target, "text", trunk.target)))
-            except (LocalProtocolError, RemoteProtocolError, IndexError, KeyError, ValueError) as e:
-                raise CallRefused(errors.INVALID_DESTINATION, f"dial plan rewrite failed: {e}", 484) from None
-            target = base.copy(user=user)
-            if trunk.transport != "udp":
-                target.params["transport"] = trunk.transport
-            creds = None
-            if trunk.username or trunk.auth_username:
-                creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm)
-            return RouteDecision(
-                dest,
-                target,
-                trunk_name=trunk.name,
-                public=bool(route.public),
-                max_duration_s=int(route.max_duration_s),
-                credentials=creds,
-                transport=trunk.transport,
-                dtmf_mode=trunk.dtmf,
-                codecs=tuple(trunk.codecs),
-                headers=tuple((str(k), str(v)) for k, v in dict(trunk.headers).items()),
-                from_user=trunk.from_user,
-                from_display=trunk.from_display,
-            )
-        raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"destination {dest!r} is not allowed by the dial plan", 403)
+        try:
+            match = self.config.route(dest)
+        except (IndexError, KeyError, ValueError) as e:
+            raise CallRefused(errors.INVALID_DESTINATION, f"dial plan rewrite failed: {e}", 484) from None
+        if match is None:
+            raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"destination {dest!r} is not allowed by the dial plan", 403)
+        route, trunk = match.route, match.trunk
+        try:
+            check_user(match.user, "rewritten destination")
+            base = SipURI.parse(trunk.target.text)
+        except (LocalProtocolError, RemoteProtocolError) as e:
+            raise CallRefused(errors.INVALID_DESTINATION, f"dial plan rewrite failed: {e}", 484) from None
+        target = base.copy(user=match.user)
+        if trunk.transport != "udp":
+            target.params["transport"] = trunk.transport
+        creds = None
+        if trunk.username or trunk.auth_username:
+            creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm)
+        return RouteDecision(
+            dest,
+            target,
+            trunk_name=trunk.name,
+            public=bool(route.public),
+            max_duration_s=int(route.max_duration_s),
+            credentials=creds,
+            transport=trunk.transport,
+            dtmf_mode=trunk.dtmf,
+            codecs=tuple(trunk.codecs),
+            headers=tuple(trunk.headers),
+            from_user=trunk.from_user,
+            from_display=trunk.from_display,
+        )

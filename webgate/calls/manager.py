@@ -20,7 +20,7 @@ from webgate.calls.session_id import SessionIdAllocator, SessionIdError
 from webgate.media.tones import ToneGenerator
 from webgate.proto import sdp
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
-from webgate.proto.sip.message import SipURI, check_display_name, check_user, format_host
+from webgate.proto.sip.message import check_display_name, check_user, format_host
 from webgate.proto.sip.useragent import (
     Answered,
     Confirmed,
@@ -77,10 +77,12 @@ def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = No
 class BuiltinCall:
     """A call answered by the gateway itself (echo or tone)."""
 
-    def __init__(self, kind: str, session: InviteSession, endpoint: RtpEndpoint) -> None:
+    def __init__(self, kind: str, session: InviteSession, endpoint: RtpEndpoint, sdp_session_id: int) -> None:
         self.kind = kind
         self.session = session
         self.endpoint = endpoint
+        self.sdp_session_id = sdp_session_id
+        self.sdp_version = 1
         self.ticker: Callable[[float], None] | None = None
 
 
@@ -178,7 +180,7 @@ class CallManager:
         stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
 
         codecs = sdp_codecs(route.codecs, prefer_codecs) + [sdp.TELEPHONE_EVENT]
-        offer = sdp.build_offer(codecs, self.rtp_advertise, endpoint.rtp_port, secrets.randbelow(2**31))
+        offer = sdp.build_offer(codecs, self.rtp_advertise, endpoint.rtp_port, call.sdp_session_id)
         call.offer_sdp = offer
 
         headers = list(route.headers)
@@ -343,31 +345,32 @@ class CallManager:
         elif isinstance(ev, DtmfInfo):
             self._dtmf_to_leg(call, ev.digit, "info")
         elif isinstance(ev, OfferReceived):
-            self._answer_reoffer(session, call.stream, call.rtp, call)
+            self._answer_reoffer(session, ev.offer, call.rtp, call)
 
-    def _answer_reoffer(self, session: InviteSession, stream: Any, endpoint: RtpEndpoint | None, call: Call | None) -> None:
-        offer = session.pending_offer_txn.request.body if session.pending_offer_txn is not None else b""
+    def _answer_reoffer(self, session: InviteSession, offer: bytes | None, endpoint: RtpEndpoint | None, owner: "Call | BuiltinCall") -> None:
+        """Answer a re-INVITE/UPDATE offer (hold, unhold, a new media address), keeping our SDP
+        session ID and raising its version (RFC 3264 §8)."""
+        stream = endpoint.stream if endpoint is not None else None
         if not offer or endpoint is None or stream is None or stream.media is None:
             session.answer_offer(session.local_sdp)
             self.transport.flush()
             return
+        current = stream.media.codec
+        supported = [sdp.Codec(current.name, current.clock_rate, current.channels, current.fmtp)]
+        supported += [c for c in (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS) if not c.matches(current)]
+        supported.append(sdp.TELEPHONE_EVENT)
         try:
-            current = stream.media.codec
-            supported = [current.with_payload_type(None) if False else sdp.Codec(current.name, current.clock_rate, current.channels, current.fmtp)]
-            supported += [c for c in (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS) if not c.matches(current)]
-            supported.append(sdp.TELEPHONE_EVENT)
-            version = getattr(session, "_sdp_version", 1) + 1
-            session._sdp_version = version  # type: ignore[attr-defined]
             answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port,
-                                              session_id=getattr(session, "_sdp_sid", 1), session_version=version)
+                                              session_id=owner.sdp_session_id, session_version=owner.sdp_version + 1)
         except RemoteProtocolError as e:
             session.answer_offer(None, status=e.status_hint or 488)
             self.transport.flush()
             return
+        owner.sdp_version += 1
         stream.configure(nm)
-        if call is not None:
-            call.codec = nm.codec.name
-            log.info("call {session_id}: re-offer answered ({direction}, hold={hold})", session_id=call.session_id, direction=nm.direction, hold=nm.on_hold)
+        if isinstance(owner, Call):
+            owner.codec = nm.codec.name
+            log.info("call {session_id}: re-offer answered ({direction}, hold={hold})", session_id=owner.session_id, direction=nm.direction, hold=nm.on_hold)
         session.answer_offer(answer.serialize())
         self.transport.flush()
 
@@ -429,7 +432,7 @@ class CallManager:
                     pass
                 self.transport.flush()
         elif isinstance(ev, OfferReceived):
-            self._answer_reoffer(bc.session, bc.endpoint.stream, bc.endpoint, None)
+            self._answer_reoffer(bc.session, ev.offer, bc.endpoint, bc)
         elif isinstance(ev, Confirmed):
             pass
 
@@ -445,18 +448,17 @@ class CallManager:
             self.transport.flush()
             return
         supported = [sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS, sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
-        sid = secrets.randbelow(2**31)
+        bc_sdp_id = secrets.randbelow(2**31)
         try:
-            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port, session_id=sid)
+            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port, session_id=bc_sdp_id)
         except RemoteProtocolError as e:
             endpoint.release()
             session.reject(e.status_hint or 488)
             self.transport.flush()
             return
-        session._sdp_sid = sid  # type: ignore[attr-defined]
         stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=f"builtin-{kind}")
         stream.configure(nm)
-        bc = BuiltinCall(kind, session, endpoint)
+        bc = BuiltinCall(kind, session, endpoint, bc_sdp_id)
         session.user_data = bc
         self.builtin_calls[session.call_id] = bc
         if kind == "echo":

@@ -34,14 +34,16 @@ _FloatArray = npt.NDArray[np.float32]
 def as_pcm(data: npt.ArrayLike) -> PCM:
     """Return ``data`` as a contiguous 1-D int16 array (no copy when it already is one).
 
-    Floats are taken as already scaled to the int16 range and are rounded and clipped.
+    Floats are taken as already scaled to the int16 range and are rounded and clipped (NaN -> 0).
     """
     arr = np.asarray(data)
     out: PCM
     if arr.dtype == np.int16:
         out = np.ascontiguousarray(arr.reshape(-1))
     elif np.issubdtype(arr.dtype, np.floating):
-        out = np.clip(np.rint(arr.reshape(-1)), -32768, 32767).astype(np.int16)
+        # a decoder fed garbage can return NaN/inf: make that silence/full scale, not undefined casts
+        flat = np.nan_to_num(arr.reshape(-1), nan=0.0, posinf=32767.0, neginf=-32768.0)
+        out = np.clip(np.rint(flat), -32768, 32767).astype(np.int16)
     else:
         out = np.clip(arr.reshape(-1), -32768, 32767).astype(np.int16)
     return out

@@ -504,7 +504,7 @@ class _TableDecoder(Decoder):
 # --- PyAV codecs ---------------------------------------------------------------------
 
 
-def _frame_to_mono(frame: av.AudioFrame) -> PCM:
+def frame_to_mono(frame: av.AudioFrame) -> PCM:
     """Any PyAV audio frame -> mono int16 (channels averaged)."""
     arr = frame.to_ndarray()
     fmt = frame.format
@@ -523,6 +523,16 @@ def _frame_to_mono(frame: av.AudioFrame) -> PCM:
     if arr.dtype == np.uint8:
         return as_pcm((arr.astype(np.int32).mean(axis=0) - 128) * 256)
     raise RemoteProtocolError(f"unexpected decoded sample format {fmt.name}")
+
+
+def mono_frame(pcm: PCM, rate: int, pts: int) -> av.AudioFrame:
+    """Mono int16 PCM as a PyAV s16 frame stamped ``pts`` in units of 1/``rate`` (for aiortc tracks)."""
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm))
+    frame.planes[0].update(np.ascontiguousarray(pcm, dtype=np.int16).tobytes())
+    frame.pts = pts
+    frame.sample_rate = rate
+    frame.time_base = Fraction(1, rate)
+    return frame
 
 
 class _AvEncoder(Encoder):
@@ -615,7 +625,7 @@ class _AvDecoder(Decoder):
         if not payload:
             raise RemoteProtocolError(f"empty {self.info.name} payload")
         frames = self._ctx.decode(av.Packet(payload))
-        parts = [_frame_to_mono(f) for f in frames]
+        parts = [frame_to_mono(f) for f in frames]
         if frames:
             self.sample_rate = frames[-1].sample_rate or self.sample_rate
         if not parts:

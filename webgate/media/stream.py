@@ -16,12 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec
 from webgate.proto import rtp
-from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.sdp import NegotiatedMedia
 
 HostPort = tuple[str, int]
@@ -35,8 +34,6 @@ class StreamStats:
     packets_received: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
-    packets_lost: int = 0
-    jitter_ms: float = 0.0
     dtmf_sent: int = 0
     dtmf_received: int = 0
     bad_packets: int = 0
@@ -123,6 +120,16 @@ class RtpAudioStream:
         return self.codec.rtp_clock_rate // 50
 
     @property
+    def packets_lost(self) -> int:
+        return self.rx_stats.lost if self.rx_stats is not None else 0
+
+    @property
+    def jitter_ms(self) -> float:
+        if self.rx_stats is None or self.codec is None:
+            return 0.0
+        return 1000.0 * self.rx_stats.jitter / self.codec.rtp_clock_rate
+
+    @property
     def can_send(self) -> bool:
         m = self.media
         return m is not None and self.remote is not None and m.sends and not m.on_hold and not self.closed
@@ -178,9 +185,7 @@ class RtpAudioStream:
                 if self.remote_rtcp is not None:
                     self.remote_rtcp = (source[0], source[1] + 1)
                 self._latched_at = now
-            else:
-                # a second source while the latched one is alive: ignore it for sending
-                pass
+            # else: a second source while the latched one is alive is not followed
         elif self._latched_at == 0.0:
             self._latched_at = now
         if source == self.remote:
@@ -236,21 +241,14 @@ class RtpAudioStream:
             return
         blocks = []
         if self.rx_stats is not None and self.stats.packets_received:
-            try:
-                blocks.append(self.rx_stats.report_block(now))
-            except Exception:
-                blocks = []
+            blocks.append(self.rx_stats.report_block(now))
         wall = time.time()
         if self.sender.packet_count:
             report: rtp.RtcpPacket = self.sender.sender_report(wall, blocks)
         else:
             report = rtp.ReceiverReport(ssrc=self.sender.ssrc, reports=tuple(blocks))
-        sdes = rtp.SourceDescription((rtp.SdesChunk(self.sender.ssrc, ((1, self.cname.encode()),)),))
-        try:
-            data = rtp.serialize_rtcp([report, sdes])
-        except (LocalProtocolError, TypeError):
-            data = rtp.serialize_rtcp([report])
-        self._send_rtcp(data, self.remote_rtcp)
+        sdes = rtp.SourceDescription((rtp.SdesChunk(self.sender.ssrc, ((rtp.SDES_CNAME, self.cname.encode()[:255]),)),))
+        self._send_rtcp(rtp.serialize_rtcp([report, sdes]), self.remote_rtcp)
 
     # --- output ------------------------------------------------------------------------
     def _write(self, packet: rtp.RtpPacket) -> None:
@@ -310,6 +308,3 @@ class RtpAudioStream:
         self.on_payload = None
         self.on_dtmf = None
 
-
-def silence_frame(rate: int) -> PCM:
-    return np.zeros(rate // 50, dtype=np.int16)

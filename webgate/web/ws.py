@@ -64,7 +64,6 @@ ERROR_CODES = (
 _DTMF_RE = re.compile(r"[0-9*#A-Da-d]{1,32}")
 _SESSION_ID_RE = re.compile(r"\d{1,16}")
 _MAX_SDP = 32768
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _opt_str(msg: dict[str, Any], key: str, max_len: int) -> str | None:
@@ -261,9 +260,6 @@ class SignallingProtocol:
                 raise _BadMessage("invalid_session_id", "'session_id' must be a string of 8-10 digits")
         display_name = _opt_str(msg, "display_name", 128)
         _opt_str(msg, "token", 4096)  # accepted; checked by the authorisation issue
-        if isinstance(destination, str) and _CONTROL_RE.search(destination):
-            # dialplan's pattern ends in "$", which also matches before a final "\n": refuse here too
-            raise CallRefused("invalid_destination", "the destination contains control characters")
         manager = self.factory.manager
         route = manager.dialplan.resolve(destination)  # raises CallRefused with a stable code
         leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)

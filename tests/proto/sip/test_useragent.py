@@ -10,7 +10,6 @@ from webgate.proto.errors import LocalProtocolError
 from webgate.proto.sip import auth
 from webgate.proto.sip.message import (
     SipRequest,
-    SipResponse,
     SipURI,
     make_response,
     parse_message,
@@ -142,7 +141,7 @@ def test_cancel_before_provisional_waits_then_cancels() -> None:
 def test_invite_timeout_timer_b() -> None:
     net = Net()
     net.drop = lambda first, msg: first.startswith("INVITE")
-    s = net.a.invite(SipURI.parse(f"sip:x@127.0.0.1:{B_PORT}"), b"v=0\r\n", net.now)
+    net.a.invite(SipURI.parse(f"sip:x@127.0.0.1:{B_PORT}"), b"v=0\r\n", net.now)
     net.pump()
     evs = net.advance(33.0, 0.25)
     end = of(evs, Ended, "A")[0].end

@@ -930,3 +930,37 @@ def make_response(request: SipRequest, status: int, reason: str | None = None, t
                     v = str(na)
             h.add(name, v)
     return SipResponse(headers=h, status=status, reason=reason or reason_phrase(status))
+
+
+# ---------------------------------------------------------------------------------------
+# A stateless error answer for a request too broken to parse (RFC 3261 §8.2)
+
+_RAW_HDR = {
+    "via": re.compile(rb"^(?:via|v)[ \t]*:(.*)$", re.I | re.M),
+    "from": re.compile(rb"^(?:from|f)[ \t]*:(.*)$", re.I | re.M),
+    "to": re.compile(rb"^(?:to|t)[ \t]*:(.*)$", re.I | re.M),
+    "call-id": re.compile(rb"^(?:call-id|i)[ \t]*:(.*)$", re.I | re.M),
+    "cseq": re.compile(rb"^cseq[ \t]*:(.*)$", re.I | re.M),
+}
+
+_RAW_CANONICAL = {"via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq"}
+
+
+def stateless_error_response(data: bytes, reason: str, status: int = 400) -> bytes | None:
+    """Build a stateless 400 (or 513 for an oversized message) for an unparseable request, if enough
+    of it is readable (§8.2)."""
+    start = data.lstrip(b"\r\n")[:4]
+    if start in (b"SIP/", b"ACK ") or b"SIP/2.0\r\n" not in data[:512] and b"SIP/2.0\n" not in data[:512]:
+        return None  # responses and ACKs are never answered (§17.1.1.1, §8.2); a non-SIP blob gets nothing
+    head = data.split(b"\r\n\r\n", 1)[0][:8192]
+    lines = []
+    for name, rx in _RAW_HDR.items():
+        m = rx.search(head)
+        if m is None:
+            return None
+        value = m.group(1).strip()
+        if any(c < 0x20 and c != 9 for c in value) or len(value) > 1024:
+            return None
+        lines.append(_RAW_CANONICAL[name] + b": " + value)
+    safe_reason = re.sub(r"[^A-Za-z0-9 ,.:'()_-]", "?", reason)[:80]
+    return b"SIP/2.0 %d " % status + safe_reason.encode() + b"\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -34,7 +33,6 @@ from webgate.proto.sip.message import (
     check_user,
     format_host,
     make_response,
-    quote_display_name,
 )
 from webgate.proto.sip.transaction import (
     AckTimeout,
@@ -327,7 +325,8 @@ class UserAgent:
         self._by_txn: dict[int, tuple[str, object]] = {}  # id(txn) -> (kind, owner)
         self._events: list[Event] = []
         self._forget_later: list[tuple[tuple[str, str], float]] = []
-        self._source: Addr = ("udp", "", 0)
+        self._source: Addr = ("udp", "", 0)  # where the message being handled came from
+        self._now = 0.0  # the time of the input being handled (for calls made from event handlers)
 
     # --- wire-facing -----------------------------------------------------------------
     def outgoing(self) -> list[tuple[SipMessage, Addr]]:
@@ -392,8 +391,6 @@ class UserAgent:
                  headers: list[tuple[str, str]] | None = None, body: bytes = b"", content_type: str | None = None,
                  contact: bool = False, transport: str = "udp") -> SipResponse:
         resp = make_response(request, status, to_tag=to_tag)
-        if status >= 200 or to_tag:
-            pass
         resp.headers.add("Server", self.config.user_agent)
         if contact:
             resp.headers.add("Contact", self._contact(transport))
@@ -639,8 +636,6 @@ class UserAgent:
         txn = self.tm.send_request(req, session.dest, self._now if now is None else now)
         self._track(txn, "cancel", session)
 
-    _now: float = 0.0
-
     # --- BYE / in-dialog requests from us ---------------------------------------------
     def _bye(self, session: InviteSession, end_cause: EndCause = EndCause.LOCAL_HANGUP) -> None:
         d = session.dialog
@@ -830,13 +825,11 @@ class UserAgent:
         if owner is None:
             return
         kind, obj = owner
-        if resp.status >= 200:
+        if resp.status >= 300 or (resp.status >= 200 and kind != "invite"):
+            # an INVITE transaction keeps delivering retransmitted 2xx: keep its mapping
             self._by_txn.pop(id(txn), None)
         if kind == "invite" and isinstance(obj, InviteSession):
             self._on_invite_response(obj, txn, resp, now)
-            if resp.status >= 200 and 200 <= resp.status < 300:
-                # keep mapping for retransmitted 2xx delivered on this transaction
-                self._track(txn, "invite", obj)
         elif kind in ("bye", "info") and isinstance(obj, InviteSession):
             if resp.status in (401, 407):
                 self._retry_in_dialog_with_auth(obj, txn, resp, now)
@@ -854,14 +847,7 @@ class UserAgent:
                     s.invite_txn.ack_received()
                 s.state = SessionState.CONFIRMED
                 self._events.append(Confirmed(s))
-            elif s is not None and s.pending_offer_txn is None:
-                # ACK to a re-INVITE's 2xx: stop its retransmissions
-                kind_owner = None
-                for key, (kind, owner) in list(self._by_txn.items()):
-                    if kind == "reinvite" and owner is s:
-                        kind_owner = key
-                if kind_owner is not None:
-                    self._by_txn.pop(kind_owner, None)
+            # an ACK to a re-INVITE's 2xx: the transaction layer has stopped the retransmissions
             return
         assert txn is not None
         if method == "CANCEL":
@@ -913,8 +899,6 @@ class UserAgent:
             s.dialog.update_target(req)
             s.pending_offer_txn = txn
             s.pending_offer_method = method
-            if method == "INVITE":
-                self._track(txn, "reinvite", s)
             self._events.append(OfferReceived(s, method, req.body or None))
         elif method == "INFO":
             parsed = parse_dtmf_info(req.content_type, req.body)
