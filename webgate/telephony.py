@@ -134,7 +134,7 @@ class TelephonyService(service.Service):
             from_domain=sip.from_domain,
             max_calls=cfg.limits.max_calls,
             max_call_duration_s=cfg.limits.max_call_duration_s,
-            builtin_names={"echo": "echo", "tone": "tone"} if cfg.builtin.enabled else {},
+            builtin_enabled=cfg.builtin.enabled,
             tone_hz=cfg.builtin.tone_hz,
             jitter_min_ms=rtp.jitter_min_ms,
             jitter_max_ms=rtp.jitter_max_ms,

@@ -74,6 +74,9 @@ def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = No
     return out
 
 
+BUILTIN_KINDS = ("echo", "tone")
+
+
 class BuiltinCall:
     """A call answered by the gateway itself (echo or tone)."""
 
@@ -103,7 +106,7 @@ class CallManager:
         from_domain: str = "",
         max_calls: int = 100,
         max_call_duration_s: int = 3600,
-        builtin_names: dict[str, str] | None = None,
+        builtin_enabled: bool = True,
         tone_hz: int = 1000,
         jitter_min_ms: int = 20,
         jitter_max_ms: int = 200,
@@ -121,7 +124,7 @@ class CallManager:
         self.from_domain = from_domain
         self.max_calls = max_calls
         self.max_call_duration_s = max_call_duration_s
-        self.builtin_names = dict(builtin_names or {})  # SIP user -> kind
+        self.builtin_enabled = builtin_enabled  # answer INVITEs whose user is one of BUILTIN_KINDS
         self.tone_hz = tone_hz
         self.jitter = (jitter_min_ms, jitter_max_ms)
         self.builtin_calls: dict[str, BuiltinCall] = {}
@@ -192,8 +195,8 @@ class CallManager:
         if self.session_mode in ("caller_id", "both"):
             from_user = sid
             pai = f"<sip:{sid}@{domain or format_host(self._sip_host(route))}>"
-        if caller_id:
-            from_user = caller_id if self.session_mode == "header" else from_user
+        if caller_id and self.session_mode == "header":
+            from_user = caller_id  # with "caller_id"/"both" the session ID is the caller ID
         now = self.reactor.seconds()
         try:
             session = self.ua.invite(
@@ -412,7 +415,7 @@ class CallManager:
     def _builtin_event(self, ev: Event) -> None:
         if isinstance(ev, IncomingCall):
             user = ev.request.uri.user or ""
-            kind = self.builtin_names.get(user)
+            kind = user if self.builtin_enabled and user in BUILTIN_KINDS else None
             if kind is None:
                 ev.session.reject(404, "Not Found")
                 self.transport.flush()
