@@ -115,6 +115,8 @@ class SipConfig:
     tls: HostPort | None = None
     tls_cert: str = ""
     tls_key: str = ""
+    #: PEM file of the CA(s) that sign the certificates of TLS peers we connect to; "" = system CAs
+    tls_ca: str = ""
     #: host used in Via/Contact; "" = the bind address
     advertised_address: str = ""
     user_agent: str = f"webgate/{__version__}"
@@ -274,6 +276,7 @@ tcp = "127.0.0.1:5060"
 tls = ""
 tls_cert = ""
 tls_key = ""
+tls_ca = ""
 advertised_address = ""
 user_agent = "webgate/{__version__}"
 t1_ms = 500
@@ -674,6 +677,7 @@ class _Validator:
             tls=s.listen("tls"),
             tls_cert=s.str("tls_cert", check=_check_file),
             tls_key=s.str("tls_key", check=_check_file),
+            tls_ca=s.str("tls_ca", check=_check_file),
             advertised_address=s.str("advertised_address", check=_check_optional_host),
             user_agent=s.str("user_agent", check=_check_nonempty_text),
             t1_ms=s.int("t1_ms", 1, 60000),

@@ -83,7 +83,7 @@ class TelephonyService(service.Service):
             self._on_event,
             max_message_size=sip.max_message_size,
             tls_server_context=tls_ctx,
-            tls_client_options=_tls_client_options(getattr(sip, "tls_ca", "")),
+            tls_client_options=_tls_client_options(sip.tls_ca),
         )
         # listen now (before anything else) so that port 0 resolves for the advertised address
         adv = sip.advertised_address

@@ -12,12 +12,10 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from tests.interop import peers
-from webgate import telephony
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
 
@@ -94,13 +92,11 @@ async def test_echo_over_tcp() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_echo_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_echo_over_tls(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    # the config has no sip.tls_ca key yet: trust the self-signed certificate as the client's CA
-    real = telephony._tls_client_options
-    monkeypatch.setattr(telephony, "_tls_client_options", lambda ca_file: real(ca_file or str(cert)))
+    # sip.tls_ca: trust the self-signed certificate for our outgoing TLS connection
     port = peers.free_port("tcp")
-    svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key)))
+    svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert)))
     try:
         assert svc.bound["tls"] == ("127.0.0.1", port)
         await call_echo_and_check(svc, "tls")
