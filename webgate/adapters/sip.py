@@ -80,6 +80,9 @@ class _StreamProtocol(protocol.Protocol):
         for key in self.keys:
             if self.owner.connections.get(key) is self:
                 del self.owner.connections[key]
+        if self.client is not None:
+            # e.g. a TLS handshake that failed: what was waiting on this connection fails now
+            self.owner.connection_failed(self.client.key)
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
@@ -111,6 +114,7 @@ class _ClientFactory(protocol.ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
         log.warn("SIP {transport} connection to {dest} failed: {reason}", transport=self.name, dest=self.key, reason=reason.getErrorMessage())
         self.owner.pending.pop(self.key, None)
+        self.owner.connection_failed(self.key)
 
 
 class SipTransport:
@@ -206,6 +210,15 @@ class SipTransport:
         except Exception:
             self.stats["bad"] += 1
             log.failure("SIP core failed on a message from {source}", source=source)
+            events = []
+        self.flush()
+        self._dispatch(events)
+
+    def connection_failed(self, dest: Addr) -> None:
+        try:
+            events = self.ua.transport_failed(dest, self.reactor.seconds())
+        except Exception:
+            log.failure("SIP core failed on a transport failure to {dest}", dest=dest)
             events = []
         self.flush()
         self._dispatch(events)

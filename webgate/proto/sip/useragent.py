@@ -353,6 +353,14 @@ class UserAgent:
             self._on_txn_event(ev, now)
         return self._drain()
 
+    def transport_failed(self, dest: Addr, now: float) -> list[Event]:
+        """The adapter lost (or could not open) the connection to ``dest``: the transactions
+        using it fail at once (RFC 3261 §17.1.4), ending their calls with a transport error."""
+        self._now = now
+        for ev in self.tm.transport_failed(dest, now):
+            self._on_txn_event(ev, now)
+        return self._drain()
+
     def _drain(self) -> list[Event]:
         out, self._events = self._events, []
         return out
@@ -786,10 +794,13 @@ class UserAgent:
             kind, obj = owner
             self._by_txn.pop(id(ev.txn), None)
             if kind == "invite" and isinstance(obj, InviteSession):
-                cause = EndCause.TIMEOUT if isinstance(ev, TransactionTimeout) else EndCause.TRANSPORT_ERROR
+                if isinstance(ev, TransactionTimeout):
+                    end = CallEnd(EndCause.TIMEOUT, 408, "Request Timeout")
+                else:  # RFC 3261 §8.1.3.1: a transport error counts as a 503
+                    end = CallEnd(EndCause.TRANSPORT_ERROR, 503, "Service Unavailable")
                 if obj.cancelled:
-                    cause = EndCause.CANCELLED
-                self._end(obj, CallEnd(cause, 408, "Request Timeout"))
+                    end = CallEnd(EndCause.CANCELLED, end.status, end.reason)
+                self._end(obj, end)
             elif kind in ("bye", "info", "cancel"):
                 pass
             elif kind == "register" and isinstance(obj, Registration):
