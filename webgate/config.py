@@ -29,7 +29,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "HostPort",
+    "ApiConfig",
+    "CdrConfig",
     "HttpConfig",
+    "IceServerConfig",
     "LimitsConfig",
     "LogConfig",
     "RouteConfig",
@@ -38,8 +41,11 @@ __all__ = [
     "RtpConfig",
     "SessionIdConfig",
     "SipConfig",
+    "ShutdownConfig",
     "SipUri",
+    "TokensConfig",
     "TrunkConfig",
+    "WebRtcConfig",
     "default_config",
     "load_config",
     "parse_config",
@@ -97,6 +103,13 @@ class SipUri:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: HostPort | None = HostPort("127.0.0.1", 8080)
+    #: HTTPS/WSS listener ("" = off); needs tls_cert and tls_key
+    tls_listen: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Origins allowed to open /ws ("https://shop.example.com"); empty = same origin as the
+    #: Host header, or no Origin header at all (non-browser clients); "*" = any origin
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,71 @@ class RtmpConfig:
     max_message_size: int = 1048576
     max_streams_per_connection: int = 8
     max_connections_per_ip: int = 20
+    #: RTMPS (RTMP over TLS) listener ("" = off); needs tls_cert and tls_key
+    tls_listen: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class IceServerConfig:
+    urls: tuple[str, ...]
+    username: str = ""
+    credential: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    #: STUN/TURN servers used by the gateway's peer connections and handed to browsers
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    #: a call whose ICE/DTLS is not connected this long after the answer (or drops, or whose
+    #: WebSocket is gone) is hung up
+    ice_timeout_s: int = 15
+    #: largest signalling message accepted (bytes of UTF-8 JSON)
+    max_message_size: int = 65536
+    #: a WebSocket without any message for this long is closed (clients ping every 20 s)
+    idle_timeout_s: int = 60
+    #: how much SIP audio may queue toward the browser before the oldest is dropped
+    max_playout_ms: int = 200
+    #: protocol errors tolerated on one connection before it is closed
+    max_errors: int = 20
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    #: shared HMAC-SHA256 key for call tokens (JWT HS256); "" = tokens are refused and only
+    #: public destinations can be called
+    key: str = field(default="", repr=False)
+    #: required "iss"/"aud" claims ("" = not checked)
+    issuer: str = ""
+    audience: str = ""
+    #: clock skew tolerated on exp/nbf
+    leeway_s: int = 30
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    #: admin key for /api (sent as "Authorization: Bearer KEY" or "X-API-Key"); "" = /api is off
+    admin_key: str = field(default="", repr=False)
+    #: serve /metrics (Prometheus text) on the HTTP listener(s)
+    metrics: bool = True
+
+
+@dataclass(frozen=True)
+class CdrConfig:
+    #: one JSON line per finished call appended here ("" = no file)
+    file: str = ""
+    #: POST each CDR as JSON to this http(s) URL ("" = off)
+    webhook_url: str = ""
+    webhook_timeout_s: int = 5
+    #: attempts after the first, with exponential backoff
+    webhook_retries: int = 3
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    #: on SIGTERM: stop taking calls, BYE live ones, and exit at the latest after this long
+    timeout_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -157,6 +235,8 @@ class BuiltinConfig:
     tone_hz: int = 1000
     echo: str = "echo"
     tone: str = "tone"
+    #: callable without a token (the embedded default: yes, and nothing else is)
+    public: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +244,12 @@ class LimitsConfig:
     max_calls: int = 100
     #: 0 = no limit
     max_call_duration_s: int = 3600
+    #: concurrent calls per token identity (0 = no limit)
+    max_calls_per_identity: int = 10
+    #: concurrent calls per client IP address (0 = no limit)
+    max_calls_per_ip: int = 10
+    #: call attempts per client IP address per minute, refused ones included (0 = no limit)
+    max_attempts_per_ip_per_minute: int = 60
 
 
 @dataclass(frozen=True)
@@ -230,6 +316,11 @@ class Config:
     builtin: BuiltinConfig = BuiltinConfig()
     limits: LimitsConfig = LimitsConfig()
     log: LogConfig = LogConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
+    tokens: TokensConfig = TokensConfig()
+    api: ApiConfig = ApiConfig()
+    cdr: CdrConfig = CdrConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     #: where it came from: a file path, or "<default>"
@@ -262,6 +353,10 @@ class Config:
 DEFAULT_TOML = f"""\
 [http]
 listen = "127.0.0.1:8080"
+tls_listen = ""
+tls_cert = ""
+tls_key = ""
+allowed_origins = []
 
 [rtmp]
 listen = "127.0.0.1:1935"
@@ -269,6 +364,9 @@ max_chunk_size = 65536
 max_message_size = 1048576
 max_streams_per_connection = 8
 max_connections_per_ip = 20
+tls_listen = ""
+tls_cert = ""
+tls_key = ""
 
 [sip]
 udp = "127.0.0.1:5060"
@@ -305,14 +403,45 @@ enabled = true
 tone_hz = 1000
 echo = "echo"
 tone = "tone"
+public = true
 
 [limits]
 max_calls = 100
 max_call_duration_s = 3600
+max_calls_per_identity = 10
+max_calls_per_ip = 10
+max_attempts_per_ip_per_minute = 60
 
 [log]
 format = "text"
 level = "info"
+
+[webrtc]
+ice_servers = []
+ice_timeout_s = 15
+max_message_size = 65536
+idle_timeout_s = 60
+max_playout_ms = 200
+max_errors = 20
+
+[tokens]
+key = ""
+issuer = ""
+audience = ""
+leeway_s = 30
+
+[api]
+admin_key = ""
+metrics = true
+
+[cdr]
+file = ""
+webhook_url = ""
+webhook_timeout_s = 5
+webhook_retries = 3
+
+[shutdown]
+timeout_s = 10
 """
 
 KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus")
@@ -554,6 +683,29 @@ def _check_file(value: str) -> str | None:
     return None
 
 
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9\-.\[\]:]+(?::\d{1,5})?/?", re.IGNORECASE)
+_ICE_URL_RE = re.compile(r"(?:stuns?|turns?):[^\s]+", re.IGNORECASE)
+_HTTP_URL_RE = re.compile(r"https?://[^\s]+", re.IGNORECASE)
+
+
+def _check_token_key(value: str) -> str | None:
+    if value and len(value.encode()) < 32:
+        return "must be at least 32 bytes (HMAC-SHA256 key); generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    return _check_text(value)
+
+
+def _check_admin_key(value: str) -> str | None:
+    if value and len(value) < 16:
+        return "must be at least 16 characters"
+    return _check_text(value)
+
+
+def _check_http_url(value: str) -> str | None:
+    if value and not _HTTP_URL_RE.fullmatch(value):
+        return f"{value!r} is not an http:// or https:// URL"
+    return None
+
+
 def _strip_brackets(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
@@ -574,13 +726,21 @@ class _Validator:
     def config(self, data: Mapping[str, Any], source: str) -> Config:
         sections = {
             "http", "rtmp", "sip", "rtp", "session_id", "builtin", "limits", "log", "trunk", "route",
+            "webrtc", "tokens", "api", "cdr", "shutdown",
         }
         for k in data:
             if k not in sections:
                 self.err(k, "unknown section" if isinstance(data[k], Mapping) else "unknown key")
 
         s = _Section(self, "http", data.get("http", {}), HttpConfig())
-        http = self.build(HttpConfig, {"listen": s.listen("listen")})
+        http = self.build(
+            HttpConfig,
+            dict(
+                listen=s.listen("listen"),
+                **self.tls_listener(s),
+                allowed_origins=self.origins(s),
+            ),
+        )
         s.finish()
 
         s = _Section(self, "rtmp", data.get("rtmp", {}), RtmpConfig())
@@ -592,6 +752,7 @@ class _Validator:
                 max_message_size=s.int("max_message_size", 128, 0xFFFFFF),
                 max_streams_per_connection=s.int("max_streams_per_connection", 1, 1000),
                 max_connections_per_ip=s.int("max_connections_per_ip", 1, 100000),
+                **self.tls_listener(s),
             ),
         )
         s.finish()
@@ -619,6 +780,7 @@ class _Validator:
                 tone_hz=s.int("tone_hz", 20, 3999),
                 echo=s.str("echo", check=_check_dest_name),
                 tone=s.str("tone", check=_check_dest_name),
+                public=s.bool("public"),
             ),
         )
         s.finish()
@@ -628,7 +790,13 @@ class _Validator:
         s = _Section(self, "limits", data.get("limits", {}), LimitsConfig())
         limits = self.build(
             LimitsConfig,
-            dict(max_calls=s.int("max_calls", 1), max_call_duration_s=s.int("max_call_duration_s", 0)),
+            dict(
+                max_calls=s.int("max_calls", 1),
+                max_call_duration_s=s.int("max_call_duration_s", 0),
+                max_calls_per_identity=s.int("max_calls_per_identity", 0),
+                max_calls_per_ip=s.int("max_calls_per_ip", 0),
+                max_attempts_per_ip_per_minute=s.int("max_attempts_per_ip_per_minute", 0),
+            ),
         )
         s.finish()
 
@@ -638,6 +806,52 @@ class _Validator:
             LogConfig,
             dict(format=s.choice("format", ("text", "json")), level="warn" if level == "warning" else level),
         )
+        s.finish()
+
+        s = _Section(self, "webrtc", data.get("webrtc", {}), WebRtcConfig())
+        webrtc = self.build(
+            WebRtcConfig,
+            dict(
+                ice_servers=self.ice_servers(s),
+                ice_timeout_s=s.int("ice_timeout_s", 1, 3600),
+                max_message_size=s.int("max_message_size", 1024, 1 << 24),
+                idle_timeout_s=s.int("idle_timeout_s", 1, 86400),
+                max_playout_ms=s.int("max_playout_ms", 20, 10000),
+                max_errors=s.int("max_errors", 1, 100000),
+            ),
+        )
+        s.finish()
+
+        s = _Section(self, "tokens", data.get("tokens", {}), TokensConfig())
+        tokens = self.build(
+            TokensConfig,
+            dict(
+                key=s.str("key", check=_check_token_key),
+                issuer=s.str("issuer", check=_check_text),
+                audience=s.str("audience", check=_check_text),
+                leeway_s=s.int("leeway_s", 0, 3600),
+            ),
+        )
+        s.finish()
+
+        s = _Section(self, "api", data.get("api", {}), ApiConfig())
+        api = self.build(ApiConfig, dict(admin_key=s.str("admin_key", check=_check_admin_key), metrics=s.bool("metrics")))
+        s.finish()
+
+        s = _Section(self, "cdr", data.get("cdr", {}), CdrConfig())
+        cdr = self.build(
+            CdrConfig,
+            dict(
+                file=s.str("file", check=_check_text),
+                webhook_url=s.str("webhook_url", check=_check_http_url),
+                webhook_timeout_s=s.int("webhook_timeout_s", 1, 600),
+                webhook_retries=s.int("webhook_retries", 0, 100),
+            ),
+        )
+        s.finish()
+
+        s = _Section(self, "shutdown", data.get("shutdown", {}), ShutdownConfig())
+        shutdown = self.build(ShutdownConfig, dict(timeout_s=s.int("timeout_s", 1, 3600)))
         s.finish()
 
         trunks = self.trunks(data.get("trunk", []))
@@ -654,10 +868,70 @@ class _Validator:
             builtin=builtin,
             limits=limits,
             log=log,
+            webrtc=webrtc,
+            tokens=tokens,
+            api=api,
+            cdr=cdr,
+            shutdown=shutdown,
             trunks=tuple(trunks),
             routes=tuple(routes),
             source=source,
         )
+
+    def tls_listener(self, s: _Section) -> dict[str, Any]:
+        """``tls_listen``/``tls_cert``/``tls_key`` of an HTTP or RTMP section."""
+        values = dict(
+            tls_listen=s.listen("tls_listen"),
+            tls_cert=s.str("tls_cert", check=_check_file),
+            tls_key=s.str("tls_key", check=_check_file),
+        )
+        if values["tls_listen"] not in (None, _MISSING):
+            for k in ("tls_cert", "tls_key"):
+                if values[k] == "":
+                    self.err(s.key(k), "is required when tls_listen is set")
+        return values
+
+    def origins(self, s: _Section) -> Any:
+        s.known.add("allowed_origins")
+        if "allowed_origins" not in s.table:
+            return s.defaults.allowed_origins
+        value = s.table["allowed_origins"]
+        if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+            self.err(s.key("allowed_origins"), f"must be an array of strings, not {value!r}")
+            return _MISSING
+        out: list[str] = []
+        for o in value:
+            if o != "*" and not _ORIGIN_RE.fullmatch(o):
+                self.err(s.key("allowed_origins"), f"{o!r} is not an origin (e.g. \"https://www.example.com\" or \"*\")")
+                return _MISSING
+            out.append(o.rstrip("/").lower())
+        return tuple(out)
+
+    def ice_servers(self, s: _Section) -> Any:
+        s.known.add("ice_servers")
+        if "ice_servers" not in s.table:
+            return s.defaults.ice_servers
+        value = s.table["ice_servers"]
+        if not isinstance(value, list):
+            self.err(s.key("ice_servers"), f"must be an array of tables ([[webrtc.ice_servers]]), not {_tname(value)}")
+            return _MISSING
+        out: list[IceServerConfig] = []
+        ok = True
+        for i, item in enumerate(value):
+            t = _Section(self, f"{s.key('ice_servers')}[{i}]", item, IceServerConfig(urls=()))
+            t.known.add("urls")
+            urls = t.table.get("urls")
+            if isinstance(urls, str):
+                urls = [urls]
+            if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and _ICE_URL_RE.fullmatch(u) for u in urls):
+                self.err(t.key("urls"), f"must be a stun:/stuns:/turn:/turns: URL or an array of them, not {t.table.get('urls')!r}")
+                ok = False
+            username = t.str("username", check=_check_text)
+            credential = t.str("credential", check=_check_text)
+            t.finish()
+            if ok and username is not _MISSING and credential is not _MISSING:
+                out.append(IceServerConfig(tuple(urls), username, credential))
+        return tuple(out) if ok else _MISSING
 
     def sip(self, table: Any) -> Any:
         s = _Section(self, "sip", table, SipConfig())
@@ -900,8 +1174,14 @@ OVERRIDABLE = frozenset(
         ("builtin", BuiltinConfig),
         ("limits", LimitsConfig),
         ("log", LogConfig),
+        ("webrtc", WebRtcConfig),
+        ("tokens", TokensConfig),
+        ("api", ApiConfig),
+        ("cdr", CdrConfig),
+        ("shutdown", ShutdownConfig),
     )
     for f in fields(cls)
+    if f.name not in ("ice_servers", "allowed_origins")
 )
 
 

@@ -130,7 +130,20 @@ class CallManager:
         self.builtin_calls: dict[str, BuiltinCall] = {}
         self.accepting = True
         self.counters: dict[str, int] = {"calls_placed": 0, "calls_refused": 0, "packet_path": 0, "frame_path": 0}
-        self.on_call_ended: list[Callable[[Call], None]] = []
+        #: call observers (metrics, CDRs, ...): objects with any of the methods
+        #: call_placed(call), call_progress(call, state), call_answered(call), call_ended(call),
+        #: call_refused(code, ingress, client). A failing observer is logged, never fatal.
+        self.observers: list[Any] = []
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for obs in list(self.observers):
+            fn = getattr(obs, event, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:
+                log.failure("call observer {observer}.{event} failed", observer=type(obs).__name__, event=event)
 
     # ------------------------------------------------------------------------------------
     # placing calls
@@ -147,8 +160,41 @@ class CallManager:
         identity: str | None = None,
         route: RouteDecision | None = None,
         max_duration_s: int | None = None,
+        token: str | None = None,
+        source_ip: str | None = None,
     ) -> Call:
-        """Start a call toward ``destination``. Raises :class:`CallRefused` with a stable code."""
+        """Start a call toward ``destination``. Raises :class:`CallRefused` with a stable code.
+
+        ``token`` is the client's call token (if any); ``source_ip`` the client's IP address
+        (for per-IP limits; default: derived from ``leg.client``)."""
+        try:
+            call = self._place_call(
+                leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
+                prefer_codecs=prefer_codecs, identity=identity, route=route, max_duration_s=max_duration_s,
+                token=token, source_ip=source_ip,
+            )
+        except CallRefused as e:
+            self.counters["calls_refused"] += 1
+            self._emit("call_refused", e.code, getattr(leg, "kind", "?"), getattr(leg, "client", "?"))
+            raise
+        self._emit("call_placed", call)
+        return call
+
+    def _place_call(
+        self,
+        leg: IngressLeg,
+        destination: object,
+        *,
+        session_id: str | None,
+        display_name: str | None,
+        caller_id: str | None,
+        prefer_codecs: list[str] | None,
+        identity: str | None,
+        route: RouteDecision | None,
+        max_duration_s: int | None,
+        token: str | None,
+        source_ip: str | None,
+    ) -> Call:
         if not self.accepting:
             raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
         if route is None:
@@ -336,12 +382,14 @@ class CallManager:
                 call.state = state
                 log.info("call {session_id}: {status} {state}", session_id=call.session_id, status=ev.status, state=state.value)
                 self._notify(call, state)
+                self._emit("call_progress", call, state)
         elif isinstance(ev, Answered):
             self._apply_remote_sdp(call, ev.sdp)
             call.state = CallState.ANSWERED
             call.times.answered = time.time()
             log.info("call {session_id}: answered, codec {codec}, {path} path", session_id=call.session_id, codec=call.codec, path=call.media_path)
             self._notify(call, CallState.ANSWERED)
+            self._emit("call_answered", call)
         elif isinstance(ev, Ended):
             cause = _CAUSES.get(ev.end.cause, "ended")
             self._finish(call, cause, ev.end.status, notify_leg=True)
@@ -403,11 +451,7 @@ class CallManager:
                 call.leg.call_ended(call, cause, status)
             except Exception:
                 log.failure("call {session_id}: ingress leg end failed", session_id=call.session_id)
-        for fn in list(self.on_call_ended):
-            try:
-                fn(call)
-            except Exception:
-                log.failure("call-ended hook failed")
+        self._emit("call_ended", call)
 
     # ------------------------------------------------------------------------------------
     # built-in destinations (the gateway as UAS)
