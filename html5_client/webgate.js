@@ -60,6 +60,8 @@ export class WebGate {
    * @param {boolean} [opts.video] also send/receive video (kept with the session, never sent to SIP)
    * @param {string} [opts.sessionId] bring your own session ID (8-10 digits, not in use)
    * @param {string} [opts.displayName] caller display name for SIP
+   * @param {string[]} [opts.audioCodecs] audio codecs to offer, in order (e.g. ['PCMU'] or ['opus']);
+   *   default: the browser's own order (the gateway still picks the SIP side's codec when offered)
    */
   async call(destination, opts = {}) {
     const call = new WebGateCall(this, destination, opts);
@@ -118,6 +120,7 @@ export class WebGateCall extends EventTarget {
       const audio = stream.getAudioTracks();
       if (audio.length) audio.forEach((t) => pc.addTrack(t, stream));
       else pc.addTransceiver('audio', { direction: 'recvonly' });
+      if (opts.audioCodecs) this._preferCodecs(pc, opts.audioCodecs);
       if (opts.video) {
         const video = stream.getVideoTracks();
         if (video.length) video.forEach((t) => pc.addTrack(t, stream));
@@ -141,6 +144,29 @@ export class WebGateCall extends EventTarget {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** Offer only `names` (mime subtypes, in order) for audio, plus telephone-event (RTCDTMFSender). */
+  _preferCodecs(pc, names) {
+    if (typeof RTCRtpReceiver === 'undefined' || !RTCRtpReceiver.getCapabilities) return;
+    const caps = RTCRtpReceiver.getCapabilities('audio').codecs;
+    const prefs = [];
+    for (const n of names.concat(['telephone-event'])) {
+      prefs.push(...caps.filter((c) => c.mimeType.toLowerCase() === 'audio/' + String(n).toLowerCase()));
+    }
+    if (prefs.length === 0) throw new WebGateError('client_error', 'none of the audio codecs ' + names.join(', ') + ' is supported');
+    pc.getTransceivers()
+      .filter((t) => t.receiver && t.receiver.track && t.receiver.track.kind === 'audio' && t.setCodecPreferences)
+      .forEach((t) => t.setCodecPreferences(prefs));
+  }
+
+  /** The configured ICE servers in use (from the gateway's `welcome`, or the WebGate option). */
+  get iceServers() { return this.pc ? this.pc.getConfiguration().iceServers : []; }
+
+  /** True when the browser can also send DTMF in the media (RFC 4733, `RTCDTMFSender`). */
+  get canInsertDTMF() {
+    const s = this.pc && this.pc.getSenders().find((x) => x.track && x.track.kind === 'audio' && x.dtmf);
+    return !!(s && s.dtmf.canInsertDTMF);
   }
 
   _open() {
@@ -231,11 +257,20 @@ export class WebGateCall extends EventTarget {
     }
   }
 
-  /** Send DTMF digits (0-9 * # A-D) toward the phone (signalled; see README.md). */
-  sendDTMF(digits, durationMs) {
+  /**
+   * Send DTMF digits (0-9 * # A-D) toward the phone. By default they are signalled (`dtmf`
+   * message); with `{ inband: true }` they go in the media as RFC 4733 (`RTCDTMFSender`)
+   * when `canInsertDTMF`, else signalled. See README.md.
+   */
+  sendDTMF(digits, durationMs, options = {}) {
     digits = String(digits);
     if (!DTMF_RE.test(digits)) throw new WebGateError('invalid_dtmf', 'digits must be 1-32 of 0-9 * # A-D');
     if (this.state === 'ended') throw new WebGateError('no_call', 'the call has ended');
+    if (options.inband && this.canInsertDTMF) {
+      const s = this.pc.getSenders().find((x) => x.track && x.track.kind === 'audio' && x.dtmf);
+      s.dtmf.insertDTMF(digits.toUpperCase(), Math.max(40, Math.min(durationMs || 160, 6000)), 70);
+      return;
+    }
     const msg = { type: 'dtmf', digits };
     if (durationMs != null) msg.duration_ms = durationMs;
     this._send(msg);

@@ -1,22 +1,28 @@
 """The WebRTC ingress leg: one aiortc ``RTCPeerConnection`` per call.
 
-Media path (see docs/decisions.md): aiortc only exposes decoded frames, so this leg is a
-*frame path* leg. Browser audio arrives as decoded ``av.AudioFrame`` s (aiortc decodes
-Opus/G.711/G.722 itself) and goes to :meth:`Call.send_audio` as PCM at the decoder's rate;
-SIP audio arrives as PCM from :meth:`audio_from_sip` and is played out by
-:class:`SipAudioTrack`, an ``AudioStreamTrack`` that aiortc's sender encodes. To keep the
-cost near a packet path for G.711 trunks, the answer toward the browser prefers the
-trunk's own codec order (PCMU first by default): then both directions are G.711 at 8 kHz
-and nothing is resampled, only G.711 decode+encode (~20 µs per 20 ms frame each way).
+Media paths (see docs/decisions.md). The answer toward the browser prefers the trunk's own
+codec order (PCMU first by default), so with a G.711 trunk browser and phone speak the same
+codec and the call takes the **packet path**: the leg declares ``packet_codecs`` (the
+browser's G.711 codec), the call manager then hands SIP payloads to :meth:`payload_from_sip`
+undecoded, :class:`SipAudioTrack` gives them to aiortc's sender as pre-encoded packets
+(aiortc only packetizes them), and the browser's RTP payloads are taken off the audio
+receiver before aiortc's jitter buffer/decoder and relayed with :meth:`Call.send_payload`.
+Nothing is decoded or encoded. Otherwise (Opus/G.722 toward the browser, or the phone
+answered another codec) the call takes the **frame path**: aiortc decodes the browser's
+audio (``av.AudioFrame`` -> :meth:`Call.send_audio`) and encodes the PCM that
+:meth:`audio_from_sip` queues. The path is ``call.media_path`` and the manager's
+``packet_path``/``frame_path`` counters, and it is logged at answer.
 
-DTMF: aiortc does not negotiate ``telephone-event`` (it is not in ``aiortc.codecs.CODECS``)
-and drops RTP with unknown payload types, so a browser's ``RTCDTMFSender`` has nothing to
-send on (``canInsertDTMF`` is false). Digits from the browser therefore come as the ``dtmf``
-signalling message (handled in webgate/web/ws.py); digits from SIP go to the browser as
-``dtmf`` signalling events.
+DTMF from the browser: aiortc does not negotiate ``telephone-event`` by itself, so the leg
+adds the offer's telephone-event (at the chosen codec's clock rate) to the answer; the
+browser's ``RTCDTMFSender`` then works, and its RFC 4733 packets are taken off the receiver
+(aiortc would otherwise try to decode them) and sent to SIP by the trunk's DTMF method. The
+``dtmf`` signalling message (webgate/web/ws.py) does the same. Digits from SIP go to the
+browser as ``dtmf`` signalling events (browsers do not surface received RFC 4733).
 
-Video and data channels are accepted and kept alive; their media is read and dropped here
-(never sent to SIP) until the session hub gives them a viewer.
+Video and data channels are accepted and kept alive; video is read and dropped, data
+channel messages are counted and dropped (never sent to SIP) until the session hub gives
+them a viewer.
 
 All asyncio work is started through :mod:`webgate.adapters.aio`.
 """
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -40,6 +48,7 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaStreamError
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
+from aiortc.sdp import SessionDescription as AiortcSdp
 from aiortc.sdp import candidate_from_sdp
 from twisted.logger import Logger
 
@@ -47,6 +56,8 @@ from webgate.adapters import aio
 from webgate.calls.call import Call, CallState
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import frame_to_mono, mono_frame
+from webgate.proto.errors import RemoteProtocolError
+from webgate.proto.rtp import DtmfReceiver
 
 log = Logger()
 
@@ -54,6 +65,25 @@ __all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcSettings", "ice_
 
 # aiortc codec names (mimeType subtype, lower case) by the names the trunk config uses
 _AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
+# codecs whose payloads go between browser and SIP untouched when both sides use them
+PACKET_CODECS = ("PCMU", "PCMA")
+# G.711 silence (what the browser hears while no SIP packet is queued on the packet path)
+_SILENCE = {"PCMU": b"\xff", "PCMA": b"\xd5"}
+
+
+class EncodedAudio:
+    """A pre-encoded payload for aiortc's sender (it calls ``encoder.pack()`` on anything that
+    is not an ``av.Frame``; the G.711 packer needs only ``pts``, ``time_base`` and bytes)."""
+
+    __slots__ = ("payload", "pts", "time_base")
+
+    def __init__(self, payload: bytes, pts: int, rate: int) -> None:
+        self.payload = payload
+        self.pts = pts
+        self.time_base = Fraction(1, rate)
+
+    def __bytes__(self) -> bytes:
+        return self.payload
 
 
 @dataclass(frozen=True)
@@ -113,6 +143,10 @@ class SipAudioTrack(AudioStreamTrack):
     negotiated with the browser: 8 kHz for G.711, 16 kHz for G.722, 48 kHz for Opus), so
     aiortc's encoder never resamples; SIP audio at another rate is resampled once here.
     Silence is sent while nothing is queued (before answer, packet loss).
+
+    Packet path: :meth:`push_payload` queues G.711 payloads from SIP as they are; ``recv``
+    then returns :class:`EncodedAudio` (paced by each payload's own length) and aiortc only
+    packetizes. ``packet_codec`` names the codec (the G.711 silence used while nothing is queued).
     """
 
     kind = "audio"
@@ -125,15 +159,20 @@ class SipAudioTrack(AudioStreamTrack):
         self._framer = Framer(self.samples)
         self._resamplers: dict[int, Resampler] = {}
         self._ts = 0
+        self._last_samples = self.samples
         self._t0: float | None = None
         self.frames_sent = 0
         self.frames_silent = 0
         self.frames_dropped = 0
+        self.packet_codec: str | None = None
+        self._payloads: collections.deque[bytes] = collections.deque(maxlen=max(2, max_queue_ms // 20))
+        self.payloads_sent = 0
 
     def set_rate(self, rate: int) -> None:
         """Fix the output rate (before the first frame is sent)."""
         self.rate = rate
         self.samples = rate // 50
+        self._last_samples = self.samples
         self._framer = Framer(self.samples)
         self._queue.clear()
 
@@ -148,16 +187,33 @@ class SipAudioTrack(AudioStreamTrack):
                 self.frames_dropped += 1
             self._queue.append(frame)
 
+    def push_payload(self, payload: bytes) -> None:
+        """Packet path: one G.711 payload from SIP (8 kHz, one byte per sample)."""
+        if len(self._payloads) == self._payloads.maxlen:
+            self.frames_dropped += 1
+        self._payloads.append(payload)
+
     async def recv(self) -> Any:
         if self.readyState != "live":
             raise MediaStreamError
         if self._t0 is None:
             self._t0 = time.monotonic()
         else:
-            self._ts += self.samples
+            self._ts += self._last_samples
             wait = self._t0 + self._ts / self.rate - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+        if self.packet_codec is not None:
+            payload = self._payloads.popleft() if self._payloads else None
+            if payload is None:
+                payload = _SILENCE[self.packet_codec] * self.samples
+                self.frames_silent += 1
+            else:
+                self.payloads_sent += 1
+            self._last_samples = len(payload)
+            self.frames_sent += 1
+            return EncodedAudio(payload, self._ts, self.rate)
+        self._last_samples = self.samples
         if self._queue:
             pcm = self._queue.popleft()
         else:
@@ -174,6 +230,10 @@ class LegStats:
     frames_to_browser: int = 0
     video_frames_dropped: int = 0
     data_messages_dropped: int = 0
+    data_channels: int = 0
+    video_tracks: int = 0
+    packets_relayed: int = 0
+    dtmf_from_browser: int = 0
     browser_codec: str | None = None
     transcoded: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -208,6 +268,9 @@ class WebRtcLeg:
         self._channels: list[Any] = []
         self._ice_timer: Any = None
         self._answer: RTCSessionDescription | None = None
+        self._audio_pt: int | None = None  # the browser codec's payload type (packet path)
+        self._event_pt: int | None = None  # the negotiated telephone-event payload type
+        self._dtmf_rx: DtmfReceiver | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -241,6 +304,9 @@ class WebRtcLeg:
             raise InvalidOffer(f"unusable SDP offer: {type(e).__name__}: {e}") from None
         if main.mid is None:
             raise InvalidOffer("the offer has no audio section")
+        if main._codecs:  # aiortc has no public API for the negotiated codecs
+            self._audio_pt = main._codecs[0].payloadType
+            self._add_telephone_event(main, offer_sdp)
         try:
             self._answer = await self.pc.createAnswer()
         except Exception as e:  # noqa: BLE001 - any aiortc failure on a remote offer is the offer's fault
@@ -252,6 +318,23 @@ class WebRtcLeg:
         # play out at the browser codec's own rate so aiortc's encoder never resamples
         self.out_track.set_rate({"PCMU": 8000, "PCMA": 8000, "G722": 16000}.get(codec.upper(), 48000))
         return codec
+
+    def _add_telephone_event(self, main: Any, offer_sdp: str) -> None:
+        """Answer the offer's telephone-event (RFC 4733) too, at the audio codec's clock rate
+        when offered, so the browser's RTCDTMFSender can send digits. aiortc does not know the
+        codec: the leg takes these packets off the receiver before aiortc would decode them."""
+        try:
+            media = AiortcSdp.parse(offer_sdp).media[main._get_mline_index()]
+        except Exception:  # noqa: BLE001 - already parsed once by setRemoteDescription; be safe
+            return
+        events = [c for c in media.rtp.codecs if c.mimeType.lower() == "audio/telephone-event"]
+        if not events:
+            return
+        rate = main._codecs[0].clockRate
+        te = next((c for c in events if c.clockRate == rate), None) or next((c for c in events if c.clockRate == 8000), events[0])
+        main._codecs.append(copy.deepcopy(te))
+        self._event_pt = te.payloadType
+        self._dtmf_rx = DtmfReceiver(te.clockRate)
 
     @staticmethod
     def _answer_codec(sdp_text: str) -> str | None:
@@ -277,8 +360,52 @@ class WebRtcLeg:
         """Apply the answer (aiortc gathers its ICE candidates here); return its SDP."""
         assert self._answer is not None
         await self.pc.setLocalDescription(self._answer)
+        self._hook_audio_receiver()
         self._ice_timer = self.reactor.callLater(self.settings.ice_timeout_s, self._ice_timeout)
         return str(self.pc.localDescription.sdp)
+
+    def _hook_audio_receiver(self) -> None:
+        """Take G.711 payloads (packet path) and telephone-events off the audio receiver before
+        aiortc's jitter buffer and decoder; everything else goes on to aiortc unchanged."""
+        tr = next((t for t in self.pc.getTransceivers() if t.sender.track is self.out_track), None)
+        if tr is None:
+            return
+        receiver = tr.receiver
+        original = receiver._handle_rtp_packet  # the one hook point aiortc offers
+
+        async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+            if not self._take_rtp(packet):
+                await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+    def _take_rtp(self, packet: Any) -> bool:
+        """True when the packet was handled here (relayed to SIP, a DTMF event, or dropped)."""
+        pt = packet.payload_type
+        if pt == self._event_pt and self._event_pt is not None:
+            self._browser_event(packet)
+            return True
+        call = self.call
+        if pt == self._audio_pt and call is not None and call.media_path == "packet":
+            if not call.ended and packet.payload:
+                self.stats.packets_relayed += 1
+                self.stats.frames_from_browser += 1
+                call.send_payload(packet.payload, len(packet.payload))
+            return True
+        return False  # frame path (or not answered yet): aiortc decodes
+
+    def _browser_event(self, packet: Any) -> None:
+        assert self._dtmf_rx is not None
+        try:
+            digits = self._dtmf_rx.receive(packet, time.monotonic())
+        except RemoteProtocolError:
+            return
+        call = self.call
+        for d in digits:
+            self.stats.dtmf_from_browser += 1
+            log.info("call {session_id}: DTMF {digit} from the browser (RFC 4733)", session_id=self.session_id, digit=d.digit)
+            if call is not None and not call.ended:
+                call.send_dtmf(d.digit, max(40, min(d.duration_ms, 2000)))
 
     async def add_candidate(self, cand: dict[str, Any] | None) -> None:
         """A trickled browser candidate (``None`` or an empty candidate: end of candidates)."""
@@ -296,19 +423,44 @@ class WebRtcLeg:
         self.call = call
         self.stats.transcoded = None
 
+    @property
+    def packet_codecs(self) -> tuple[str, ...]:
+        """The SIP codecs this leg relays undecoded (the call manager picks the packet path
+        when the phone answered one of them): the browser's codec when it is G.711."""
+        codec = (self.stats.browser_codec or "").upper()
+        return (codec,) if codec in PACKET_CODECS else ()
+
+    def payload_from_sip(self, call: Call, payload: bytes, samples: int) -> None:
+        """Packet path: a G.711 payload from SIP, queued for the browser as it is."""
+        track = self.out_track
+        if track is not None:
+            if track.packet_codec is None:
+                track.packet_codec = (self.stats.browser_codec or "PCMU").upper()
+            track.push_payload(payload)
+            self.stats.frames_to_browser += 1
+
     # -- aiortc events ----------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self._tasks.append(aio.spawn(self._consume_audio(track), "webrtc audio consumer", session_id=self.session_id))
         else:
+            self.stats.video_tracks += 1
             self._tasks.append(aio.spawn(self._drain_video(track), "webrtc video drain", session_id=self.session_id))
 
     def _on_datachannel(self, channel: Any) -> None:
+        """Data channels stay open with the session; their messages are counted and dropped."""
         self._channels.append(channel)
+        self.stats.data_channels += 1
+        log.debug("call {session_id}: data channel {label!r} accepted", session_id=self.session_id, label=str(channel.label)[:64])
 
         @channel.on("message")
         def _dropped(message: Any) -> None:
             self.stats.data_messages_dropped += 1
+            log.debug(
+                "call {session_id}: data channel message dropped ({n} bytes)",
+                session_id=self.session_id,
+                n=len(message),
+            )
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -318,6 +470,9 @@ class WebRtcLeg:
                 self._ice_timer.cancel()
             self._ice_timer = None
         elif state == "failed":
+            self._end_from_browser("ice_failed")
+        elif state == "closed" and not self.closed:
+            # the browser closed its peer connection (DTLS close_notify): aiortc closes ours
             self._end_from_browser("ice_failed")
 
     def _ice_timeout(self) -> None:
@@ -355,13 +510,14 @@ class WebRtcLeg:
     # -- IngressLeg -------------------------------------------------------------------------
     def call_progress(self, call: Call, state: CallState) -> None:
         if state is CallState.ANSWERED:
-            self.stats.transcoded = (call.codec or "").upper() != (self.stats.browser_codec or "").upper()
+            self.stats.transcoded = call.media_path != "packet"
             log.info(
-                "call {session_id}: browser {browser} <-> SIP {sip} ({what})",
+                "call {session_id}: browser {browser} <-> SIP {sip}: {path} path ({what})",
                 session_id=call.session_id,
                 browser=self.stats.browser_codec,
                 sip=call.codec,
-                what="transcoded" if self.stats.transcoded else "same codec, G.711/Opus decode+encode only",
+                path=call.media_path,
+                what="transcoded" if self.stats.transcoded else "payloads relayed, nothing decoded",
             )
         self.signal({"type": "progress", "state": state.value})
 

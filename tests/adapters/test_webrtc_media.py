@@ -1,0 +1,91 @@
+"""An aiortc client offering audio + video + a data channel: the call works, audio still arrives
+both ways, the data channel opens and stays open, its messages and the video are dropped cleanly."""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from tests.adapters.webrtc_client import Browser, Gateway, connect
+from tests.calls.gw import sleep, wait_for
+from webgate.adapters.webrtc import WebRtcSettings
+from webgate.media.analysis import dominant_frequency, rms_dbfs
+
+
+@pytest_twisted.ensureDeferred
+async def test_audio_video_and_data_channel_offer() -> None:
+    gw = Gateway()
+    browser = Browser(tone_hz=800.0, video=True, datachannel="chat")
+    ws = None
+    try:
+        ws = await connect(gw.url)
+        offer = await browser.offer()
+        assert "m=video" in offer and "m=application" in offer
+        ws.send({"type": "call", "destination": "echo", "sdp": offer})
+        await ws.next("accepted")
+        await browser.answer((await ws.next("answer"))["sdp"])
+        await ws.next("progress", state="answered")
+        (call,) = list(gw.svc.registry)
+        leg = call.leg
+        # the channel reaches "open" on both sides and stays open while messages are dropped
+        assert browser.channel is not None
+        assert await wait_for(lambda: browser.channel.readyState == "open", 8)
+        for i in range(5):
+            browser.channel.send(f"hello {i}")
+        browser.channel.send(b"\x00" * 1000)
+        assert await wait_for(lambda: leg.stats.data_messages_dropped == 6, 5), leg.stats
+        assert leg.stats.data_channels == 1
+        # video arrives at the gateway and is discarded, never sent to SIP
+        assert await wait_for(lambda: leg.stats.video_frames_dropped > 5, 8), leg.stats
+        assert leg.stats.video_tracks == 1
+        # audio still works both ways through the echo (G.711 packet path)
+        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
+        assert browser.rate is not None
+        tail = browser.recording()[-browser.rate :]
+        measured = dominant_frequency(tail, browser.rate)
+        print(f"\necho with video + data channel: {measured:.1f} Hz, {rms_dbfs(tail):.1f} dBFS, path {call.media_path}")
+        assert abs(measured - 800.0) < 15 and rms_dbfs(tail) > -30
+        assert call.media_path == "packet" and leg.stats.packets_relayed > 50
+        await sleep(0.5)
+        assert browser.channel.readyState == "open" and not call.ended
+        ws.send({"type": "hangup"})
+        await ws.next("ended", cause="client_hangup")
+        assert await wait_for(lambda: len(gw.svc.registry) == 0 and not gw.svc.rtp_pool.in_use, 5)
+    finally:
+        if ws is not None:
+            ws.close()
+        await browser.close()
+        await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_opus_offer_takes_the_frame_path() -> None:
+    gw = Gateway()
+    browser = Browser(tone_hz=600.0, codecs=["opus"])
+    ws = None
+    try:
+        ws = await connect(gw.url)
+        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
+        assert (await ws.next("accepted"))["codec"] == "opus"
+        await browser.answer((await ws.next("answer"))["sdp"])
+        await ws.next("progress", state="answered")
+        (call,) = list(gw.svc.registry)
+        assert call.codec == "PCMU" and call.media_path == "frame" and call.leg.stats.transcoded is True
+        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
+        assert browser.rate is not None
+        assert abs(dominant_frequency(browser.recording()[-browser.rate :], browser.rate) - 600.0) < 15
+        assert call.leg.stats.packets_relayed == 0
+        assert gw.manager.counters["frame_path"] == 1 and gw.manager.counters["packet_path"] == 0
+    finally:
+        if ws is not None:
+            ws.close()
+        await browser.close()
+        await gw.stop()
+
+
+def test_settings_from_config_carry_ice_servers() -> None:
+    from tests.calls.gw import make_config
+
+    cfg = make_config({"webrtc": {"ice_servers": [{"urls": "stun:127.0.0.1:3478"}, {"urls": ["turn:127.0.0.1:3478"], "username": "u", "credential": "c"}], "ice_timeout_s": 4}})
+    st = WebRtcSettings.from_config(cfg)
+    assert st.ice_timeout_s == 4
+    assert st.ice_servers == ({"urls": ["stun:127.0.0.1:3478"]}, {"urls": ["turn:127.0.0.1:3478"], "username": "u", "credential": "c"})
