@@ -1,8 +1,8 @@
 """The gateway service: one ``MultiService`` that owns every listener and component.
 
 ``build_gateway(config)`` builds it; twistd's ``makeService`` (webgate/tap.py) returns
-it. Today it holds the HTTP listener only. Extension points for the components other
-issues add:
+it: HTTP (and HTTPS) listeners, the telephony service, RTMP (and RTMPS) listeners, the
+REST API, metrics and CDR writer (``webgate.ops``). Extension points:
 
 - ``gateway.sip`` — the SIP user agent (adapters), ``None`` until built;
 - ``gateway.registry`` — the call registry (calls/); ``health()["calls"]`` counts it
@@ -123,6 +123,8 @@ class Gateway(service.MultiService):
         self.registry: Any = None
         self.rtp_ports: Any = None
         self.telephony: Any = None
+        self.metrics: Any = None  # webgate.ops.metrics.GatewayMetrics
+        self.cdr: Any = None  # webgate.ops.cdr.CdrWriter, when [cdr] file or webhook_url is set
 
     # -- building
 
@@ -175,17 +177,55 @@ class Gateway(service.MultiService):
             source=self.config.source,
         )
         super().startService()
+        self._attach_observers()
+
+    def _attach_observers(self) -> None:
+        """Metrics and CDR writer watch the call manager (built when telephony starts)."""
+        manager = getattr(self.telephony, "manager", None)
+        if manager is None:
+            return
+        for obs in (self.metrics, self.cdr):
+            if obs is not None and obs not in manager.observers:
+                manager.observers.append(obs)
 
     async def drain(self) -> None:
-        """End live calls (BYE/CANCEL, clients told) before the listeners close."""
+        """End live calls (BYE/CANCEL, clients told) and wait for their answers and for CDR
+        webhook deliveries, at most ``[shutdown] timeout_s`` in all, before the listeners close."""
+        timeout = float(self.config.shutdown.timeout_s)
+        start = self.reactor.seconds()
         if self.telephony is not None:
-            await self.telephony.drain()
+            await self.telephony.drain(max(0.1, timeout - 0.5))
+        if self.cdr is not None and self.cdr.pending:
+            left = max(0.1, timeout - (self.reactor.seconds() - start))
+            d = self.cdr.flush()
+            d.addTimeout(left, self.reactor)
+            try:
+                await d
+            except Exception:  # noqa: BLE001 - TimeoutError: deliveries left behind are logged
+                log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                    "shutdown: {n} CDR webhook deliveries unfinished", n=len(self.cdr.pending))
 
     async def _stop(self) -> None:
         self.shutting_down = True
-        log.info("webgate shutting down")
-        await self.drain()
-        await maybeDeferred(super().stopService)
+        manager = getattr(self.telephony, "manager", None)
+        if manager is not None:
+            manager.accepting = False  # refuse new calls (shutting_down) from now on
+        log.info(
+            "webgate shutting down: ending {n} calls (at most {s} s)",
+            n=len(self.registry) if self.registry is not None else 0,
+            s=self.config.shutdown.timeout_s,
+        )
+        try:
+            await self.drain()
+        except Exception:  # noqa: BLE001 - shutdown goes on whatever failed
+            log.failure("shutdown: draining calls failed")
+        d = maybeDeferred(super().stopService)
+        d.addTimeout(5, self.reactor)
+        try:
+            await d
+        except Exception:  # noqa: BLE001 - shutdown goes on whatever failed
+            log.failure("shutdown: stopping listeners failed")
+        log.info("webgate stopped")
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
@@ -214,9 +254,41 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
 
     gateway.site.resource.putChild(b"ws", make_ws_resource(telephony, config, reactor))
     add_static(gateway.site.resource)
-    # RTMP ingress (Flash RPC and encoder style)
-    if config.rtmp.listen is not None:
+    # operations: /api (admin key), /metrics, CDRs (see docs/operations.md)
+    from webgate.ops.api import ApiResource
+    from webgate.ops.cdr import CdrWriter
+    from webgate.ops.metrics import GatewayMetrics, MetricsResource
+
+    gateway.metrics = GatewayMetrics(telephony)
+    if config.api.metrics:
+        gateway.site.resource.putChild(b"metrics", MetricsResource(gateway.metrics))
+    if config.api.admin_key:
+        gateway.site.resource.putChild(b"api", ApiResource(gateway, config.api.admin_key))
+    cdr = CdrWriter(config.cdr, reactor)
+    gateway.cdr = cdr if cdr.enabled else None
+    # HTTPS/WSS: the same site (/, /ws, /api, /metrics, /health) over TLS
+    if config.http.tls_listen is not None:
+        ctx = tls_server_context(config.http.tls_cert, config.http.tls_key)
+        gateway.add_listener("https", "tls", config.http.tls_listen, gateway.site, tls_context=ctx)
+    # RTMP ingress (Flash RPC and encoder style); RTMPS is the same factory over TLS
+    if config.rtmp.listen is not None or config.rtmp.tls_listen is not None:
         from webgate.adapters.rtmp import RtmpFactory
 
-        gateway.add_listener("rtmp", "tcp", config.rtmp.listen, RtmpFactory(telephony, config.rtmp, reactor))
+        rtmp_factory = RtmpFactory(telephony, config.rtmp, reactor)
+        if config.rtmp.listen is not None:
+            gateway.add_listener("rtmp", "tcp", config.rtmp.listen, rtmp_factory)
+        if config.rtmp.tls_listen is not None:
+            ctx = tls_server_context(config.rtmp.tls_cert, config.rtmp.tls_key)
+            gateway.add_listener("rtmps", "tls", config.rtmp.tls_listen, rtmp_factory, tls_context=ctx)
     return gateway
+
+
+def tls_server_context(cert: str, key: str) -> Any:
+    """A server TLS context factory from PEM files (certificate chain, private key)."""
+    from twisted.internet import ssl
+
+    with open(cert, "rb") as f:
+        cert_pem = f.read()
+    with open(key, "rb") as f:
+        key_pem = f.read()
+    return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()

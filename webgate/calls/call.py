@@ -11,6 +11,7 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from webgate.media.audio import PCM
@@ -62,6 +63,8 @@ class Call:
         self.session_id = session_id
         self.route = route
         self.identity = identity
+        self.grant: Any = None  # the call token's webgate.security.tokens.Grant (None: no token)
+        self.source_ip: str | None = None  # the client's IP address (limits)
         self.state = CallState.CALLING
         self.sip: "InviteSession | None" = None
         self.rtp: "RtpEndpoint | None" = None
@@ -115,20 +118,77 @@ class Call:
     def hangup(self, cause: str = "client_hangup") -> None:
         self.manager.hangup(self, cause)
 
+    def ingress_codec(self) -> str | None:
+        """The audio codec on the web side, if the leg knows it (browser or FLV codec)."""
+        leg = self.leg
+        codec = getattr(leg, "ingress_codec", None)
+        if codec is None:
+            codec = getattr(getattr(leg, "stats", None), "browser_codec", None)
+        if codec is None:
+            codec = getattr(getattr(leg, "audio_in", None), "codec", None)
+        return codec if isinstance(codec, str) else None
+
+    def transcoded(self) -> bool:
+        """True when audio is decoded and re-encoded between the legs (not relayed as is)."""
+        flag = getattr(getattr(self.leg, "stats", None), "transcoded", None)
+        if isinstance(flag, bool):
+            return flag
+        audio_in = getattr(self.leg, "audio_in", None)
+        if audio_in is not None and getattr(audio_in, "sent_frames", 0) > getattr(audio_in, "passthrough_frames", 0):
+            return True
+        return self.media_path == "frame"
+
     def info(self) -> dict[str, Any]:
-        st = self.stream.stats if self.stream is not None else None
+        """The call as the REST API, CDRs and metrics see it (no secrets: no token, no SIP credentials).
+
+        ``to_sip``: RTP the gateway sent toward SIP (``lost``/``fraction_lost`` as the far end
+        reported them in RTCP, ``None`` until a report came); ``from_sip``: RTP received from
+        SIP (``lost`` and ``jitter_ms`` measured here)."""
+        stream = self.stream
+        st = stream.stats if stream is not None else None
         now = time.time()
+        remote = getattr(stream, "remote_report", None) if stream is not None else None
+        answered = self.times.answered
         return {
             "session_id": self.session_id,
             "ingress": self.ingress_kind,
+            "client": self.client,
+            "identity": self.identity,
             "destination": self.destination,
             "state": self.state.value,
             "sip_call_id": self.sip_call_id,
             "codec": self.codec,
+            "codecs": {"sip": self.codec, "ingress": self.ingress_codec()},
             "media_path": self.media_path,
-            "transcoded": self.media_path == "frame",
-            "duration_s": round((self.times.ended or now) - (self.times.answered or now), 3) if self.times.answered else 0.0,
+            "transcoded": self.transcoded(),
+            "created_at": _iso(self.times.created),
+            "answered_at": _iso(answered),
+            "ended_at": _iso(self.times.ended),
+            "duration_s": round((self.times.ended or now) - answered, 3) if answered else 0.0,
+            "end_cause": self.end_cause,
+            "end_status": self.end_status,
             "packets_sent": st.packets_sent if st else 0,
             "packets_received": st.packets_received if st else 0,
-            "packets_lost": self.stream.packets_lost if self.stream is not None else 0,
+            "packets_lost": stream.packets_lost if stream is not None else 0,
+            "to_sip": {
+                "packets": st.packets_sent if st else 0,
+                "bytes": st.bytes_sent if st else 0,
+                "lost": max(0, remote.cumulative_lost) if remote is not None else None,
+                "fraction_lost": round(remote.fraction_lost / 256.0, 4) if remote is not None else None,
+            },
+            "from_sip": {
+                "packets": st.packets_received if st else 0,
+                "bytes": st.bytes_received if st else 0,
+                "lost": max(0, stream.packets_lost) if stream is not None else 0,
+                "jitter_ms": round(stream.jitter_ms, 3) if stream is not None else 0.0,
+            },
+            "dtmf_sent": len(self.dtmf_sent),
+            "dtmf_received": len(self.dtmf_received),
         }
+
+
+def _iso(t: float | None) -> str | None:
+    """A wall-clock time as ISO 8601 UTC with milliseconds, or None."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")

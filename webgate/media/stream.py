@@ -87,6 +87,7 @@ class RtpAudioStream:
         self.on_payload: Callable[[bytes, int, rtp.RtpPacket], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
         self.first_packet_at: float | None = None
+        self.remote_report: rtp.ReportBlock | None = None  # the far end's RTCP report on what we send
 
     # --- negotiation -----------------------------------------------------------------
     def configure(self, media: NegotiatedMedia) -> None:
@@ -200,6 +201,10 @@ class RtpAudioStream:
         for p in packets:
             if isinstance(p, rtp.SenderReport) and self.rx_stats is not None:
                 self.rx_stats.on_sender_report(p, now)
+            if isinstance(p, (rtp.SenderReport, rtp.ReceiverReport)) and self.sender is not None:
+                for block in p.reports:
+                    if block.ssrc == self.sender.ssrc:
+                        self.remote_report = block
 
     # --- the media clock ---------------------------------------------------------------
     def tick(self, now: float) -> None:

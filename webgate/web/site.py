@@ -1,9 +1,10 @@
 """The HTTP side of webgate: a twisted.web resource tree.
 
-Today: ``GET /health`` (200 JSON ``{"status": "ok", ...}``, 503 while shutting down)
-and a JSON 404 for everything else. Later issues add ``/`` (demo page), ``/ws``
-(WebSocket signalling), ``/api`` (REST), ``/metrics`` and ``/html5_client/``: add them
-with ``site.resource.putChild(b"name", resource)`` (``gateway.site`` is the Site).
+Here: ``GET /health`` (200 JSON ``{"status": "ok", ...}``, 503 while shutting down)
+and a JSON 404 for everything else. ``webgate.gateway.build_gateway`` adds ``/``
+(demo page), ``/html5_client/``, ``/ws`` (WebSocket signalling), ``/api`` (REST, only
+with an admin key) and ``/metrics`` (``webgate/ops/``) with
+``site.resource.putChild(b"name", resource)``; the HTTPS listener serves the same Site.
 """
 
 from __future__ import annotations

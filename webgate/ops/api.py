@@ -1,0 +1,388 @@
+"""The REST API under ``/api`` (JSON; ``Authorization: Bearer <[api] admin_key>``).
+
+=======  ===========================  ==================================================
+GET      /api/calls                   live calls
+GET      /api/calls/{session_id}      one live call
+DELETE   /api/calls/{session_id}      hang it up (BYE/CANCEL, cause ``admin_hangup``, the
+                                      client is told)
+GET      /api/stats                   gateway figures
+GET      /api/openapi.json            the OpenAPI 3.1 document of this API (no key needed)
+=======  ===========================  ==================================================
+
+With ``admin_key = ""`` the whole ``/api`` answers 404 (the API is off). Errors are JSON
+``{"error": CODE, "message": TEXT}``. Answers are built field by field from the
+documented schema, so nothing undocumented (and no secret: trunk passwords, the token
+key, call tokens, the admin key) can reach them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import resource
+from twisted.web.iweb import IRequest
+
+from webgate import __version__
+from webgate.web.site import json_body
+
+__all__ = ["ApiResource", "call_view", "openapi_document"]
+
+log = Logger()
+
+SESSION_ID_RE = re.compile(r"[0-9]{8,10}")
+ADMIN_HANGUP = "admin_hangup"
+
+
+def _err(request: IRequest, status: int, code: str, message: str) -> bytes:
+    return json_body(request, status, {"error": code, "message": message})
+
+
+def call_view(call: Any) -> dict[str, Any]:
+    """A call as the API shows it: exactly the ``Call`` schema's fields."""
+    i = call.info()
+    return {
+        "session_id": i["session_id"],
+        "ingress": i["ingress"],
+        "client": i["client"],
+        "identity": i["identity"],
+        "destination": i["destination"],
+        "state": i["state"],
+        "sip_call_id": i["sip_call_id"],
+        "codecs": {"sip": i["codecs"]["sip"], "ingress": i["codecs"]["ingress"]},
+        "transcoded": bool(i["transcoded"]),
+        "media_path": i["media_path"],
+        "created_at": i["created_at"],
+        "answered_at": i["answered_at"],
+        "ended_at": i["ended_at"],
+        "duration_s": float(i["duration_s"]),
+        "end_cause": i["end_cause"],
+        "end_status": i["end_status"],
+        "to_sip": {k: i["to_sip"][k] for k in ("packets", "bytes", "lost", "fraction_lost")},
+        "from_sip": {k: i["from_sip"][k] for k in ("packets", "bytes", "lost", "jitter_ms")},
+        "dtmf_sent": i["dtmf_sent"],
+        "dtmf_received": i["dtmf_received"],
+    }
+
+
+class ApiResource(resource.Resource):
+    """``/api``: routes on ``request.postpath`` (a leaf, so every path under /api lands here)."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Any, admin_key: str) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self._key = admin_key.encode()
+
+    # -- plumbing
+    def _authorized(self, request: IRequest) -> bool:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            return False
+        return hmac.compare_digest(given.strip(), self._key)
+
+    @property
+    def _telephony(self) -> Any:
+        return self.gateway.telephony
+
+    def render(self, request: IRequest) -> bytes:
+        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        while path and path[-1] == "":
+            path.pop()
+        method = request.method.decode("ascii", "replace")
+        if method == "HEAD":
+            method = "GET"
+        try:
+            return self._route(request, method, path)
+        except Exception:  # noqa: BLE001 - a failing handler answers 500, never kills the site
+            from webgate.ops.metrics import count_error
+
+            count_error("api")
+            log.failure("API {method} /api/{path} failed", method=method, path="/".join(path))
+            return _err(request, 500, "internal_error", "internal error")
+
+    def _route(self, request: IRequest, method: str, path: list[str]) -> bytes:
+        if path == ["openapi.json"]:
+            if method != "GET":
+                return self._not_allowed(request, "GET")
+            return json_body(request, 200, openapi_document())
+        if path and path[0] in ("calls", "stats") and len(path) <= 2 and not (path[0] == "stats" and len(path) == 2):
+            allowed = "GET" if len(path) == 1 else "GET, DELETE"
+            if method not in allowed.split(", "):
+                return self._not_allowed(request, allowed)
+            if not self._authorized(request):
+                request.setHeader(b"www-authenticate", b'Bearer realm="webgate"')
+                return _err(request, 401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)")
+            if path[0] == "stats":
+                return json_body(request, 200, self.stats())
+            if len(path) == 1:
+                return json_body(request, 200, {"calls": [call_view(c) for c in self._calls()]})
+            return self._one_call(request, method, path[1])
+        return _err(request, 404, "not_found", "no such API resource")
+
+    def _not_allowed(self, request: IRequest, allowed: str) -> bytes:
+        request.setHeader(b"allow", allowed.encode())
+        return _err(request, 405, "method_not_allowed", f"allowed: {allowed}")
+
+    def _calls(self) -> list[Any]:
+        reg = self.gateway.registry
+        return sorted(reg, key=lambda c: c.times.created) if reg is not None else []
+
+    def _one_call(self, request: IRequest, method: str, session_id: str) -> bytes:
+        reg = self.gateway.registry
+        call = reg.by_session_id(session_id) if reg is not None and SESSION_ID_RE.fullmatch(session_id) else None
+        if call is None or call.ended:
+            return _err(request, 404, "no_such_call", "no live call with this session ID")
+        if method == "DELETE":
+            log.info("call {session_id}: hung up through the API", session_id=call.session_id)
+            call.manager.hangup(call, ADMIN_HANGUP)
+        return json_body(request, 200, call_view(call))
+
+    def stats(self) -> dict[str, Any]:
+        gw = self.gateway
+        tel = self._telephony
+        manager = getattr(tel, "manager", None)
+        pool = getattr(tel, "rtp_pool", None)
+        transport = getattr(tel, "transport", None)
+        calls = self._calls()
+        by_ingress = {"webrtc": 0, "rtmp": 0, "local": 0}
+        by_state: dict[str, int] = {}
+        for c in calls:
+            by_ingress[c.ingress_kind] = by_ingress.get(c.ingress_kind, 0) + 1
+            by_state[c.state.value] = by_state.get(c.state.value, 0) + 1
+        counters = dict(getattr(manager, "counters", {}) or {})
+        started = gw.started_at
+        return {
+            "version": __version__,
+            "status": "shutting_down" if gw.shutting_down else "ok",
+            "accepting_calls": bool(getattr(manager, "accepting", False)),
+            "uptime_s": round(gw.reactor.seconds() - started, 3) if started is not None else 0.0,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "calls": {
+                "active": len(calls),
+                "by_ingress": by_ingress,
+                "by_state": by_state,
+                "placed": int(counters.get("calls_placed", 0)),
+                "refused": int(counters.get("calls_refused", 0)),
+                "transcoded": sum(1 for c in calls if c.transcoded()),
+                "max": int(getattr(manager, "max_calls", 0) or 0),
+            },
+            "rtp_ports": {
+                "total": int(pool.capacity) if pool is not None else 0,
+                "in_use": len(pool.in_use) if pool is not None else 0,
+            },
+            "sip": {k: int(v) for k, v in (getattr(transport, "stats", None) or {"received": 0, "sent": 0, "bad": 0}).items()},
+        }
+
+
+# ---- the OpenAPI document ---------------------------------------------------------------------
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this API (what ``/api/openapi.json`` serves)."""
+    unauthorized = {"$ref": "#/components/responses/Unauthorized"}
+    sid_param = {
+        "name": "session_id",
+        "in": "path",
+        "required": True,
+        "description": "The call's session ID (8-10 digits).",
+        "schema": {"type": "string", "pattern": "^[0-9]{8,10}$"},
+    }
+    call_ok = {"description": "The call.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "webgate admin API",
+            "version": __version__,
+            "description": "Live calls and gateway figures. Every operation but this document needs "
+            "`Authorization: Bearer <[api] admin_key>`. With no admin_key configured /api answers 404.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"adminKey": []}],
+        "paths": {
+            "/api/calls": {
+                "get": {
+                    "operationId": "listCalls",
+                    "summary": "Live calls",
+                    "responses": {
+                        "200": {
+                            "description": "Every live call, oldest first.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CallList"}}},
+                        },
+                        "401": unauthorized,
+                    },
+                }
+            },
+            "/api/calls/{session_id}": {
+                "parameters": [sid_param],
+                "get": {
+                    "operationId": "getCall",
+                    "summary": "One live call",
+                    "responses": {"200": call_ok, "401": unauthorized, "404": {"$ref": "#/components/responses/NoSuchCall"}},
+                },
+                "delete": {
+                    "operationId": "hangUpCall",
+                    "summary": "Hang up a live call",
+                    "description": "Ends the call with BYE (CANCEL before the answer), end cause `admin_hangup`; "
+                    "the client is told (WebSocket `ended`, RTMP status/callback). Answers the call as it is "
+                    "after the hang-up (state `ended`).",
+                    "responses": {"200": call_ok, "401": unauthorized, "404": {"$ref": "#/components/responses/NoSuchCall"}},
+                },
+            },
+            "/api/stats": {
+                "get": {
+                    "operationId": "getStats",
+                    "summary": "Gateway figures",
+                    "responses": {
+                        "200": {
+                            "description": "Figures.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}},
+                        },
+                        "401": unauthorized,
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer", "description": "[api] admin_key"}},
+            "responses": {
+                "Unauthorized": {
+                    **_error_response("Missing or wrong API key (`error`: `unauthorized`)."),
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                },
+                "NoSuchCall": _error_response("No live call with this session ID (`error`: `no_such_call`)."),
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "additionalProperties": False,
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "CallList": {
+                    "type": "object",
+                    "required": ["calls"],
+                    "additionalProperties": False,
+                    "properties": {"calls": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}}},
+                },
+                "Call": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "session_id", "ingress", "client", "identity", "destination", "state", "sip_call_id", "codecs",
+                        "transcoded", "media_path", "created_at", "answered_at", "ended_at", "duration_s", "end_cause",
+                        "end_status", "to_sip", "from_sip", "dtmf_sent", "dtmf_received",
+                    ],
+                    "properties": {
+                        "session_id": {"type": "string", "pattern": "^[0-9]{8,10}$"},
+                        "ingress": {"type": "string", "enum": ["webrtc", "rtmp", "local"]},
+                        "client": {"type": "string", "description": "the client's address"},
+                        "identity": {**_NULLABLE_STR, "description": "the call token's subject, if a token was used"},
+                        "destination": {"type": "string"},
+                        "state": {"type": "string", "enum": ["calling", "ringing", "early_media", "answered", "ended"]},
+                        "sip_call_id": _NULLABLE_STR,
+                        "codecs": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["sip", "ingress"],
+                            "properties": {
+                                "sip": {**_NULLABLE_STR, "description": "negotiated SIP codec"},
+                                "ingress": {**_NULLABLE_STR, "description": "browser or FLV codec, if known"},
+                            },
+                        },
+                        "transcoded": {"type": "boolean"},
+                        "media_path": {"type": ["string", "null"], "enum": ["packet", "frame", None]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "answered_at": {"type": ["string", "null"], "format": "date-time"},
+                        "ended_at": {"type": ["string", "null"], "format": "date-time"},
+                        "duration_s": {"type": "number", "minimum": 0},
+                        "end_cause": _NULLABLE_STR,
+                        "end_status": {"type": ["integer", "null"]},
+                        "to_sip": {
+                            "type": "object",
+                            "description": "RTP sent toward SIP; lost/fraction_lost as the far end reported in RTCP (null before a report)",
+                            "additionalProperties": False,
+                            "required": ["packets", "bytes", "lost", "fraction_lost"],
+                            "properties": {
+                                "packets": _COUNT,
+                                "bytes": _COUNT,
+                                "lost": {"type": ["integer", "null"], "minimum": 0},
+                                "fraction_lost": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                            },
+                        },
+                        "from_sip": {
+                            "type": "object",
+                            "description": "RTP received from SIP, measured by the gateway",
+                            "additionalProperties": False,
+                            "required": ["packets", "bytes", "lost", "jitter_ms"],
+                            "properties": {
+                                "packets": _COUNT,
+                                "bytes": _COUNT,
+                                "lost": _COUNT,
+                                "jitter_ms": {"type": "number", "minimum": 0},
+                            },
+                        },
+                        "dtmf_sent": _COUNT,
+                        "dtmf_received": _COUNT,
+                    },
+                },
+                "Stats": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["version", "status", "accepting_calls", "uptime_s", "time", "calls", "rtp_ports", "sip"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "status": {"type": "string", "enum": ["ok", "shutting_down"]},
+                        "accepting_calls": {"type": "boolean"},
+                        "uptime_s": {"type": "number", "minimum": 0},
+                        "time": {"type": "string", "format": "date-time"},
+                        "calls": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["active", "by_ingress", "by_state", "placed", "refused", "transcoded", "max"],
+                            "properties": {
+                                "active": _COUNT,
+                                "by_ingress": {"type": "object", "additionalProperties": _COUNT},
+                                "by_state": {"type": "object", "additionalProperties": _COUNT},
+                                "placed": _COUNT,
+                                "refused": _COUNT,
+                                "transcoded": _COUNT,
+                                "max": _COUNT,
+                            },
+                        },
+                        "rtp_ports": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["total", "in_use"],
+                            "properties": {"total": _COUNT, "in_use": _COUNT},
+                        },
+                        "sip": {
+                            "type": "object",
+                            "description": "SIP transport counters: messages received, sent, refused as bad",
+                            "additionalProperties": _COUNT,
+                        },
+                    },
+                },
+            },
+        },
+    }
