@@ -44,8 +44,7 @@ async def run_batch(gw, n: int) -> None:  # type: ignore[no-untyped-def]
     # audio made the round trip on every call
     assert await wait_for(lambda: all(c.stream.stats.packets_received >= 3 for c in calls), 5)
     for call, leg in zip(calls, legs):
-        call.hangup()
-        leg.stop_source()  # the leg hung up itself, so it is not told (LocalLeg stops its tone on call_ended only)
+        call.hangup()  # the leg hung up itself (not told): its tone must stop on its own
     assert await wait_for(lambda: not gw.manager.builtin_calls and not gw.svc.rtp_pool.in_use, 10), (
         len(gw.manager.builtin_calls), len(gw.svc.rtp_pool.in_use))
 

@@ -56,8 +56,11 @@ class LocalLeg:
         gen = self.gen
 
         def tick(now: float) -> None:
-            if call.state in (CallState.ANSWERED, CallState.EARLY_MEDIA, CallState.RINGING, CallState.CALLING):
-                call.send_audio(gen.frame(20), self.rate)
+            if call.state is CallState.ENDED:
+                # also when the call was ended from this side (no call_ended callback then)
+                self.stop_source()
+                return
+            call.send_audio(gen.frame(20), self.rate)
 
         self._ticker = tick
         clock.add_ticker(tick)
