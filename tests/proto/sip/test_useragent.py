@@ -299,3 +299,24 @@ def test_parse_dtmf_info_bodies() -> None:
     assert parse_dtmf_info("application/dtmf", b"10") == ("*", 160)
     assert parse_dtmf_info("application/dtmf-relay", b"Signal=X\r\n") is None
     assert parse_dtmf_info("application/dtmf-relay", b"\xff\xfe") is None
+
+
+def test_bye_after_a_quiet_hour_starts_its_timers_at_set_time() -> None:
+    """A BYE sent long after the last SIP message (no event handler running) is stamped with
+    the time the application gives; it neither bursts retransmissions nor fires Timer F."""
+    net = Net()
+    s, inc = call(net)
+    inc.session.answer(b"v=0\r\nanswer\r\n")
+    net.pump()
+    net.now = 3600.0
+    net.drop = lambda first, msg: first.startswith("BYE")  # the far end went away
+    net.a.set_time(net.now)
+    s.hangup()
+    net.pump()
+    assert sum(1 for line in net.log if line.startswith("X BYE")) == 1
+    timed_out = [e for e in net.a.handle_timers(net.now) if isinstance(e, Ended) and e.end.cause is EndCause.TIMEOUT]
+    assert not timed_out  # no instant Timer F
+    net.pump()
+    assert sum(1 for line in net.log if line.startswith("X BYE")) == 1  # no burst of retransmissions
+    net.advance(0.6)
+    assert sum(1 for line in net.log if line.startswith("X BYE")) == 2  # first retransmit after T1

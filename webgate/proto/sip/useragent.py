@@ -337,6 +337,11 @@ class UserAgent:
         times += [r.refresh_at for r in self.registrations if r.refresh_at is not None]
         return min(times) if times else None
 
+    def set_time(self, now: float) -> None:
+        """Tell the UA the current time before calling session methods (hangup, INFO, ...)
+        from outside an event handler: their transactions' timers start from it."""
+        self._now = now
+
     def handle_timers(self, now: float) -> list[Event]:
         for ev in self.tm.handle_timers(now):
             self._on_txn_event(ev, now)
