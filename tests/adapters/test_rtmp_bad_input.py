@@ -225,3 +225,31 @@ async def test_encoder_session_id_in_onstatus_and_far_end_hangup_ends_publish_an
         assert gw.factory.live == {}
     finally:
         await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_valid_commands_and_bad_bytes_in_one_read_act_on_nothing() -> None:
+    """connect (or publish) followed by a protocol violation in the same TCP segment: the core has
+    already failed the connection, so the adapter neither answers the connect nor places a call."""
+    gw = Gateway()
+    try:
+        with _Failures() as failures:
+            c = await open_client(gw.rtmp_port)
+            assert await wait_for(lambda: c.handshake_done, 3)
+            t, p = amf.encode_command("connect", 1, {"app": "call", "tcUrl": "rtmp://x/call"})
+            c.raw(c.writer.write(3, t, 0, 0, p) + c.writer.write(2, 1, 0, 0, struct.pack(">I", 0x7FFFFFFF)))
+            assert await wait_for(lambda: c.lost, 3)
+            assert c.find("_result") is None
+
+            c = await open_client(gw.rtmp_port)
+            assert (await c.connect("call", port=gw.rtmp_port)).name == "_result"
+            sid = await c.create_stream()
+            t, p = amf.encode_command("publish", 0, None, "echo", "live")
+            c.raw(c.writer.write(8, t, sid, 0, p) + c.writer.write(3, 20, 0, 0, b"\x02\x00\x07publish\x00\xff\xff"))
+            assert await wait_for(lambda: c.lost, 3)
+            await sleep(0.3)
+            assert len(gw.svc.registry) == 0, "a call was placed for a connection that had already failed"
+            assert c.statuses(sid) == []
+            assert not failures.events, [e.get("log_format") for e in failures.events]
+    finally:
+        await gw.stop()

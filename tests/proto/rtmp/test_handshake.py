@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.rtmp.handshake import (
@@ -125,3 +127,36 @@ def test_bad_c2_rejected_when_verifying() -> None:
 def test_bad_version_byte(first: int) -> None:
     with pytest.raises(RemoteProtocolError):
         ServerHandshake().receive_data(bytes([first]) + b"ET / HTTP/1.1\r\n")
+
+
+# ---- fuzz: any bytes as C0+C1(+C2): only RemoteProtocolError, never IndexError/struct.error/... ----
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=2000), min_size=1, max_size=4), st.booleans())
+def test_fuzz_server_handshake(chunks: list[bytes], verify_c2: bool) -> None:
+    hs = ServerHandshake(verify_client_c2=verify_c2)
+    for c in chunks:
+        try:
+            hs.receive_data(c)
+        except RemoteProtocolError:
+            return
+        hs.data_to_send()
+        if hs.done:
+            return
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 1536), st.integers(0, 255), st.sampled_from([0, 1]))
+def test_fuzz_digest_c1_mutation(pos: int, value: int, schema: int) -> None:
+    """A digest C1 with one byte changed: answered (digest or plain fallback) or refused cleanly."""
+    data = bytearray(ClientHandshake(schema=schema).c0c1())
+    data[pos] = value
+    hs = ServerHandshake()
+    try:
+        hs.receive_data(bytes(data))
+    except RemoteProtocolError:
+        assert pos == 0  # only a bad version byte is refused
+        return
+    out = hs.data_to_send()
+    assert len(out) == 1 + 2 * HANDSHAKE_SIZE
