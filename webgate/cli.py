@@ -3,14 +3,17 @@
 - ``webgate --version``
 - ``webgate check-config FILE`` — validate a configuration file; exit 0 if it is
   valid, 1 (with every error naming its key on stderr) if not.
+- ``webgate token --dest 1234 [...]`` — mint a call token (JWT HS256) for testing and
+  operations; the key comes from ``--key-file``, ``$WEBGATE_TOKEN_KEY`` or the ``--config``
+  file's ``[tokens] key`` — never from the command line, where ``ps`` would show it.
 
-Add a sub-command with :func:`build_parser`'s ``subparsers`` and a ``cmd_*`` function
-(``webgate token`` is next).
+Add a sub-command with :func:`build_parser`'s ``subparsers`` and a ``cmd_*`` function.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +30,81 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     print(_summary(config))
     return 0
+
+
+TOKEN_KEY_ENV = "WEBGATE_TOKEN_KEY"
+
+
+def _token_key(args: argparse.Namespace, config: Config | None) -> tuple[str, str]:
+    """(key, where it came from): --key-file, then $WEBGATE_TOKEN_KEY, then [tokens] key."""
+    if args.key_file:
+        with open(args.key_file, encoding="utf-8") as f:
+            return f.read().strip(), args.key_file
+    env = os.environ.get(TOKEN_KEY_ENV, "")
+    if env:
+        return env, f"${TOKEN_KEY_ENV}"
+    if config is not None and config.tokens.key:
+        return config.tokens.key, f"{args.config} [tokens] key"
+    return "", ""
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from webgate.security.tokens import TokenError, mint_token
+
+    config = None
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(f"webgate: invalid configuration\n{e}", file=sys.stderr)
+            return 1
+    try:
+        key, source = _token_key(args, config)
+    except OSError as e:
+        print(f"webgate token: cannot read the key file: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if not key:
+        print(
+            f"webgate token: no key: give --key-file FILE, set {TOKEN_KEY_ENV}, or --config FILE with [tokens] key",
+            file=sys.stderr,
+        )
+        return 1
+    if len(key.encode()) < 32:
+        print(f"webgate token: the key from {source} is shorter than 32 bytes", file=sys.stderr)
+        return 1
+    if not args.dest and not args.dest_pattern:
+        print("webgate token: warning: no --dest or --dest-pattern: the token allows only public destinations", file=sys.stderr)
+    issuer = args.issuer if args.issuer is not None else (config.tokens.issuer if config else "")
+    audience = args.audience if args.audience is not None else (config.tokens.audience if config else "")
+    try:
+        token = mint_token(
+            key,
+            dest=(args.dest[0] if len(args.dest) == 1 else args.dest) if args.dest else None,
+            dest_pattern=args.dest_pattern,
+            ttl_s=args.ttl,
+            max_duration=args.max_duration,
+            sub=args.sub,
+            display_name=args.display_name,
+            caller_id=args.caller_id,
+            session_id=args.session_id,
+            issuer=issuer,
+            audience=audience,
+        )
+    except TokenError as e:
+        print(f"webgate token: {e.message}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
 
 
 def _summary(config: Config) -> str:
@@ -56,6 +134,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p = sub.add_parser("check-config", help="validate a TOML configuration file")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_check_config)
+
+    t = sub.add_parser(
+        "token",
+        allow_abbrev=False,  # "--key SECRET" must not be taken for "--key-file SECRET"
+        help="mint a call token (JWT HS256) for testing and operations",
+        description=(
+            "Print a signed call token on stdout. The key is read from --key-file, else "
+            f"${TOKEN_KEY_ENV}, else the --config file's [tokens] key (never a command-line argument)."
+        ),
+    )
+    t.add_argument("--config", metavar="FILE", help="gateway configuration: [tokens] key, issuer, audience")
+    t.add_argument("--key-file", metavar="FILE", help="file holding the shared key")
+    t.add_argument("--dest", action="append", default=[], metavar="DEST", help="an allowed destination (repeatable)")
+    t.add_argument("--dest-pattern", metavar="REGEX", help="regular expression an allowed destination fully matches")
+    t.add_argument("--ttl", type=_positive_int, default=3600, metavar="SECONDS", help="validity (default 3600)")
+    t.add_argument("--max-duration", type=_positive_int, metavar="SECONDS", help="longest call allowed")
+    t.add_argument("--sub", metavar="ID", help="client identity (per-identity limits, logs, CDRs)")
+    t.add_argument("--display-name", metavar="NAME", help="the From display name the call must use")
+    t.add_argument("--caller-id", metavar="USER", help="the caller ID the call must use")
+    t.add_argument("--session-id", metavar="ID", help="the session ID (8-10 digits) the call must use")
+    t.add_argument("--issuer", metavar="ISS", help="'iss' claim (default: the config's [tokens] issuer)")
+    t.add_argument("--audience", metavar="AUD", help="'aud' claim (default: the config's [tokens] audience)")
+    t.set_defaults(func=cmd_token)
     return parser, sub
 
 

@@ -15,6 +15,7 @@ from webgate.adapters.rtp import RtpPortPool
 from webgate.adapters.sip import SipTransport
 from webgate.calls.dialplan import DialPlan
 from webgate.calls.manager import CallManager
+from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
 from webgate.gateway import ListenError
@@ -138,6 +139,8 @@ class TelephonyService(service.Service):
             tone_hz=cfg.builtin.tone_hz,
             jitter_min_ms=rtp.jitter_min_ms,
             jitter_max_ms=rtp.jitter_max_ms,
+            policy=CallPolicy.from_config(cfg.limits, clock=self.reactor.seconds),
+            tokens=cfg.tokens,
         )
         # REGISTER for trunks that require it
         now = self.reactor.seconds()
@@ -167,8 +170,10 @@ class TelephonyService(service.Service):
             self.build()
         super().startService()
 
-    def drain(self) -> defer.Deferred[None]:
-        """End every live call (BYE/CANCEL) and wait a moment for the answers."""
+    def drain(self, timeout_s: float = 10.0) -> defer.Deferred[None]:
+        """End every live call (BYE/CANCEL; clients told, cause ``shutdown``), remove
+        registrations, and wait until those requests are answered (or time out in the
+        transaction layer), at most ``timeout_s``."""
         if self.manager is not None:
             self.manager.shutdown()
         if self.ua is not None and self.transport is not None:
@@ -176,9 +181,27 @@ class TelephonyService(service.Service):
             for reg in self.registrations:
                 self.ua.unregister(reg, now)
             self.transport.flush()
-        d: defer.Deferred[None] = defer.Deferred()
-        self.reactor.callLater(0.5, d.callback, None)
-        return d
+        return defer.ensureDeferred(self._wait_for_requests(timeout_s))
+
+    def pending_requests(self) -> int:
+        """Client transactions still waiting for a final response (BYE, CANCEL, the INVITEs
+        they end, REGISTER)."""
+        if self.ua is None:
+            return 0
+        from webgate.proto.sip.transaction import TransactionState
+
+        waiting = (TransactionState.CALLING, TransactionState.TRYING, TransactionState.PROCEEDING)
+        return sum(1 for t in self.ua.tm.client_transactions if t.state in waiting)
+
+    async def _wait_for_requests(self, timeout_s: float) -> None:
+        deadline = self.reactor.seconds() + timeout_s
+        await _sleep(self.reactor, 0.05)  # let loopback answers (and the built-in UAS) arrive
+        while self.pending_requests() and self.reactor.seconds() < deadline:
+            await _sleep(self.reactor, 0.05)
+        left = self.pending_requests()
+        if left:
+            log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "shutdown: {n} SIP requests still unanswered after {s} s", n=left, s=timeout_s)
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
@@ -190,3 +213,9 @@ class TelephonyService(service.Service):
                 ep.release()
             self.rtp_pool.clock.stop()
         return defer.DeferredList(ds)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

@@ -16,7 +16,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import AudioFrame
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
@@ -38,7 +38,7 @@ class Gateway:
         self.config = make_config(extra)
         self.svc = start_telephony(self.config)
         root = Resource()
-        self.ws = make_ws_resource(self.svc, self.config, reactor, settings=settings or WebRtcSettings())
+        self.ws = make_ws_resource(self.svc, self.config, reactor, settings=settings or WebRtcSettings.from_config(self.config))
         root.putChild(b"ws", self.ws)
         add_static(root)
         self.site = Site(root)
@@ -148,21 +148,30 @@ class ToneTrack(AudioStreamTrack):
 
 
 class Browser:
-    """aiortc standing in for a browser: sends a tone, records the far end (mono int16)."""
+    """aiortc standing in for a browser: sends a tone, records the far end (mono int16).
 
-    def __init__(self, tone_hz: float = 700.0, codecs: list[str] | None = None) -> None:
+    ``video=True`` also sends a video track (aiortc's test pattern); ``datachannel="label"``
+    opens a data channel (``self.channel``) before the offer."""
+
+    def __init__(self, tone_hz: float = 700.0, codecs: list[str] | None = None, video: bool = False, datachannel: str | None = None) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(ToneTrack(tone_hz))
+        if video:
+            self.pc.addTrack(VideoStreamTrack())
+        self.channel = self.pc.createDataChannel(datachannel) if datachannel else None
         if codecs:
             caps = RTCRtpSender.getCapabilities("audio").codecs
             prefs = [c for n in codecs for c in caps if c.mimeType.lower() == "audio/" + n.lower()]
             self.pc.getTransceivers()[0].setCodecPreferences(prefs)
         self.received: list[np.ndarray] = []
+        self.video_frames = 0
         self.rate: int | None = None
         self.task: Any = None
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: Any) -> None:
+        if track.kind != "audio":
+            return
         async def consume() -> None:
             while True:
                 try:

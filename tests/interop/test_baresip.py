@@ -25,7 +25,7 @@ def trunk_config(bob: peers.Baresip, **trunk: Any) -> Any:
     return make_config(
         {
             "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", **trunk}],
-            "route": [{"pattern": "bob", "trunk": "phone"}],
+            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
         }
     )
 

@@ -34,7 +34,7 @@ def kamailio_trunk(kamailio: peers.Kamailio, **trunk: Any) -> Any:
                     **trunk,
                 }
             ],
-            "route": [{"pattern": "bob|alice", "trunk": "kam"}],
+            "route": [{"pattern": "bob|alice", "trunk": "kam", "public": True}],
         }
     )
 

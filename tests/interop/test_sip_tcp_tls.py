@@ -56,7 +56,7 @@ def self_trunk_config(transport: str, port: int, **sip: Any) -> Any:
     return make_config(
         {
             "trunk": [{"name": "self", "target": f"sip:127.0.0.1:{port}", "transport": transport}],
-            "route": [{"pattern": "loop", "trunk": "self", "rewrite": "echo"}],
+            "route": [{"pattern": "loop", "trunk": "self", "rewrite": "echo", "public": True}],
             "sip": {transport: f"127.0.0.1:{port}", **sip},
         }
     )

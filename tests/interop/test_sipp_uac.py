@@ -22,7 +22,7 @@ def trunk_config(sipp: peers.Sipp, **trunk: Any) -> Any:
     return make_config(
         {
             "trunk": [{"name": "sipp", "target": f"sip:{sipp.address}", **trunk}],
-            "route": [{"pattern": r"\d{3,15}", "trunk": "sipp"}],
+            "route": [{"pattern": r"\d{3,15}", "trunk": "sipp", "public": True}],
         }
     )
 

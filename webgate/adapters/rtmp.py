@@ -29,6 +29,7 @@ from webgate.calls.rtmp_leg import (
     normalise_codec,
     split_stream_name,
 )
+from webgate.ops.metrics import count_error
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
     AudioReceived,
@@ -46,6 +47,7 @@ from webgate.proto.rtmp import (
     VideoReceived,
 )
 from webgate.proto.rtmp.amf import Undefined
+from webgate.security.tokens import TokenError, call_access_allowed, looks_like_jwt
 
 log = Logger()
 
@@ -54,6 +56,9 @@ APP_CALL = "call"
 APP_SESSION = "session"
 APP_SIP = "sip"
 _REFUSED_BAD_NAME = {"invalid_destination", "destination_not_allowed", "invalid_session_id", "session_id_in_use"}
+# the call token on RTMP: "?token=" on the stream name (encoder style) or on the connect URL
+# (rtmp://HOST/call?token=...), or the Flash RPC connect's second argument when it is a JWT
+TOKEN_OPTION = "token"
 
 
 def _call_failed(description: str, **extra: Any) -> dict[str, Any]:
@@ -98,6 +103,7 @@ class RtmpProtocol(protocol.Protocol):
         self.flash_leg: RtmpLeg | None = None
         self.flash_user = ""
         self.display_name: str | None = None
+        self.conn_token: str | None = None  # the connection's call token (never logged)
         self.publishes: dict[int, RtmpLeg] = {}  # stream id -> leg (encoder style)
         self.flash_publish: int | None = None  # stream id of the Flash mic stream
         self.players: dict[int, tuple[Player, _StreamSink, RtmpLeg]] = {}
@@ -117,6 +123,10 @@ class RtmpProtocol(protocol.Protocol):
             return
         events = self.core.receive_data(data, self.factory.reactor.seconds())
         for ev in events:
+            if self.core.closed and not isinstance(ev, ProtocolViolation):
+                # bad input later in this same read closed the core: act on nothing before it (no call
+                # placed, no reply) -- connectionLost cleans up what earlier reads started
+                continue
             try:
                 self._handle(ev)
             except Exception:  # noqa: BLE001 - errors at the edge close this connection only
@@ -190,6 +200,7 @@ class RtmpProtocol(protocol.Protocol):
             self._on_stream_closed(ev.stream_id)
         elif isinstance(ev, ProtocolViolation):
             log.info("RTMP {client}: protocol violation: {message}", client=self.client, message=ev.message)
+            count_error("rtmp_protocol")
 
     # ---- connect
     def _on_connect(self, ev: ConnectRequested) -> None:
@@ -201,9 +212,11 @@ class RtmpProtocol(protocol.Protocol):
         for arg in ev.args:
             if isinstance(arg, dict) and "codec" in arg:
                 codec = normalise_codec(arg.get("codec")) or codec
+        token = opts.get(TOKEN_OPTION) or None
         if base in (APP_CALL, APP_SESSION) and not rest:
             self.mode = base
             self.conn_codec = codec
+            self.conn_token = token
             self.core.accept_connect()
         elif base == APP_SIP:
             user = rest
@@ -218,6 +231,10 @@ class RtmpProtocol(protocol.Protocol):
             # (auth name, password or token, display name[, options]); the password is never logged
             display = args[2] if len(args) > 2 and isinstance(args[2], str) and args[2] else None
             self.display_name = display
+            # the second argument is a call token when it has the JWT form; anything else is a
+            # siprtmp-style password, which grants nothing (only public destinations)
+            secret = args[1] if len(args) > 1 else None
+            self.conn_token = secret if looks_like_jwt(secret) else token
             self.conn_codec = codec or default_codec_for_flash(ev.command_object.get("flashVer"))
             leg = RtmpLeg(self.client, flash=self, label=user)
             leg.on_ended.append(self._flash_call_ended)
@@ -256,6 +273,8 @@ class RtmpProtocol(protocol.Protocol):
                 name,
                 session_id=opts.get("session") or opts.get("sessionid") or None,
                 display_name=opts.get("name") or None,
+                token=opts.get(TOKEN_OPTION) or self.conn_token,
+                source_ip=self.peer_ip,
             )
         except CallRefused as e:
             log.info("RTMP {client}: publish to {dest!r} refused: {code}", client=self.client, dest=name, code=e.code)
@@ -322,6 +341,11 @@ class RtmpProtocol(protocol.Protocol):
         if leg is None:
             self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
             return
+        if self.mode != APP_SIP and leg.call is not None and not self._may_listen(leg.call, opts.get(TOKEN_OPTION) or self.conn_token):
+            # the same answer as for a call that does not exist: no oracle for live session IDs
+            log.info("RTMP {client}: play of {name} refused (token)", client=self.client, name=name)
+            self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
+            return
         if ev.stream_id in self.players:
             self._drop_player(ev.stream_id)
         sink = _StreamSink(self, ev.stream_id)
@@ -332,6 +356,15 @@ class RtmpProtocol(protocol.Protocol):
         leg.add_player(player)
         self.players[ev.stream_id] = (player, sink, leg)
         log.info("RTMP {client}: playing {name} as {codec}", client=self.client, name=name, codec=player.choice)
+
+    def _may_listen(self, call: Call, token: str | None) -> bool:
+        """Listening to a call placed with a token needs a valid token of the same identity
+        (``sub``) or naming the call's ``session_id`` (docs/protocol.md, "Who may listen")."""
+        manager = self.manager
+        try:
+            return call_access_allowed(call, token, manager.tokens, now=manager.wall_clock())
+        except TokenError:
+            return False
 
     def _drop_player(self, stream_id: int) -> None:
         entry = self.players.pop(stream_id, None)
@@ -434,6 +467,8 @@ class RtmpProtocol(protocol.Protocol):
                 session_id=session_id,
                 display_name=self.display_name,
                 identity=self.flash_user,
+                token=self.conn_token,
+                source_ip=self.peer_ip,
             )
         except CallRefused as e:
             log.info("RTMP {client}: invite refused: {code}", client=self.client, code=e.code)

@@ -61,7 +61,8 @@ class DialPlan:
         kind = self.builtin.get(dest)
         if kind is not None and self.builtin_target is not None:
             target = self.builtin_target.copy(user=kind)
-            return RouteDecision(dest, target, builtin=kind, public=True, transport=target.transport)
+            public = bool(getattr(getattr(self.config, "builtin", None), "public", True))  # [builtin] public
+            return RouteDecision(dest, target, builtin=kind, public=public, transport=target.transport)
         try:
             match = self.config.route(dest)
         except (IndexError, KeyError, ValueError) as e:

@@ -23,3 +23,14 @@ TOO_MANY_CALLS = "too_many_calls"
 SHUTTING_DOWN = "shutting_down"
 NO_MEDIA_PORTS = "no_media_ports"
 INTERNAL_ERROR = "internal_error"
+# authorisation (call tokens, docs/protocol.md "Call tokens")
+TOKEN_REQUIRED = "token_required"  # 403: a non-public destination without a token
+INVALID_TOKEN = "invalid_token"  # 401: bad signature, malformed, wrong iss/aud, bad claim, nbf
+TOKEN_EXPIRED = "token_expired"  # 401
+DISPLAY_NAME_NOT_ALLOWED = "display_name_not_allowed"  # 403: differs from the token's
+CALLER_ID_NOT_ALLOWED = "caller_id_not_allowed"  # 403: differs from the token's
+SESSION_ID_NOT_ALLOWED = "session_id_not_allowed"  # 403: differs from the token's
+# limits
+TOO_MANY_CALLS_FOR_IDENTITY = "too_many_calls_for_identity"  # 429: limits.max_calls_per_identity
+TOO_MANY_CALLS_FROM_IP = "too_many_calls_from_ip"  # 429: limits.max_calls_per_ip
+RATE_LIMITED = "rate_limited"  # 429: limits.max_attempts_per_ip_per_minute

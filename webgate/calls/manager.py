@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.logger import Logger
@@ -15,8 +16,13 @@ from webgate.calls import errors
 from webgate.calls.call import Call, CallState, IngressLeg
 from webgate.calls.dialplan import DialPlan, RouteDecision
 from webgate.calls.errors import CallRefused
+from webgate.calls.policy import CallPolicy, client_ip
 from webgate.calls.registry import CallRegistry
-from webgate.calls.session_id import SessionIdAllocator, SessionIdError
+from webgate.calls.session_id import (
+    SessionIdAllocator,
+    SessionIdError,
+    is_valid_session_id,
+)
 from webgate.media.tones import ToneGenerator
 from webgate.proto import sdp
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -36,6 +42,7 @@ from webgate.proto.sip.useragent import (
     RegistrationFailed,
     UserAgent,
 )
+from webgate.security.tokens import Grant, verify_token
 
 log = Logger()
 
@@ -77,6 +84,22 @@ def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = No
 BUILTIN_KINDS = ("echo", "tone")
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A call attempt that passed authorisation and limits (:meth:`CallManager.admit`): what
+    the call will use. Hand it to :meth:`CallManager.place_call` (``admission=``) to place it."""
+
+    route: RouteDecision
+    grant: Grant | None  # the valid token's grant, None without a token
+    source_ip: str
+    identity: str | None  # the call's identity: the token's ``sub``, else the client's
+    limit_identity: str | None  # the identity per-identity limits count (the token's ``sub`` only)
+    session_id: str | None
+    display_name: str | None
+    caller_id: str | None
+    max_duration_s: int  # 0 = none
+
+
 class BuiltinCall:
     """A call answered by the gateway itself (echo or tone)."""
 
@@ -110,6 +133,9 @@ class CallManager:
         tone_hz: int = 1000,
         jitter_min_ms: int = 20,
         jitter_max_ms: int = 200,
+        policy: CallPolicy | None = None,
+        tokens: Any = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.reactor = reactor
         self.ua = ua
@@ -124,6 +150,11 @@ class CallManager:
         self.from_domain = from_domain
         self.max_calls = max_calls
         self.max_call_duration_s = max_call_duration_s
+        #: per-IP / per-identity limits and attempts per minute (webgate/calls/policy.py)
+        self.policy = policy or CallPolicy()
+        #: [tokens] configuration (key, issuer, audience, leeway_s); None = no token is valid
+        self.tokens = tokens
+        self.wall_clock = wall_clock  # token exp/nbf are wall-clock times
         self.builtin_enabled = builtin_enabled  # answer INVITEs whose user is one of BUILTIN_KINDS
         self.tone_hz = tone_hz
         self.jitter = (jitter_min_ms, jitter_max_ms)
@@ -162,25 +193,65 @@ class CallManager:
         max_duration_s: int | None = None,
         token: str | None = None,
         source_ip: str | None = None,
+        admission: Admission | None = None,
     ) -> Call:
         """Start a call toward ``destination``. Raises :class:`CallRefused` with a stable code.
 
         ``token`` is the client's call token (if any); ``source_ip`` the client's IP address
-        (for per-IP limits; default: derived from ``leg.client``)."""
+        (for per-IP limits; default: derived from ``leg.client``). Authorisation and limits run
+        first (:meth:`admit`), before anything is allocated; an ingress that already called
+        :meth:`admit` passes its result as ``admission`` (the other arguments are then ignored,
+        only the concurrent-call limits are checked again)."""
         try:
-            call = self._place_call(
-                leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
-                prefer_codecs=prefer_codecs, identity=identity, route=route, max_duration_s=max_duration_s,
-                token=token, source_ip=source_ip,
-            )
+            if admission is None:
+                admission = self._admit(
+                    leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
+                    identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
+                )
+            call = self._place_call(leg, admission, prefer_codecs)
         except CallRefused as e:
-            self.counters["calls_refused"] += 1
-            self._emit("call_refused", e.code, getattr(leg, "kind", "?"), getattr(leg, "client", "?"))
+            self._refused(e, leg, destination)
             raise
         self._emit("call_placed", call)
         return call
 
-    def _place_call(
+    def admit(
+        self,
+        leg: IngressLeg,
+        destination: object,
+        *,
+        session_id: str | None = None,
+        display_name: str | None = None,
+        caller_id: str | None = None,
+        identity: str | None = None,
+        route: RouteDecision | None = None,
+        max_duration_s: int | None = None,
+        token: str | None = None,
+        source_ip: str | None = None,
+    ) -> Admission:
+        """Authorise a call attempt without placing it (counts as an attempt for the per-IP
+        rate limit). Raises :class:`CallRefused`; the refusal reaches the observers."""
+        try:
+            return self._admit(
+                leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
+                identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
+            )
+        except CallRefused as e:
+            self._refused(e, leg, destination)
+            raise
+
+    def _refused(self, e: CallRefused, leg: IngressLeg, destination: object) -> None:
+        self.counters["calls_refused"] += 1
+        log.info(
+            "call refused: {ingress} {client} -> {destination}: {code}",
+            ingress=getattr(leg, "kind", "?"),
+            client=getattr(leg, "client", "?"),
+            destination=repr(destination)[:80],
+            code=e.code,
+        )
+        self._emit("call_refused", e.code, getattr(leg, "kind", "?"), getattr(leg, "client", "?"))
+
+    def _admit(
         self,
         leg: IngressLeg,
         destination: object,
@@ -188,29 +259,77 @@ class CallManager:
         session_id: str | None,
         display_name: str | None,
         caller_id: str | None,
-        prefer_codecs: list[str] | None,
         identity: str | None,
         route: RouteDecision | None,
         max_duration_s: int | None,
         token: str | None,
         source_ip: str | None,
-    ) -> Call:
+    ) -> Admission:
+        """The order matters: nothing costly before the rate limit, no token check before the
+        destination is known to exist, limits last (see docs/protocol.md "Call tokens")."""
         if not self.accepting:
             raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
+        ip = client_ip(source_ip or getattr(leg, "client", None))
+        self.policy.attempt(ip)
         if route is None:
             route = self.dialplan.resolve(destination)
+        grant: Grant | None = None
+        if token is not None and token != "":
+            grant = verify_token(token, self.tokens, now=self.wall_clock())
+        if not route.public:
+            if grant is None:
+                raise CallRefused(errors.TOKEN_REQUIRED, f"destination {route.destination!r} needs a call token", 403)
+            if not grant.allows(route.destination):
+                raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"the token does not allow destination {route.destination!r}", 403)
+        limit_identity: str | None = None
+        if grant is not None:
+            if grant.display_name is not None:
+                if display_name is not None and display_name != grant.display_name:
+                    raise CallRefused(errors.DISPLAY_NAME_NOT_ALLOWED, "the display name differs from the token's", 403)
+                display_name = grant.display_name
+            if grant.caller_id is not None:
+                if caller_id is not None and caller_id != grant.caller_id:
+                    raise CallRefused(errors.CALLER_ID_NOT_ALLOWED, "the caller ID differs from the token's", 403)
+                caller_id = grant.caller_id
+            if grant.session_id is not None:
+                if session_id is not None and session_id != grant.session_id:
+                    raise CallRefused(errors.SESSION_ID_NOT_ALLOWED, "the session ID differs from the token's", 403)
+                session_id = grant.session_id
+            if grant.sub is not None:
+                identity = limit_identity = grant.sub
+        if session_id is not None and not is_valid_session_id(session_id):
+            raise CallRefused(errors.INVALID_SESSION_ID, "session ID must be 8 to 10 digits")
         if display_name is not None:
             try:
+                if not isinstance(display_name, str):
+                    raise LocalProtocolError("invalid display name: not a string")
                 check_display_name(display_name)
             except LocalProtocolError as e:
                 raise CallRefused(errors.INVALID_DISPLAY_NAME, e.message) from None
         if caller_id is not None:
             try:
+                if not isinstance(caller_id, str):
+                    raise LocalProtocolError("invalid caller ID: not a string")
                 check_user(caller_id, "caller ID")
             except LocalProtocolError as e:
                 raise CallRefused(errors.INVALID_DESTINATION, e.message) from None
+        limit = max_duration_s or route.max_duration_s or self.max_call_duration_s
+        if grant is not None and grant.max_duration_s:
+            limit = min(limit, grant.max_duration_s) if limit else grant.max_duration_s
+        self._check_limits(ip, limit_identity)
+        return Admission(route, grant, ip, identity, limit_identity, session_id, display_name, caller_id, int(limit or 0))
+
+    def _check_limits(self, ip: str, identity: str | None) -> None:
         if len(self.registry) >= self.max_calls:
             raise CallRefused(errors.TOO_MANY_CALLS, "the gateway is at its call limit", 503)
+        self.policy.check(ip, identity)
+
+    def _place_call(self, leg: IngressLeg, admission: Admission, prefer_codecs: list[str] | None) -> Call:
+        if not self.accepting:
+            raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
+        route = admission.route
+        session_id, display_name, caller_id = admission.session_id, admission.display_name, admission.caller_id
+        self._check_limits(admission.source_ip, admission.limit_identity)
         try:
             sid = self.session_ids.allocate(session_id)
         except SessionIdError as e:
@@ -221,7 +340,9 @@ class CallManager:
             self.session_ids.release(sid)
             raise CallRefused(errors.NO_MEDIA_PORTS, "no free media ports", 503) from None
 
-        call = Call(self, leg, sid, route, identity)
+        call = Call(self, leg, sid, route, admission.identity)
+        call.grant = admission.grant
+        call.source_ip = admission.source_ip
         call.rtp = endpoint
         stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=sid)
         call.stream = stream
@@ -266,17 +387,21 @@ class CallManager:
         call.times.invite_sent_mono = time.monotonic()
         self.registry.add(call)
         self.registry.bind_sip_call_id(call, session.call_id)
+        self.policy.acquire(call, admission.source_ip, admission.limit_identity)
         self.counters["calls_placed"] += 1
-        limit = max_duration_s or route.max_duration_s or self.max_call_duration_s
+        limit = admission.max_duration_s
         if limit:
             call.duration_timer = self.reactor.callLater(limit, self.hangup, call, "max_duration")
         log.info(
-            "call {session_id}: {ingress} {client} -> {destination} ({target})",
+            "call {session_id}: {ingress} {client} -> {destination} ({target}){identity_text}",
             session_id=sid,
             ingress=leg.kind,
             client=leg.client,
             destination=route.destination,
             target=str(route.target),
+            identity=admission.identity,
+            identity_text=f", identity {admission.identity!r}" if admission.identity else "",
+            token=admission.grant is not None,
         )
         self.transport.flush()
         return call
@@ -285,10 +410,17 @@ class CallManager:
         ep = self.ua.config.endpoints.get(route.transport) or next(iter(self.ua.config.endpoints.values()))
         return ep.host
 
+    def _sync_ua_clock(self) -> None:
+        """Requests the application starts (BYE, CANCEL, INFO) are stamped with the UA's idea of
+        "now", which is otherwise only refreshed by incoming messages: a stale one made their
+        transactions retransmit at once (and could fire Timer F early)."""
+        self.ua.set_time(self.reactor.seconds())
+
     def hangup(self, call: Call, cause: str = "client_hangup") -> None:
         if call.state is CallState.ENDED:
             return
         if call.sip is not None:
+            self._sync_ua_clock()
             call.sip.hangup()
             self.transport.flush()
         self._finish(call, cause, None, notify_leg=cause not in ("client_hangup",))
@@ -300,6 +432,7 @@ class CallManager:
         for d in digits:
             if d.upper() not in "0123456789*#ABCD":
                 raise CallRefused("invalid_dtmf", f"invalid DTMF digit {d!r}")
+        self._sync_ua_clock()
         for d in digits:
             call.dtmf_sent.append(d)
             use_info = call.route.dtmf_mode == "info"
@@ -444,6 +577,7 @@ class CallManager:
         if call.rtp is not None:
             call.rtp.release()
         self.registry.remove(call)
+        self.policy.release(call)
         self.session_ids.release(call.session_id)
         log.info("call {session_id}: ended ({cause}, {status})", session_id=call.session_id, cause=cause, status=status)
         if notify_leg:
@@ -524,7 +658,9 @@ class CallManager:
             self.rtp_pool.clock.add_ticker(tick)
         session.answer(answer.serialize())
         self.transport.flush()
-        log.info("built-in {kind} answered {call_id} ({codec})", kind=kind, call_id=session.call_id, codec=nm.codec.name)
+        ours = self.registry.by_sip_call_id(session.call_id)  # a call of ours to ourselves: same Call-ID
+        log.info("built-in {kind} answered {call_id} ({codec})", kind=kind, call_id=session.call_id, codec=nm.codec.name,
+                 session_id=ours.session_id if ours is not None else None)
 
     def _end_builtin(self, bc: BuiltinCall) -> None:
         if bc.ticker is not None:
@@ -539,6 +675,7 @@ class CallManager:
         self.accepting = False
         for call in list(self.registry):
             self.hangup(call, "shutdown")
+        self._sync_ua_clock()
         for bc in list(self.builtin_calls.values()):
             bc.session.hangup()
             self._end_builtin(bc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -26,6 +27,10 @@ from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
 from webgate.calls.call import Call
 from webgate.calls.errors import CallRefused
+from webgate.calls.policy import client_ip
+from webgate.ops.metrics import count_error
+from webgate.security.origin import origin_allowed
+from webgate.security.tokens import MAX_TOKEN_LENGTH, TokenError, verify_token
 
 log = Logger()
 
@@ -46,6 +51,7 @@ CALL_IN_PROGRESS = "call_in_progress"
 TOO_MANY_ERRORS = "too_many_errors"
 IDLE_TIMEOUT = "idle_timeout"
 INTERNAL_ERROR = "internal_error"
+ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 to the upgrade request (no WebSocket)
 ERROR_CODES = (
     BAD_JSON,
     BAD_MESSAGE,
@@ -59,6 +65,7 @@ ERROR_CODES = (
     TOO_MANY_ERRORS,
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
+    ORIGIN_NOT_ALLOWED,
 )
 
 _DTMF_RE = re.compile(r"[0-9*#A-Da-d]{1,32}")
@@ -73,6 +80,14 @@ def _opt_str(msg: dict[str, Any], key: str, max_len: int) -> str | None:
     if not isinstance(v, str) or len(v) > max_len:
         raise _BadMessage(BAD_MESSAGE, f"'{key}' must be a string of at most {max_len} characters")
     return v
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """Who is calling, for CallManager.admit() before the WebRTC leg exists."""
+
+    client: str
+    kind: str = "webrtc"
 
 
 class _BadMessage(Exception):
@@ -99,6 +114,7 @@ class SignallingProtocol:
         self._pending_candidates: list[Any] = []
         self._answer_ready = False
         self._bytes_since_message = 0
+        self.token: str | None = None  # from an ``auth`` message: used by calls without their own
 
     @property
     def settings(self) -> WebRtcSettings:
@@ -191,6 +207,7 @@ class SignallingProtocol:
         if self.call is not None:
             body["session_id"] = self.call.session_id
         log.info("ws {client}: error {code}: {message}", client=self.client, code=code, message=message)
+        count_error("ws_protocol")
         self.send(body)
         if fatal:
             self.close(1008)
@@ -259,15 +276,20 @@ class SignallingProtocol:
             else:
                 raise _BadMessage("invalid_session_id", "'session_id' must be a string of 8-10 digits")
         display_name = _opt_str(msg, "display_name", 128)
-        _opt_str(msg, "token", 4096)  # accepted; checked by the authorisation issue
+        token = _opt_str(msg, "token", MAX_TOKEN_LENGTH) or self.token
         manager = self.factory.manager
-        route = manager.dialplan.resolve(destination)  # raises CallRefused with a stable code
+        # authorisation and limits before any WebRTC work (raises CallRefused with a stable code)
+        admission = manager.admit(
+            _Caller(self.client), destination, session_id=session_id, display_name=display_name,
+            token=token, source_ip=client_ip(self.client),
+        )
         leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)
         self.leg = leg
-        d: Deferred[None] = aio.as_deferred(self._start_call(leg, route, session_id, display_name, sdp))
+        d: Deferred[None] = aio.as_deferred(self._start_call(leg, admission, sdp))
         d.addErrback(self._start_failed, leg)
 
-    async def _start_call(self, leg: WebRtcLeg, route: Any, session_id: str | None, display_name: str | None, sdp: str) -> None:
+    async def _start_call(self, leg: WebRtcLeg, admission: Any, sdp: str) -> None:
+        route = admission.route
         try:
             codec = await leg.prepare_answer(sdp, route.codecs)
         except InvalidOffer as e:
@@ -278,9 +300,7 @@ class SignallingProtocol:
             leg.close()
             return
         try:
-            call = self.factory.manager.place_call(
-                leg, route.destination, session_id=session_id, display_name=display_name, prefer_codecs=[codec], route=route
-            )
+            call = self.factory.manager.place_call(leg, route.destination, prefer_codecs=[codec], admission=admission)
         except CallRefused as e:
             self._drop_leg(leg)
             self.error(e.code, e.message, ref="call")
@@ -348,6 +368,24 @@ class SignallingProtocol:
             raise _BadMessage(NO_CALL, "no call on this connection")
         call.send_dtmf(digits.upper(), duration)
 
+    def _on_auth(self, msg: dict[str, Any]) -> None:
+        """``{"type": "auth", "token": JWT}``: the token for this connection's calls (a ``call``
+        with its own ``token`` uses that one). Checked at once; answered with ``auth_ok``."""
+        token = msg.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise _BadMessage(BAD_MESSAGE, f"'token' must be a string of at most {MAX_TOKEN_LENGTH} characters")
+        manager = self.factory.manager
+        try:
+            grant = verify_token(token, manager.tokens, now=manager.wall_clock())
+        except TokenError:
+            self.token = None
+            raise
+        self.token = token
+        reply: dict[str, Any] = {"type": "auth_ok", "expires": int(grant.expires)}
+        if grant.sub is not None:
+            reply["identity"] = grant.sub
+        self.send(reply)
+
     def _on_hangup(self, msg: dict[str, Any]) -> None:
         call, leg = self.call, self.leg
         if leg is None:
@@ -367,6 +405,7 @@ class SignallingProtocol:
         "candidate": _on_candidate,
         "dtmf": _on_dtmf,
         "hangup": _on_hangup,
+        "auth": _on_auth,
     }
 
 
@@ -392,10 +431,40 @@ class SignallingFactory:
         return SignallingProtocol(self, client, request.channel)
 
 
+class SignallingResource(WebSocketResource):
+    """``/ws`` with the Origin allow-list (``[http] allowed_origins``, webgate/security/origin.py):
+    a handshake from a browser page of another origin gets HTTP 403 and no WebSocket."""
+
+    def __init__(self, factory: SignallingFactory, allowed_origins: tuple[str, ...] = ()) -> None:
+        super().__init__(factory)  # type: ignore[arg-type]
+        self.allowed_origins = tuple(allowed_origins)
+        self.refused_origins = 0
+
+    def render_GET(self, request: Any) -> Any:
+        origin = request.getHeader("origin")
+        host = request.getHeader("host")
+        if not origin_allowed(origin, host, self.allowed_origins, secure=bool(request.isSecure())):
+            self.refused_origins += 1
+            addr = request.getClientAddress()
+            log.info(
+                "ws {client}: origin {origin!r} not allowed, refused",
+                client=f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', 0)}",
+                origin=(origin or "")[:200],
+            )
+            body = {"type": "error", "code": ORIGIN_NOT_ALLOWED, "message": "this page's origin may not use this gateway"}
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        return super().render_GET(request)
+
+
 def make_ws_resource(manager: Any, config: Any, reactor: Any, settings: WebRtcSettings | None = None) -> Resource:
     """The ``/ws`` resource. ``manager``: the CallManager, or the TelephonyService (looked up
-    lazily). ``settings`` default to ``WebRtcSettings.from_config(config)``."""
+    lazily). ``settings`` default to ``WebRtcSettings.from_config(config)``; the Origin
+    allow-list comes from ``config.http.allowed_origins``."""
     factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor)
-    res = WebSocketResource(factory)  # type: ignore[arg-type]
+    http = getattr(config, "http", None)
+    res = SignallingResource(factory, tuple(getattr(http, "allowed_origins", ()) or ()))
     res.signalling = factory  # type: ignore[attr-defined]  # for health/metrics and tests
     return res
