@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pyamf  # type: ignore[import-untyped]
+import pyamf  # type: ignore[import-untyped,import-not-found,unused-ignore]
 from pyamf import amf0, amf3
 
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
