@@ -7,6 +7,10 @@
 //   call.sessionId; call.remoteStream;
 //   call.addEventListener('ringing' | 'answered' | 'dtmf' | 'ended' | 'error', ev => ev.detail);
 //   call.sendDTMF('123#'); call.hangup();
+//
+//   // calls toward this page (the token's `sub` must be the user):
+//   gw.addEventListener('invited', async (ev) => { const call = await ev.detail.accept({ stream }); });
+//   await gw.register('alice');          // ev.detail.reject() refuses (486; reject('decline') -> 603)
 
 const PROTOCOL_VERSION = 1;
 const DTMF_RE = /^[0-9*#A-Da-d]{1,32}$/;
@@ -36,7 +40,7 @@ function waitForIceGathering(pc, timeoutMs) {
   });
 }
 
-export class WebGate {
+export class WebGate extends EventTarget {
   /**
    * @param {object} options
    * @param {string} [options.url]   WebSocket URL of the gateway's /ws (default: this page's host)
@@ -45,10 +49,134 @@ export class WebGate {
    * @param {number} [options.timeoutMs] how long to wait for the gateway to accept a call (10 s)
    */
   constructor(options = {}) {
+    super();
     this.url = options.url || defaultUrl();
     this.token = options.token;
     this.iceServers = options.iceServers;
     this.timeoutMs = options.timeoutMs || 10000;
+    this.user = null;           // the registered user (register())
+    this._reg = null;           // the registration's WebSocket
+    this._regPing = null;
+    this._incoming = null;      // the WebGateCall of the incoming call using the registration socket
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  /**
+   * Receive calls for `user` while this page is open: opens a WebSocket of its own and registers
+   * there with `options.token` (its `sub` must be `user`). Resolves with the user; rejects with a
+   * WebGateError (`token_required`, `user_not_allowed`, `invalid_token`, ...). A call toward the
+   * user fires an `invited` event: `ev.detail` = { sessionId, from, displayName, to,
+   * accept(opts) -> Promise<WebGateCall>, reject(reason) }; `cancelled` fires when the caller gives
+   * up first. `unregistered` fires when the registration ends (`detail.reason`: `replaced` by a
+   * newer registration of the same user, `connection_lost`). One incoming call at a time.
+   */
+  register(user, opts = {}) {
+    if (this._reg) this.unregister();
+    return new Promise((resolve, reject) => {
+      let ws;
+      try { ws = this._reg = new WebSocket(this.url); } catch (e) { reject(new WebGateError('connection_failed', String(e.message || e))); return; }
+      let done = false;
+      const timer = setTimeout(() => { if (!done) { done = true; reject(new WebGateError('timeout', 'the gateway did not answer in time')); ws.close(); } }, this.timeoutMs);
+      ws.onmessage = (ev) => {
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch (e) { return; }
+        if (msg.type === 'welcome') {
+          this._welcome = msg;
+          const reg = { type: 'register', user };
+          const token = opts.token != null ? opts.token : this.token;
+          if (token != null) reg.token = token;
+          ws.send(JSON.stringify(reg));
+          return;
+        }
+        if (!done && msg.type === 'registered') {
+          done = true; clearTimeout(timer);
+          this.user = msg.user;
+          this._regPing = setInterval(() => { if (ws.readyState === WebSocket.OPEN) ws.send('{"type":"ping"}'); }, 20000);
+          resolve(msg.user);
+          return;
+        }
+        if (!done && msg.type === 'error' && msg.ref === 'register') {
+          done = true; clearTimeout(timer);
+          reject(new WebGateError(msg.code, msg.message));
+          ws.close();
+          return;
+        }
+        this._onRegMessage(msg);
+      };
+      ws.onerror = () => { if (!done) { done = true; clearTimeout(timer); reject(new WebGateError('connection_failed', 'cannot reach ' + this.url)); } };
+      ws.onclose = () => {
+        if (this._reg !== ws) return;
+        this._dropRegistration('connection_lost');
+      };
+    });
+  }
+
+  /** Stop receiving calls (closes the registration's WebSocket and any call on it). */
+  unregister() {
+    const ws = this._reg;
+    if (!ws) return;
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'unregister' }));
+    this._dropRegistration('client');
+    ws.close();
+  }
+
+  _dropRegistration(reason) {
+    const user = this.user;
+    if (this._regPing) { clearInterval(this._regPing); this._regPing = null; }
+    this._reg = null;
+    this.user = null;
+    if (this._incoming) this._incoming._end('connection_lost', null, true);
+    this._incoming = null;
+    if (user) this._emit('unregistered', { user, reason });
+  }
+
+  _onRegMessage(msg) {
+    if (msg.type === 'invited') {
+      const ws = this._reg;
+      let settled = false;
+      const info = {
+        sessionId: msg.session_id,
+        from: msg.from,
+        displayName: msg.display_name || null,
+        to: msg.to,
+        accept: async (opts = {}) => {
+          if (settled) throw new WebGateError('no_call', 'already accepted or rejected');
+          settled = true;
+          const call = new WebGateCall(this, msg.to, opts);
+          call.sessionId = msg.session_id;
+          call.direction = 'inbound';
+          this._incoming = call;
+          await call._start({ ws, welcome: this._welcome, accept: msg.call });
+          return call;
+        },
+        reject: (reason) => {
+          if (settled) return;
+          settled = true;
+          if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'reject', call: msg.call, reason: reason || 'busy' }));
+        },
+      };
+      this._pendingInvite = { msg, info, isSettled: () => settled };
+      this._emit('invited', info);
+      return;
+    }
+    if (msg.type === 'unregistered') {
+      const ws = this._reg;
+      this._dropRegistration(msg.reason || 'unregistered');
+      if (ws) ws.close();
+      return;
+    }
+    const call = this._incoming;
+    if (call && call.state !== 'ended') {
+      call._onMessage(msg);
+      if (call.state === 'ended') this._incoming = null;
+      return;
+    }
+    const pending = this._pendingInvite;
+    if (msg.type === 'ended' && pending && msg.session_id === pending.msg.session_id) {
+      this._pendingInvite = null;
+      if (!pending.isSettled() || msg.cause === 'cancelled') this._emit('cancelled', { sessionId: msg.session_id, cause: msg.cause });
+    }
   }
 
   /**
@@ -88,6 +216,8 @@ export class WebGateCall extends EventTarget {
     this._pending = null;       // {resolve, reject} while waiting for 'accepted'
     this._ping = null;
     this._welcome = null;
+    this._shared = false;       // an incoming call on the registration's WebSocket (kept open)
+    this.direction = 'outbound';
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -96,14 +226,20 @@ export class WebGateCall extends EventTarget {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
-  async _start() {
+  async _start(incoming) {
     const opts = this.opts;
     this.state = 'connecting';
     const timeoutMs = this.gate.timeoutMs;
     const accepted = new Promise((resolve, reject) => { this._pending = { resolve, reject }; });
     const timer = setTimeout(() => this._fail(new WebGateError('timeout', 'the gateway did not answer in time')), timeoutMs);
     try {
-      await this._open();
+      if (incoming) {
+        this.ws = incoming.ws;
+        this._welcome = incoming.welcome;
+        this._shared = true;
+      } else {
+        await this._open();
+      }
       let stream = opts.stream;
       if (!stream) {
         stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: !!opts.video });
@@ -130,10 +266,14 @@ export class WebGateCall extends EventTarget {
       // send the offer with the candidates gathered so far; later ones are trickled
       await waitForIceGathering(pc, 1500);
       pc.onicecandidate = (ev) => this._send({ type: 'candidate', candidate: ev.candidate ? ev.candidate.toJSON() : null });
-      const msg = { type: 'call', destination: this.destination, sdp: pc.localDescription.sdp };
-      if (opts.sessionId != null) msg.session_id = String(opts.sessionId);
-      if (opts.displayName != null) msg.display_name = opts.displayName;
-      if (this.gate.token != null) msg.token = this.gate.token;
+      const msg = incoming
+        ? { type: 'accept', call: incoming.accept, sdp: pc.localDescription.sdp }
+        : { type: 'call', destination: this.destination, sdp: pc.localDescription.sdp };
+      if (!incoming) {
+        if (opts.sessionId != null) msg.session_id = String(opts.sessionId);
+        if (opts.displayName != null) msg.display_name = opts.displayName;
+        if (this.gate.token != null) msg.token = this.gate.token;
+      }
       this._send(msg);
       if (pc.iceGatheringState === 'complete') this._send({ type: 'candidate', candidate: null });
       await accepted;
@@ -251,7 +391,7 @@ export class WebGateCall extends EventTarget {
     if (this.pc) { try { this.pc.close(); } catch (e) { /* closed */ } }
     if (this._ownStream && this.localStream) this.localStream.getTracks().forEach((t) => t.stop());
     const ws = this.ws;
-    if (ws) {
+    if (ws && !this._shared) {
       ws.onclose = null;
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close();
     }

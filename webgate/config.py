@@ -204,6 +204,8 @@ class SipConfig:
     max_message_size: int = 65535
     outbound_proxy: SipUri | None = None
     from_domain: str = ""
+    #: SIP sources that may call registered web users: IPs, CIDRs, "trunks", "loopback"
+    inbound_from: tuple[str, ...] = ("trunks", "loopback")
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,7 @@ t4_ms = 5000
 max_message_size = 65535
 outbound_proxy = ""
 from_domain = ""
+inbound_from = ["trunks", "loopback"]
 
 [rtp]
 bind = "127.0.0.1"
@@ -444,7 +447,7 @@ webhook_retries = 3
 timeout_s = 10
 """
 
-KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus")
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex", "speex/16000")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 # Headers the SIP UA writes itself; a trunk may not set them.
 _RESERVED_HEADERS = frozenset(
@@ -891,6 +894,26 @@ class _Validator:
                     self.err(s.key(k), "is required when tls_listen is set")
         return values
 
+    def inbound_from(self, s: _Section) -> Any:
+        s.known.add("inbound_from")
+        if "inbound_from" not in s.table:
+            return s.defaults.inbound_from
+        value = s.table["inbound_from"]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.err(s.key("inbound_from"), f"must be an array of strings, not {value!r}")
+            return _MISSING
+        out: list[str] = []
+        for v in value:
+            word = v.strip().lower()
+            if word not in ("trunks", "loopback"):
+                try:
+                    ipaddress.ip_network(word.strip("[]"), strict=False)
+                except ValueError:
+                    self.err(s.key("inbound_from"), f"{v!r} is not an IP address, a network (CIDR), \"trunks\" or \"loopback\"")
+                    return _MISSING
+            out.append(word)
+        return tuple(out)
+
     def origins(self, s: _Section) -> Any:
         s.known.add("allowed_origins")
         if "allowed_origins" not in s.table:
@@ -960,6 +983,7 @@ class _Validator:
             max_message_size=s.int("max_message_size", 1500, 1 << 20),
             outbound_proxy=s.str("outbound_proxy"),
             from_domain=s.str("from_domain", check=_check_optional_host),
+            inbound_from=self.inbound_from(s),
         )
         s.finish()
         if isinstance(values["outbound_proxy"], str):
@@ -1181,7 +1205,7 @@ OVERRIDABLE = frozenset(
         ("shutdown", ShutdownConfig),
     )
     for f in fields(cls)
-    if f.name not in ("ice_servers", "allowed_origins")
+    if f.name not in ("ice_servers", "allowed_origins", "inbound_from")
 )
 
 

@@ -18,6 +18,7 @@ from webgate.calls.manager import CallManager
 from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
+from webgate.calls.users import InboundAllowList
 from webgate.gateway import ListenError
 from webgate.proto.sip.message import SipURI
 from webgate.proto.sip.transaction import TimerConfig
@@ -141,6 +142,7 @@ class TelephonyService(service.Service):
             jitter_max_ms=rtp.jitter_max_ms,
             policy=CallPolicy.from_config(cfg.limits, clock=self.reactor.seconds),
             tokens=cfg.tokens,
+            inbound_from=InboundAllowList(sip.inbound_from, [t.target.host for t in cfg.trunks]),
         )
         # REGISTER for trunks that require it
         now = self.reactor.seconds()

@@ -35,6 +35,7 @@ package {
         private var mic:NetStream;   // our microphone (published as "local")
         private var spk:NetStream;   // the far end (played as "remote")
         private var inCall:Boolean = false;
+        private var ringingIn:Boolean = false;   // a call toward us is waiting for accept/reject
 
         private var dest:TextField;
         private var status:TextField;
@@ -129,6 +130,22 @@ package {
             show("hung up");
         }
 
+        private function accept():void {
+            if (!ringingIn) return;
+            ringingIn = false;
+            nc.call("accept", new Responder(
+                function(sessionId:String):void { inCall = true; sessionField.text = "session " + sessionId; show("answering"); },
+                function(err:Object):void { show("accept failed: " + (err.reason || err.description)); }
+            ));
+        }
+
+        private function reject():void {
+            if (!ringingIn) return;
+            ringingIn = false;
+            nc.call("reject", null, "busy");   // 486 Busy Here; "decline" -> 603 Decline
+            show("rejected");
+        }
+
         private function sendDigit(d:String):void {
             if (inCall) nc.call("sendDTMF", null, d);
             else dest.appendText(d);
@@ -139,9 +156,12 @@ package {
         public function ringing():void { show("ringing"); }
         public function accepted():void { show("connected"); }
         public function rejected(reason:String):void { inCall = false; show("rejected: " + reason); }
-        public function cancelled():void { inCall = false; show("cancelled"); }
+        public function cancelled():void { inCall = false; ringingIn = false; show("cancelled"); }
         public function byed():void { inCall = false; show("call ended"); }
-        public function invited(from:String = "", to:String = ""):void { show("incoming call from " + from); }
+        // a call toward this user (registered with a call token whose sub is the user): Accept / Reject
+        public function invited(from:String = "", to:String = ""):void { ringingIn = true; show("incoming call from " + from); }
+        public function registered(user:String = ""):void { show("ready; receiving calls for " + user); }
+        public function unregistered(reason:String = ""):void { show("not receiving calls: " + reason); }
         public function dtmf(digit:String):void { show("DTMF " + digit + " from the phone"); }
         public function onBWDone(...args):void {}
 
@@ -159,6 +179,8 @@ package {
             addChild(button("Hang up", 200, 140, 110, 40, function(e:MouseEvent):void { bye(); }));
             addChild(button("Hold", 200, 185, 110, 40, function(e:MouseEvent):void { nc.call("hold", null, true); show("on hold"); }));
             addChild(button("Resume", 200, 230, 110, 40, function(e:MouseEvent):void { nc.call("hold", null, false); show("resumed"); }));
+            addChild(button("Accept", 200, 275, 110, 40, function(e:MouseEvent):void { accept(); }));
+            addChild(button("Reject", 200, 320, 110, 40, function(e:MouseEvent):void { reject(); }));
         }
 
         private function digitHandler(d:String):Function {

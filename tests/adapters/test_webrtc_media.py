@@ -58,18 +58,19 @@ async def test_audio_video_and_data_channel_offer() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_opus_offer_takes_the_frame_path() -> None:
+async def test_g722_offer_takes_the_frame_path() -> None:
+    # (an Opus-only offer is relayed untouched since the echo answers Opus: test_webrtc_opus_passthrough.py)
     gw = Gateway()
-    browser = Browser(tone_hz=600.0, codecs=["opus"])
+    browser = Browser(tone_hz=600.0, codecs=["G722"])
     ws = None
     try:
         ws = await connect(gw.url)
         ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        assert (await ws.next("accepted"))["codec"] == "opus"
+        assert (await ws.next("accepted"))["codec"] == "G722"
         await browser.answer((await ws.next("answer"))["sdp"])
         await ws.next("progress", state="answered")
         (call,) = list(gw.svc.registry)
-        assert call.codec == "PCMU" and call.media_path == "frame" and call.leg.stats.transcoded is True
+        assert call.codec == "G722" and call.media_path == "frame" and call.leg.stats.transcoded is True
         assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
         assert browser.rate is not None
         assert abs(dominant_frequency(browser.recording()[-browser.rate :], browser.rate) - 600.0) < 15

@@ -10,7 +10,8 @@ baresip phone (auto-answer, 440 Hz WAV as its microphone, recording what it hear
   baresip's recording has the browser's 660 Hz), DTMF both ways with the trunk in RFC 4733
   and in INFO mode (browser digits both signalled and from ``RTCDTMFSender``), and the media
   path: a PCMU-first offer is relayed untranscoded (packet path), an Opus-only offer is
-  transcoded (frame path);
+  transcoded (frame path) toward a G.711-only trunk and relayed untouched (packet path)
+  toward a trunk offering Opus to an Opus phone;
 - SIPp: the session ID in the INVITE (header / caller ID / both) and known to the page before
   the phone rings; hang-up while ringing (CANCEL) and after answer (BYE); BYE from the phone;
   WebSocket drop; the browser's peer connection going away; unanswered; busy;
@@ -318,6 +319,52 @@ async def test_browser_calls_baresip_audio_and_dtmf_both_ways(
         assert snap["ended"]["cause"] == "client_hangup"
         await closed(bob, 8)
         assert_wav_tone(bob.recorded_wav("dec"), BROWSER_HZ, "baresip heard the browser")
+        assert await released(gw)
+    finally:
+        await gw.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("audio_codecs", [["opus"], None])  # Opus-only, and Chromium's own offer
+@pytest_twisted.ensureDeferred
+async def test_browser_opus_to_an_opus_trunk_is_relayed_untouched(
+    chromium: Any, baresip_factory: Callable[..., peers.Baresip], audio_codecs: list[str] | None
+) -> None:
+    """The trunk offers Opus and baresip speaks it: Chromium's Opus payloads go to the phone and
+    the phone's come back without being decoded (packet path), audio measured on both sides.
+    (With a G.711-only trunk the same Opus-only offer is transcoded: the test above.)"""
+    bob = baresip_factory("bob", audio_codecs="opus")
+    gw = Gateway(
+        {
+            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["opus", "PCMU"]}],
+            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
+        }
+    )
+    page = Page(chromium, gw)
+    try:
+        await page.open()
+        opts = {"audioCodecs": audio_codecs} if audio_codecs else {}
+        start = await page.start("bob", **opts)
+        assert "exception" not in start, (start, page.console())
+        assert start["codec"] == "opus"
+        snap = await page.wait("answered", 10)
+        assert snap["ok"], (snap, bob.log_tail(2000))
+        (call,) = list(gw.svc.registry)
+        leg = call.leg
+        assert call.codec == "opus" and call.media_path == "packet" and leg.stats.transcoded is False
+        assert gw.manager.counters["packet_path"] == 1 and gw.manager.counters["frame_path"] == 0
+        m = await page.measure()
+        print(f"\n[chromium opus {audio_codecs or 'default offer'}] page measured "
+              f"{[round(f['hz'], 1) for f in m['freqs']]} Hz, in {m.get('inboundCodec')} out {m.get('outboundCodec')}, "
+              f"relayed {leg.stats.packets_relayed} browser->SIP, {leg.out_track.payloads_sent} SIP->browser")
+        assert abs(measured_hz(m) - PHONE_HZ) < 15, m
+        assert m["inboundCodec"] == "audio/opus" and m["outboundCodec"] == "audio/opus"
+        assert leg.stats.packets_relayed > 50 and leg.stats.frames_from_browser == leg.stats.packets_relayed
+        assert leg.out_track is not None and leg.out_track.payloads_sent > 50 and leg.stats.bad_packets == 0
+        snap = await page.action("hangup")
+        assert snap["ended"]["cause"] == "client_hangup"
+        await closed(bob, 8)
+        assert_wav_tone(bob.recorded_wav("dec"), BROWSER_HZ, "baresip heard the browser (Opus relayed)")
         assert await released(gw)
     finally:
         await gw.stop()

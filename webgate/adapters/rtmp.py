@@ -29,6 +29,7 @@ from webgate.calls.rtmp_leg import (
     normalise_codec,
     split_stream_name,
 )
+from webgate.calls.users import check_registration, party
 from webgate.ops.metrics import count_error
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
@@ -91,7 +92,12 @@ class _StreamSink:
 
 
 class RtmpProtocol(protocol.Protocol):
+    """One RTMP connection. In Flash RPC mode with a call token whose ``sub`` is the connect
+    URL's user, it is also the registration of that web user (``webgate.calls.users``):
+    calls from SIP toward the user are offered here (``invited``)."""
+
     transport: Any
+    kind = "rtmp"  # as a WebUserEndpoint
 
     def __init__(self, factory: RtmpFactory, peer_ip: str) -> None:
         self.factory = factory
@@ -111,6 +117,8 @@ class RtmpProtocol(protocol.Protocol):
         self.lost = False
         self._timeout: Any = None
         self.media_dropped = 0
+        self.registered_user: str | None = None  # the web user this connection receives calls for
+        self.grant: Any = None  # the registration token's grant
 
     # ---- Twisted
     def connectionMade(self) -> None:
@@ -148,6 +156,7 @@ class RtmpProtocol(protocol.Protocol):
             self._drop_player(sid)
         for sid in list(self.publishes):
             self._end_publish(sid, "connection lost")
+        self._unregister()
         if self.flash_leg is not None:
             self.flash_leg.flash = None
             self.flash_leg.client_hangup()
@@ -240,6 +249,8 @@ class RtmpProtocol(protocol.Protocol):
             leg.on_ended.append(self._flash_call_ended)
             self.flash_leg = leg
             self.core.accept_connect()
+            if looks_like_jwt(self.conn_token):
+                self._register(user.split("@", 1)[0])
         else:
             self.core.reject_connect(
                 "NetConnection.Connect.InvalidApp", f"unknown application {base!r}: use call, session or sip"
@@ -249,6 +260,51 @@ class RtmpProtocol(protocol.Protocol):
             self._timeout.cancel()
         self._timeout = None
         log.info("RTMP {client}: connected to {app} ({codec})", client=self.client, app=app, codec=self.conn_codec)
+
+    # ---- registration as a web user (calls toward this client)
+    def _register(self, user: str) -> None:
+        """Register ``user`` for this connection: the connect's token must have ``sub`` == user.
+        The client hears ``registered(user)`` or ``unregistered(code)`` (docs/protocol.md)."""
+        manager = self.manager
+        try:
+            self.grant = check_registration(user, self.conn_token, manager.tokens, manager.wall_clock())
+        except CallRefused as e:
+            log.info("RTMP {client}: registration of {user!r} refused: {code}", client=self.client, user=user[:64], code=e.code)
+            self.rpc_callback("unregistered", e.code)
+            return
+        self.registered_user = user
+        manager.web_users.register(user, self)
+        log.info("RTMP {client}: registered web user {user}", client=self.client, user=user)
+        self.rpc_callback("registered", user)
+
+    def _unregister(self) -> None:
+        user, self.registered_user = self.registered_user, None
+        if user is not None:
+            try:
+                self.manager.web_users.unregister(user, self)
+            except CallRefused:
+                pass  # telephony already stopped
+
+    # WebUserEndpoint
+    def busy(self) -> bool:
+        leg = self.flash_leg
+        return leg is None or not self.is_open or (leg.call is not None and not leg.call.ended)
+
+    def invited(self, call: Call, caller: str, caller_display: str | None) -> RtmpLeg:
+        leg = self.flash_leg
+        assert leg is not None
+        leg.states.clear()
+        leg.attach_call(call)
+        self.rpc_callback("sessionId", call.session_id)
+        to = call.sip.invite.uri if call.sip is not None and call.sip.invite is not None else call.destination
+        self.rpc_callback("invited", party(call.route.target, caller_display), f"<{to}>")
+        return leg
+
+    def unregistered(self, user: str, reason: str) -> None:
+        if self.registered_user == user:
+            self.registered_user = None
+            log.info("RTMP {client}: registration of {user} ended: {reason}", client=self.client, user=user, reason=reason)
+            self.rpc_callback("unregistered", reason)
 
     # ---- publish
     def _on_publish(self, ev: PublishRequested) -> None:
@@ -480,14 +536,47 @@ class RtmpProtocol(protocol.Protocol):
             self.core.send_result(tid, call.session_id)
         self.rpc_callback("sessionId", call.session_id)
 
+    def _incoming_call(self) -> Call | None:
+        """The call offered to this client (``invited``) and not answered yet."""
+        leg = self.flash_leg
+        call = leg.call if leg is not None else None
+        if call is None or call.ended or call.direction != "inbound" or call.answer_sdp is not None:
+            return None
+        return call
+
     def _rpc_accept(self, tid: float, args: list[Any]) -> None:
-        # calls toward the client ("invited") come with a later issue: nothing to accept yet
+        """``accept()``: answer the call offered with ``invited`` (200 OK toward SIP); audio then
+        flows on the connection's publish/play streams as for an outgoing call; ``accepted``
+        follows when the caller's ACK arrives."""
+        call = self._incoming_call()
+        if call is None:
+            if tid:
+                self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
+            return
+        try:
+            self.manager.accept_inbound(call)
+        except CallRefused as e:
+            if tid:
+                self.core.send_error(tid, _call_failed(e.message, reason=e.code))
+            return
         if tid:
-            self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
+            self.core.send_result(tid, call.session_id)
 
     def _rpc_reject(self, tid: float, args: list[Any]) -> None:
+        """``reject([reason])``: refuse the offered call: 486 Busy Here, or 603 Decline when the
+        reason is ``"decline"``/``"603"``."""
+        call = self._incoming_call()
+        leg = self.flash_leg
+        if call is None or leg is None:
+            if tid:
+                self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
+            return
+        reason = args[0] if args and isinstance(args[0], str) else ""
+        status = 603 if reason.strip().lower() in ("decline", "declined", "603") else 486
+        leg.release_call(call)
+        self.manager.reject_inbound(call, status)
         if tid:
-            self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
+            self.core.send_result(tid, True)
 
     def _rpc_bye(self, tid: float, args: list[Any]) -> None:
         if self.flash_leg is not None and self.flash_leg.call is not None:

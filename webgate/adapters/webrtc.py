@@ -1,14 +1,15 @@
 """The WebRTC ingress leg: one aiortc ``RTCPeerConnection`` per call.
 
 Media paths (see docs/decisions.md). The answer toward the browser prefers the trunk's own
-codec order (PCMU first by default), so with a G.711 trunk browser and phone speak the same
-codec and the call takes the **packet path**: the leg declares ``packet_codecs`` (the
-browser's G.711 codec), the call manager then hands SIP payloads to :meth:`payload_from_sip`
-undecoded, :class:`SipAudioTrack` gives them to aiortc's sender as pre-encoded packets
-(aiortc only packetizes them), and the browser's RTP payloads are taken off the audio
-receiver before aiortc's jitter buffer/decoder and relayed with :meth:`Call.send_payload`.
-Nothing is decoded or encoded. Otherwise (Opus/G.722 toward the browser, or the phone
-answered another codec) the call takes the **frame path**: aiortc decodes the browser's
+codec order (PCMU first by default), so with a G.711 trunk (or an Opus one) browser and phone
+speak the same codec and the call takes the **packet path**: the leg declares
+``packet_codecs`` (the browser's G.711 or Opus codec), the call manager then hands SIP
+payloads to :meth:`payload_from_sip` undecoded, :class:`SipAudioTrack` gives them to
+aiortc's sender as pre-encoded packets (aiortc only packetizes them), and the browser's RTP
+payloads are taken off the audio receiver before aiortc's jitter buffer/decoder and relayed
+with :meth:`Call.send_payload`. Nothing is decoded or encoded; each payload's duration comes
+from the payload (G.711: its length; Opus: its TOC byte), so ptimes may differ per leg.
+Otherwise (G.722 toward the browser, or the phone answered another codec) the call takes the **frame path**: aiortc decodes the browser's
 audio (``av.AudioFrame`` -> :meth:`Call.send_audio`) and encodes the PCM that
 :meth:`audio_from_sip` queues. The path is ``call.media_path`` and the manager's
 ``packet_path``/``frame_path`` counters, and it is logged at answer.
@@ -55,25 +56,43 @@ from twisted.logger import Logger
 from webgate.adapters import aio
 from webgate.calls.call import Call, CallState
 from webgate.media.audio import PCM, Framer, Resampler
-from webgate.media.codecs import frame_to_mono, mono_frame
+from webgate.media.codecs import (
+    OPUS_SILENCE,
+    frame_to_mono,
+    mono_frame,
+    opus_packet_samples,
+)
 from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.rtp import DtmfReceiver
 
 log = Logger()
 
-__all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcSettings", "ice_servers_for_aiortc"]
+__all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcSettings", "ice_servers_for_aiortc", "packet_samples"]
 
 # aiortc codec names (mimeType subtype, lower case) by the names the trunk config uses
 _AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
 # codecs whose payloads go between browser and SIP untouched when both sides use them
-PACKET_CODECS = ("PCMU", "PCMA")
-# G.711 silence (what the browser hears while no SIP packet is queued on the packet path)
-_SILENCE = {"PCMU": b"\xff", "PCMA": b"\xd5"}
+PACKET_CODECS = ("PCMU", "PCMA", "OPUS")
+
+
+def _silence(codec: str, samples: int) -> bytes:
+    """What the browser gets while no SIP packet is queued on the packet path."""
+    if codec == "OPUS":
+        return OPUS_SILENCE  # one 20 ms frame
+    return (b"\xff" if codec == "PCMU" else b"\xd5") * samples
+
+
+def packet_samples(codec: str, payload: bytes) -> int:
+    """How many samples (at the codec's RTP clock) one payload of ``codec`` covers.
+    Raises RemoteProtocolError for an Opus payload with a bad TOC."""
+    if codec == "OPUS":
+        return opus_packet_samples(payload)
+    return len(payload)  # G.711: one byte per 8 kHz sample
 
 
 class EncodedAudio:
     """A pre-encoded payload for aiortc's sender (it calls ``encoder.pack()`` on anything that
-    is not an ``av.Frame``; the G.711 packer needs only ``pts``, ``time_base`` and bytes)."""
+    is not an ``av.Frame``; the G.711 and Opus packers need only ``pts``, ``time_base`` and bytes)."""
 
     __slots__ = ("payload", "pts", "time_base")
 
@@ -144,9 +163,9 @@ class SipAudioTrack(AudioStreamTrack):
     aiortc's encoder never resamples; SIP audio at another rate is resampled once here.
     Silence is sent while nothing is queued (before answer, packet loss).
 
-    Packet path: :meth:`push_payload` queues G.711 payloads from SIP as they are; ``recv``
+    Packet path: :meth:`push_payload` queues G.711/Opus payloads from SIP as they are; ``recv``
     then returns :class:`EncodedAudio` (paced by each payload's own length) and aiortc only
-    packetizes. ``packet_codec`` names the codec (the G.711 silence used while nothing is queued).
+    packetizes. ``packet_codec`` names the codec (the silence used while nothing is queued).
     """
 
     kind = "audio"
@@ -165,7 +184,7 @@ class SipAudioTrack(AudioStreamTrack):
         self.frames_silent = 0
         self.frames_dropped = 0
         self.packet_codec: str | None = None
-        self._payloads: collections.deque[bytes] = collections.deque(maxlen=max(2, max_queue_ms // 20))
+        self._payloads: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=max(2, max_queue_ms // 20))
         self.payloads_sent = 0
 
     def set_rate(self, rate: int) -> None:
@@ -187,11 +206,12 @@ class SipAudioTrack(AudioStreamTrack):
                 self.frames_dropped += 1
             self._queue.append(frame)
 
-    def push_payload(self, payload: bytes) -> None:
-        """Packet path: one G.711 payload from SIP (8 kHz, one byte per sample)."""
+    def push_payload(self, payload: bytes, samples: int | None = None) -> None:
+        """Packet path: one G.711 (8 kHz) or Opus (48 kHz) payload from SIP covering
+        ``samples`` at the track's rate (default: one byte per sample, G.711)."""
         if len(self._payloads) == self._payloads.maxlen:
             self.frames_dropped += 1
-        self._payloads.append(payload)
+        self._payloads.append((payload, len(payload) if samples is None else samples))
 
     async def recv(self) -> Any:
         if self.readyState != "live":
@@ -204,13 +224,12 @@ class SipAudioTrack(AudioStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         if self.packet_codec is not None:
-            payload = self._payloads.popleft() if self._payloads else None
-            if payload is None:
-                payload = _SILENCE[self.packet_codec] * self.samples
-                self.frames_silent += 1
-            else:
+            if self._payloads:
+                payload, self._last_samples = self._payloads.popleft()
                 self.payloads_sent += 1
-            self._last_samples = len(payload)
+            else:
+                payload, self._last_samples = _silence(self.packet_codec, self.samples), self.samples
+                self.frames_silent += 1
             self.frames_sent += 1
             return EncodedAudio(payload, self._ts, self.rate)
         self._last_samples = self.samples
@@ -233,6 +252,7 @@ class LegStats:
     data_channels: int = 0
     video_tracks: int = 0
     packets_relayed: int = 0
+    bad_packets: int = 0  # packet path: payloads dropped because their framing was invalid
     dtmf_from_browser: int = 0
     browser_codec: str | None = None
     transcoded: bool | None = None
@@ -365,7 +385,7 @@ class WebRtcLeg:
         return str(self.pc.localDescription.sdp)
 
     def _hook_audio_receiver(self) -> None:
-        """Take G.711 payloads (packet path) and telephone-events off the audio receiver before
+        """Take G.711/Opus payloads (packet path) and telephone-events off the audio receiver before
         aiortc's jitter buffer and decoder; everything else goes on to aiortc unchanged."""
         tr = next((t for t in self.pc.getTransceivers() if t.sender.track is self.out_track), None)
         if tr is None:
@@ -388,9 +408,14 @@ class WebRtcLeg:
         call = self.call
         if pt == self._audio_pt and call is not None and call.media_path == "packet":
             if not call.ended and packet.payload:
+                try:
+                    samples = packet_samples((self.stats.browser_codec or "").upper(), packet.payload)
+                except RemoteProtocolError:
+                    self.stats.bad_packets += 1
+                    return True
                 self.stats.packets_relayed += 1
                 self.stats.frames_from_browser += 1
-                call.send_payload(packet.payload, len(packet.payload))
+                call.send_payload(packet.payload, samples)
             return True
         return False  # frame path (or not answered yet): aiortc decodes
 
@@ -426,17 +451,25 @@ class WebRtcLeg:
     @property
     def packet_codecs(self) -> tuple[str, ...]:
         """The SIP codecs this leg relays undecoded (the call manager picks the packet path
-        when the phone answered one of them): the browser's codec when it is G.711."""
+        when the phone answered one of them): the browser's codec when it is G.711 or Opus
+        (Opus is 48 kHz on both legs, so its RTP timestamps need no conversion)."""
         codec = (self.stats.browser_codec or "").upper()
         return (codec,) if codec in PACKET_CODECS else ()
 
     def payload_from_sip(self, call: Call, payload: bytes, samples: int) -> None:
-        """Packet path: a G.711 payload from SIP, queued for the browser as it is."""
+        """Packet path: a G.711 or Opus payload from SIP, queued for the browser as it is
+        (its duration taken from the payload itself: the SIP side may use another ptime)."""
         track = self.out_track
-        if track is not None:
+        if track is not None and payload:
+            codec = (self.stats.browser_codec or "PCMU").upper()
+            try:
+                n = packet_samples(codec, payload)
+            except RemoteProtocolError:
+                self.stats.bad_packets += 1
+                return
             if track.packet_codec is None:
-                track.packet_codec = (self.stats.browser_codec or "PCMU").upper()
-            track.push_payload(payload)
+                track.packet_codec = codec
+            track.push_payload(payload, n)
             self.stats.frames_to_browser += 1
 
     # -- aiortc events ----------------------------------------------------------------------

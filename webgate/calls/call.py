@@ -80,6 +80,12 @@ class Call:
         self.sdp_session_id = secrets.randbelow(2**31)  # o= session ID, kept for re-offers
         self.sdp_version = 1
         self.duration_timer: Any = None
+        #: "outbound": placed by the web client toward SIP; "inbound": from SIP toward a registered web user
+        self.direction = "outbound"
+        self.caller: str | None = None  # inbound: the caller's From user (or host)
+        self.caller_display: str | None = None  # inbound: the caller's From display name
+        self.remote_offer: bytes | None = None  # inbound: the INVITE's SDP offer
+        self.answer_sdp: Any = None  # inbound: our SDP answer once the client accepted
 
     @property
     def ingress_kind(self) -> str:
@@ -151,6 +157,7 @@ class Call:
         answered = self.times.answered
         return {
             "session_id": self.session_id,
+            "direction": self.direction,
             "ingress": self.ingress_kind,
             "client": self.client,
             "identity": self.identity,

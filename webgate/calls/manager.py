@@ -23,6 +23,8 @@ from webgate.calls.session_id import (
     SessionIdError,
     is_valid_session_id,
 )
+from webgate.calls.users import InboundAllowList, WebUsers
+from webgate.media.codecs import get_codec
 from webgate.media.tones import ToneGenerator
 from webgate.proto import sdp
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -53,7 +55,34 @@ CODECS_BY_NAME = {
     "opus": sdp.OPUS,
     "gsm": sdp.GSM,
     "speex": sdp.SPEEX_8K,
+    "speex/16000": sdp.SPEEX_16K,
 }
+
+#: what the built-in echo/tone (and re-offer answers) accept; the offerer's order decides
+BUILTIN_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS, sdp.GSM, sdp.SPEEX_16K, sdp.SPEEX_8K)
+
+
+def _in_offer_order(offer: sdp.SessionDescription, codecs: list[sdp.Codec]) -> list[sdp.Codec]:
+    """``codecs`` sorted by where the offer's first audio section lists them (unlisted last):
+    an answerer that takes the offerer's first choice never forces a transcoding on it."""
+    index = offer.audio_index()
+    if index is None:
+        return codecs
+    offered = [c for c in offer.media[index].codecs() if not c.is_telephone_event]
+
+    def rank(codec: sdp.Codec) -> int:
+        return next((i for i, o in enumerate(offered) if codec.matches(o)), len(offered))
+
+    return sorted(codecs, key=rank)
+
+
+def _can_encode(codec: sdp.Codec) -> bool:
+    """This build can encode and decode ``codec`` (GSM/Speex encoding needs libgsm/libspeex)."""
+    try:
+        info = get_codec(codec.name, codec.clock_rate, codec.channels)
+    except Exception:  # noqa: BLE001 - an unknown codec is simply not usable
+        return False
+    return info.can_encode and info.can_decode
 
 # the end causes a client sees (documented in docs/protocol.md)
 _CAUSES = {
@@ -82,6 +111,40 @@ def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = No
 
 
 BUILTIN_KINDS = ("echo", "tone")
+
+#: what the gateway answers toward SIP for a call to a web user, in preference order
+_INBOUND_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS)
+
+
+def _request_source(req: Any) -> str:
+    """The IP address a request came from: the transaction layer stamps ``received=`` on the
+    top Via whenever the source differs from the Via host (RFC 3261 18.2.1)."""
+    try:
+        via = req.vias[0]
+    except (IndexError, AttributeError, RemoteProtocolError):
+        return ""
+    received = via.params.get("received")
+    return str(received or via.host).strip("[]")
+
+
+class _PendingLeg:
+    """The leg of an incoming call before the client is told (only the end matters)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.kind = endpoint.kind
+        self.client = endpoint.client
+
+    def call_progress(self, call: Call, state: CallState) -> None:
+        pass
+
+    def call_ended(self, call: Call, cause: str, status: int | None) -> None:
+        pass
+
+    def dtmf_received(self, call: Call, digit: str, method: str) -> None:
+        pass
+
+    def audio_from_sip(self, call: Call, pcm: Any, rate: int) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -136,6 +199,8 @@ class CallManager:
         policy: CallPolicy | None = None,
         tokens: Any = None,
         wall_clock: Callable[[], float] = time.time,
+        web_users: WebUsers | None = None,
+        inbound_from: InboundAllowList | None = None,
     ) -> None:
         self.reactor = reactor
         self.ua = ua
@@ -165,6 +230,11 @@ class CallManager:
         #: call_placed(call), call_progress(call, state), call_answered(call), call_ended(call),
         #: call_refused(code, ingress, client). A failing observer is logged, never fatal.
         self.observers: list[Any] = []
+        #: registered web users (calls from SIP toward web clients, docs/protocol.md)
+        self.web_users = web_users if web_users is not None else WebUsers()
+        #: SIP sources that may call web users ([sip] inbound_from; default here: loopback only)
+        self.inbound_from = inbound_from if inbound_from is not None else InboundAllowList(("loopback",))
+        self.counters.update({"inbound_offered": 0, "inbound_refused": 0})
 
     def _emit(self, event: str, *args: Any) -> None:
         for obs in list(self.observers):
@@ -478,10 +548,16 @@ class CallManager:
         return True
 
     def _choose_path(self, call: Call) -> None:
+        """Packet path when the leg relays the negotiated SIP codec undecoded: its
+        ``packet_codecs`` name codecs ("PCMU") or codecs at one clock rate ("speex/16000")."""
         leg = call.leg
-        packet_codecs = getattr(leg, "packet_codecs", ())
+        packet_codecs = {c.upper() for c in getattr(leg, "packet_codecs", ())}
         sink = getattr(leg, "payload_from_sip", None)
-        if call.codec and call.codec.upper() in [c.upper() for c in packet_codecs] and sink is not None and call.stream:
+        media = call.stream.media if call.stream is not None else None
+        names = {call.codec.upper()} if call.codec else set()
+        if call.codec and media is not None:
+            names.add(f"{call.codec}/{media.codec.clock_rate}".upper())
+        if names & packet_codecs and sink is not None and call.stream:
             if call.media_path != "packet":
                 call.media_path = "packet"
                 self.counters["packet_path"] += 1
@@ -502,13 +578,22 @@ class CallManager:
             return
         session = ev.session
         owner = session.user_data
-        if isinstance(owner, BuiltinCall) or (isinstance(ev, IncomingCall)):
+        if isinstance(ev, IncomingCall):
+            user = ev.request.uri.user or ""
+            if self.builtin_enabled and user in BUILTIN_KINDS:
+                self._builtin_event(ev)
+            else:
+                self._incoming_web(ev, user)
+            return
+        if isinstance(owner, BuiltinCall):
             self._builtin_event(ev)
             return
         if not isinstance(owner, Call):
             return
         call = owner
-        if isinstance(ev, Progress):
+        if isinstance(ev, Confirmed):
+            self._inbound_confirmed(call)
+        elif isinstance(ev, Progress):
             has_media = self._apply_remote_sdp(call, ev.sdp) if ev.sdp else False
             state = CallState.EARLY_MEDIA if has_media else CallState.RINGING
             if call.state in (CallState.CALLING, CallState.RINGING) or (state is CallState.EARLY_MEDIA and call.state is not CallState.EARLY_MEDIA):
@@ -541,7 +626,7 @@ class CallManager:
             return
         current = stream.media.codec
         supported = [sdp.Codec(current.name, current.clock_rate, current.channels, current.fmtp)]
-        supported += [c for c in (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS) if not c.matches(current)]
+        supported += [c for c in BUILTIN_CODECS if not c.matches(current)]
         supported.append(sdp.TELEPHONE_EVENT)
         try:
             answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port,
@@ -588,6 +673,173 @@ class CallManager:
         self._emit("call_ended", call)
 
     # ------------------------------------------------------------------------------------
+    # calls toward registered web users (the gateway as UAS for a web client)
+
+    def _reject_incoming(self, session: InviteSession, status: int, reason: str | None, why: str, source: str, user: str) -> None:
+        self.counters["inbound_refused"] += 1
+        log.info("incoming call from {source} to {user!r} refused: {status} ({why})", source=source, user=user[:64], status=status, why=why)
+        try:
+            session.reject(status, reason)
+        except LocalProtocolError:
+            pass
+        self.transport.flush()
+
+    def _incoming_web(self, ev: IncomingCall, user: str) -> None:
+        """An INVITE for a user that is not a built-in: ring the registered web client, if any.
+
+        Order (docs/protocol.md "Calls toward web users"): shutting down 503, source not in
+        ``[sip] inbound_from`` 403, no such registered user 404, client busy 486, no usable
+        offer 488, gateway at its call limit 503."""
+        session = ev.session
+        req = ev.request
+        source = _request_source(req)
+        if not self.accepting:
+            self._reject_incoming(session, 503, None, "shutting down", source, user)
+            return
+        if not self.inbound_from.allows(source):
+            self._reject_incoming(session, 403, None, "source not in sip.inbound_from", source, user)
+            return
+        endpoint = self.web_users.lookup(user) if user else None
+        if endpoint is None:
+            self._reject_incoming(session, 404, "Not Found", "no such web user", source, user)
+            return
+        if endpoint.busy():
+            self._reject_incoming(session, 486, "Busy Here", "web user busy", source, user)
+            return
+        if not ev.offer:
+            # a delayed offer (INVITE without SDP) would need an offer from us: not supported
+            self._reject_incoming(session, 488, None, "no SDP offer", source, user)
+            return
+        try:
+            offer = sdp.parse_sdp(ev.offer)
+            sdp.negotiate_answer(offer, _INBOUND_CODECS, self.rtp_advertise, 9)  # is there a common codec?
+        except (RemoteProtocolError, LocalProtocolError) as e:
+            status = getattr(e, "status_hint", None) or 488
+            self._reject_incoming(session, status, None, f"unusable offer: {e.message}", source, user)
+            return
+        if len(self.registry) >= self.max_calls:
+            self._reject_incoming(session, 503, None, "at the call limit", source, user)
+            return
+        requested = req.headers.get(self.session_header) if self.session_header else None
+        requested = requested.strip() if requested else None
+        if requested is not None and not (is_valid_session_id(requested) and self.session_ids.is_available(requested)):
+            requested = None  # not usable (malformed or in use): generate one
+        try:
+            sid = self.session_ids.allocate(requested)
+        except SessionIdError:
+            self._reject_incoming(session, 503, None, "no session ID", source, user)
+            return
+        try:
+            endpoint_rtp = self.rtp_pool.allocate()
+        except NoPortsAvailable:
+            self.session_ids.release(sid)
+            self._reject_incoming(session, 503, None, "no free media ports", source, user)
+            return
+        caller_uri = req.from_.uri
+        caller = caller_uri.user or caller_uri.host
+        caller_display = req.from_.display_name or None
+        route = RouteDecision(destination=user, target=caller_uri, public=False, codecs=tuple(c.name for c in _INBOUND_CODECS))
+        call = Call(self, _PendingLeg(endpoint), sid, route, user)
+        call.direction = "inbound"
+        # the registration's token grant: listening to the call by session ID then needs a token
+        # of the same user (security/tokens.call_access_allowed), as for a call placed with a token
+        call.grant = getattr(endpoint, "grant", None)
+        call.caller = caller
+        call.caller_display = caller_display
+        call.remote_offer = ev.offer
+        call.source_ip = source
+        call.rtp = endpoint_rtp
+        stream = endpoint_rtp.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=sid)
+        call.stream = stream
+        stream.on_audio = lambda pcm, rate: self._audio_to_leg(call, pcm, rate)
+        stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
+        call.sip = session
+        session.user_data = call
+        call.times.invite_sent_mono = time.monotonic()  # setup latency: INVITE received -> answer
+        self.registry.add(call)
+        self.registry.bind_sip_call_id(call, session.call_id)
+        self.counters["inbound_offered"] += 1
+        if self.max_call_duration_s:
+            call.duration_timer = self.reactor.callLater(self.max_call_duration_s, self.hangup, call, "max_duration")
+        log.info("call {session_id}: incoming from {source} ({caller}) to web user {user} ({kind} {client})",
+                 session_id=sid, source=source, caller=caller, user=user, kind=endpoint.kind, client=endpoint.client)
+        self._emit("call_placed", call)
+        try:
+            leg = endpoint.invited(call, caller, caller_display)
+        except Exception:  # noqa: BLE001 - a failing client refuses the call, nothing else
+            log.failure("call {session_id}: offering the call to the web client failed", session_id=sid)
+            session.reject(500, "Server Internal Error")
+            self.transport.flush()
+            self._finish(call, "internal_error", 500, notify_leg=False)
+            return
+        if call.state is CallState.ENDED:
+            return  # the client refused at once
+        call.leg = leg
+        session.ring()
+        self.transport.flush()
+        call.state = CallState.RINGING
+        self._emit("call_progress", call, CallState.RINGING)
+
+    def accept_inbound(self, call: Call, leg: IngressLeg | None = None, prefer_codecs: list[str] | None = None) -> str:
+        """The web client accepts an incoming ``call``: answer the SIP offer (200 OK with our SDP)
+        and start media. ``leg`` replaces the call's leg (the WebRTC leg made for the answer);
+        ``prefer_codecs``: codec names to pick first when the offer has them. Returns the SIP
+        codec. Raises :class:`CallRefused` (``no_call``) when the call is not waiting for an answer."""
+        if call.direction != "inbound" or call.state is CallState.ENDED or call.sip is None or call.answer_sdp is not None:
+            raise CallRefused("no_call", "no incoming call to accept")
+        if leg is not None:
+            call.leg = leg
+        prefer = [c for c in (prefer_codecs or []) if c]
+        codecs = [c for name in prefer for c in _INBOUND_CODECS if c.name.lower() == name.lower()]
+        codecs += [c for c in _INBOUND_CODECS if c not in codecs]
+        codecs += [sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
+        assert call.rtp is not None and call.stream is not None
+        try:
+            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(call.remote_offer or b""), codecs, self.rtp_advertise,
+                                              call.rtp.rtp_port, session_id=call.sdp_session_id)
+        except (RemoteProtocolError, LocalProtocolError) as e:
+            self._sync_ua_clock()
+            call.sip.reject(488)
+            self.transport.flush()
+            self._finish(call, "rejected", 488, notify_leg=True)
+            raise CallRefused("invalid_sdp", f"the caller's offer cannot be answered: {e.message}") from None
+        call.answer_sdp = answer
+        call.stream.configure(nm)
+        call.codec = nm.codec.name
+        self._choose_path(call)
+        self._sync_ua_clock()
+        call.sip.answer(answer.serialize())
+        self.transport.flush()
+        log.info("call {session_id}: web user {user} accepted, codec {codec}, {path} path",
+                 session_id=call.session_id, user=call.destination, codec=call.codec, path=call.media_path)
+        return call.codec
+
+    def reject_inbound(self, call: Call, status: int = 486, reason: str | None = None) -> None:
+        """The web client rejects an incoming ``call`` (486 Busy Here, 603 Decline, ...)."""
+        if call.direction != "inbound" or call.state is CallState.ENDED or call.sip is None:
+            raise CallRefused("no_call", "no incoming call to reject")
+        if call.answer_sdp is not None:
+            self.hangup(call, "client_hangup")  # already accepted: BYE
+            return
+        self._sync_ua_clock()
+        try:
+            call.sip.reject(status, reason)
+        except LocalProtocolError:
+            call.sip.reject(486)
+        self.transport.flush()
+        self._finish(call, "rejected", status, notify_leg=False)
+
+    def _inbound_confirmed(self, call: Call) -> None:
+        """The ACK for our 200 OK arrived: the incoming call is answered."""
+        if call.direction != "inbound" or call.state is CallState.ENDED or call.state is CallState.ANSWERED:
+            return
+        call.state = CallState.ANSWERED
+        call.times.answered = time.time()
+        log.info("call {session_id}: answered (ACK), codec {codec}, {path} path", session_id=call.session_id, codec=call.codec, path=call.media_path)
+        self._notify(call, CallState.ANSWERED)
+        self._emit("call_answered", call)
+
+    # ------------------------------------------------------------------------------------
     # built-in destinations (the gateway as UAS)
 
     def _builtin_event(self, ev: Event) -> None:
@@ -628,10 +880,14 @@ class CallManager:
             session.reject(503, "Service Unavailable")
             self.transport.flush()
             return
-        supported = [sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS, sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
         bc_sdp_id = secrets.randbelow(2**31)
         try:
-            answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port, session_id=bc_sdp_id)
+            parsed = sdp.parse_sdp(offer)
+            # echo and tone take the caller's first choice (an echo that answered PCMU to an
+            # Opus-first offer would force the caller to transcode for nothing)
+            supported = _in_offer_order(parsed, [c for c in BUILTIN_CODECS if _can_encode(c)])
+            supported += [sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
+            answer, nm = sdp.negotiate_answer(parsed, supported, self.rtp_advertise, endpoint.rtp_port, session_id=bc_sdp_id)
         except RemoteProtocolError as e:
             endpoint.release()
             session.reject(e.status_hint or 488)

@@ -37,6 +37,8 @@ from webgate.media.codecs import (
     ulaw_decode,
     ulaw_encode,
 )
+from webgate.media.speex import FRAME_SAMPLES as SPEEX_FRAME_SAMPLES
+from webgate.media.speex import split_frames as speex_frames
 from webgate.proto import flv
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 
@@ -166,6 +168,17 @@ class AudioIn:
                 del self._g711[:n]
             self._note_chunk(len(payload) * 1000 // 8000)
             return
+        if codec == "speex" and sip_codec == "SPEEX" and stream.codec.rtp_clock_rate == 16000:
+            # packet path: FLV Speex is wideband like the SIP leg's; one RTP payload per 20 ms frame
+            try:
+                frames = speex_frames(payload, 16000)
+            except RemoteProtocolError:
+                frames = []  # not wideband frames we can cut: decode it instead
+            for f in frames:
+                self._queue.append(("speex", f))
+            if frames:
+                self._note_chunk(len(frames) * FRAME_MS)
+                return
         # frame path: decode -> resample to the SIP codec's rate -> 20 ms frames
         key = (codec, rate, channels, self.aac_config if codec == "aac" else None)
         if key != self._decoder_key or self._decoder is None:
@@ -229,8 +242,8 @@ class AudioIn:
                 self._started = False  # underrun: prebuffer again
                 return
             kind, item = self._queue.popleft()
-            if kind == "payload":
-                call.send_payload(item, len(item))
+            if kind in ("payload", "speex"):
+                call.send_payload(item, len(item) if kind == "payload" else SPEEX_FRAME_SAMPLES[16000])
                 self.passthrough_frames += 1
             else:
                 frame, rate = item
@@ -310,6 +323,17 @@ class Player:
         pcm = alaw_decode(payload) if law == "pcma" else ulaw_decode(payload)
         self.pcm(pcm, 8000)
 
+    def speex_frame(self, frame: bytes) -> bool:
+        """A wideband Speex frame straight from RTP (packet path): sent as it is when this player
+        takes Speex (True); False when it needs the frame decoded."""
+        if self.choice != "speex":
+            return False
+        if not self._clock_rate:
+            self._clock_rate = 16000
+            self._header = flv.build_audio_tag(flv.audio_header_for("speex"), b"")
+        self._emit(self._header + frame, SPEEX_FRAME_SAMPLES[16000])
+        return True
+
     def pcm(self, pcm: PCM, rate: int) -> None:
         """Decoded PCM (frame path, or G.711 this player needs transcoded)."""
         c = self.choice
@@ -376,7 +400,8 @@ class RtmpLeg:
     """
 
     kind = "rtmp"
-    packet_codecs: ClassVar[tuple[str, ...]] = ("PCMU", "PCMA")  # G.711 from SIP is fanned out to players undecoded
+    # G.711 and wideband Speex from SIP are fanned out to players undecoded
+    packet_codecs: ClassVar[tuple[str, ...]] = ("PCMU", "PCMA", "SPEEX/16000")
 
     def __init__(self, client: str, *, flash: Any = None, label: str = "") -> None:
         self.client = client
@@ -389,6 +414,7 @@ class RtmpLeg:
         self.ticker: Callable[[float], None] | None = None
         self.on_ended: list[Callable[[RtmpLeg, Call, str, int | None], None]] = []
         self.states: list[str] = []
+        self._speex_decoder: Decoder | None = None  # speex/16000 packet path, for non-Speex players
 
     # -- wiring
     def attach_call(self, call: Call) -> None:
@@ -447,11 +473,20 @@ class RtmpLeg:
         if self.flash is not None:
             if call.times.answered is not None:
                 self.flash.rpc_callback("byed")
+            elif call.direction == "inbound":
+                self.flash.rpc_callback("cancelled")  # the caller gave up (or the call failed) before the answer
             else:
                 reason = f"{status} {cause}" if status else cause
                 self.flash.rpc_callback("rejected", reason)
         for fn in list(self.on_ended):
             fn(self, call, cause, status)
+
+    def release_call(self, call: Call) -> None:
+        """Forget ``call`` without hanging it up (the caller ends it another way, e.g. reject)."""
+        if call is self.call:
+            self._detach_clock(call)
+            self.call = None
+            self.audio_in.reset()
 
     def client_hangup(self) -> None:
         call = self.call
@@ -478,5 +513,29 @@ class RtmpLeg:
         if self.on_hold or not self.players:
             return
         codec = call.codec or "PCMU"
+        if codec.upper() == "SPEEX":
+            self._speex_from_sip(call, payload)
+            return
         for p in list(self.players):
             p.payload(payload, codec)
+
+    def _speex_from_sip(self, call: Call, payload: bytes) -> None:
+        """Packet path for speex/16000: Speex players get the frames as they are; the others get
+        them decoded once here (the SIP stream decodes nothing on the packet path)."""
+        try:
+            frames = speex_frames(payload, 16000)
+        except RemoteProtocolError:
+            return
+        for f in frames:
+            pcm: PCM | None = None
+            for p in list(self.players):
+                if p.speex_frame(f):
+                    continue
+                if pcm is None:
+                    if self._speex_decoder is None:
+                        self._speex_decoder = create_decoder("speex", 16000)
+                    try:
+                        pcm = self._speex_decoder.decode(f)
+                    except RemoteProtocolError:
+                        return
+                p.pcm(pcm, 16000)

@@ -32,6 +32,7 @@ from webgate.media.audio import PCM, Framer, as_pcm, silence
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "OPUS_SILENCE",
     "AudioSpecificConfig",
     "CodecInfo",
     "Decoder",
@@ -43,6 +44,7 @@ __all__ = [
     "create_decoder",
     "create_encoder",
     "get_codec",
+    "opus_packet_samples",
     "parse_audio_specific_config",
     "parse_fmtp",
     "ulaw_decode",
@@ -123,6 +125,45 @@ def ulaw_decode(payload: bytes) -> PCM:
 def alaw_decode(payload: bytes) -> PCM:
     """G.711 A-law bytes -> int16 samples."""
     return _ALAW_DEC[np.frombuffer(payload, dtype=np.uint8)]
+
+
+# --- Opus packets (relayed undecoded on the packet path) ------------------------------
+
+#: one 20 ms Opus frame that decodes to silence (TOC 0xF8: CELT fullband 20 ms, mono, one frame)
+OPUS_SILENCE = b"\xf8\xff\xfe"
+
+# RFC 6716 §3.1: frame duration (in 48 kHz samples) by TOC configuration number
+_OPUS_FRAME_SAMPLES = (
+    [480, 960, 1920, 2880] * 3  # SILK-only NB/MB/WB: 10, 20, 40, 60 ms
+    + [480, 960] * 2  # Hybrid SWB/FB: 10, 20 ms
+    + [120, 240, 480, 960] * 4  # CELT-only NB/WB/SWB/FB: 2.5, 5, 10, 20 ms
+)
+
+
+def opus_packet_samples(payload: bytes) -> int:
+    """The duration of one Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1).
+
+    Raises :class:`RemoteProtocolError` for a packet that is not valid Opus framing (empty,
+    a code 3 packet without its frame count, or longer than 120 ms)."""
+    if not payload:
+        raise RemoteProtocolError("empty Opus packet")
+    toc = payload[0]
+    per_frame = _OPUS_FRAME_SAMPLES[toc >> 3]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        if len(payload) < 2:
+            raise RemoteProtocolError("Opus code 3 packet without a frame count")
+        frames = payload[1] & 0x3F
+        if frames == 0:
+            raise RemoteProtocolError("Opus code 3 packet with zero frames")
+    samples = per_frame * frames
+    if samples > 5760:  # 120 ms
+        raise RemoteProtocolError(f"Opus packet longer than 120 ms ({samples} samples)")
+    return samples
 
 
 # --- CodecInfo and the registry ---------------------------------------------------------

@@ -46,6 +46,7 @@ def call_view(call: Any) -> dict[str, Any]:
     i = call.info()
     return {
         "session_id": i["session_id"],
+        "direction": i["direction"],
         "ingress": i["ingress"],
         "client": i["client"],
         "identity": i["identity"],
@@ -289,12 +290,17 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": False,
                     "required": [
-                        "session_id", "ingress", "client", "identity", "destination", "state", "sip_call_id", "codecs",
+                        "session_id", "direction", "ingress", "client", "identity", "destination", "state", "sip_call_id", "codecs",
                         "transcoded", "media_path", "created_at", "answered_at", "ended_at", "duration_s", "end_cause",
                         "end_status", "to_sip", "from_sip", "dtmf_sent", "dtmf_received",
                     ],
                     "properties": {
                         "session_id": {"type": "string", "pattern": "^[0-9]{8,10}$"},
+                        "direction": {
+                            "type": "string",
+                            "enum": ["outbound", "inbound"],
+                            "description": "outbound: placed by the web client; inbound: from SIP to a registered web user",
+                        },
                         "ingress": {"type": "string", "enum": ["webrtc", "rtmp", "local"]},
                         "client": {"type": "string", "description": "the client's address"},
                         "identity": {**_NULLABLE_STR, "description": "the call token's subject, if a token was used"},

@@ -25,10 +25,13 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 
 from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
-from webgate.calls.call import Call
+from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import client_ip
+from webgate.calls.users import check_registration, party
 from webgate.ops.metrics import count_error
+from webgate.proto import sdp as sdp_mod
+from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.security.origin import origin_allowed
 from webgate.security.tokens import MAX_TOKEN_LENGTH, TokenError, verify_token
 
@@ -52,6 +55,7 @@ TOO_MANY_ERRORS = "too_many_errors"
 IDLE_TIMEOUT = "idle_timeout"
 INTERNAL_ERROR = "internal_error"
 ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 to the upgrade request (no WebSocket)
+NOT_REGISTERED = "not_registered"
 ERROR_CODES = (
     BAD_JSON,
     BAD_MESSAGE,
@@ -66,6 +70,7 @@ ERROR_CODES = (
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
     ORIGIN_NOT_ALLOWED,
+    NOT_REGISTERED,
 )
 
 _DTMF_RE = re.compile(r"[0-9*#A-Da-d]{1,32}")
@@ -97,8 +102,42 @@ class _BadMessage(Exception):
         self.message = message
 
 
+class _InvitedLeg:
+    """The leg of a call offered to this connection (``invited``) until the browser accepts:
+    only the end matters (the caller cancelled, or the gateway gave up)."""
+
+    kind = "webrtc"
+
+    def __init__(self, proto: SignallingProtocol) -> None:
+        self.proto = proto
+        self.client = proto.client
+
+    def call_progress(self, call: Call, state: CallState) -> None:
+        pass
+
+    def call_ended(self, call: Call, cause: str, status: int | None) -> None:
+        msg: dict[str, Any] = {"type": "ended", "cause": cause, "session_id": call.session_id}
+        if status is not None:
+            msg["status"] = status
+        self.proto.send(msg)
+        if self.proto.call is call:
+            self.proto.call = None
+
+    def dtmf_received(self, call: Call, digit: str, method: str) -> None:
+        pass
+
+    def audio_from_sip(self, call: Call, pcm: Any, rate: int) -> None:
+        pass
+
+
 class SignallingProtocol:
-    """One WebSocket connection (``twisted.web.websocket.WebSocketProtocol``)."""
+    """One WebSocket connection (``twisted.web.websocket.WebSocketProtocol``).
+
+    After a ``register`` it is also the registration of a web user
+    (``webgate.calls.users.WebUserEndpoint``): calls from SIP toward the user are offered here
+    (``invited``), one at a time, on the same connection."""
+
+    kind = "webrtc"  # as a WebUserEndpoint
 
     def __init__(self, factory: SignallingFactory, client: str, channel: Any) -> None:
         self.factory = factory
@@ -115,6 +154,8 @@ class SignallingProtocol:
         self._answer_ready = False
         self._bytes_since_message = 0
         self.token: str | None = None  # from an ``auth`` message: used by calls without their own
+        self.registered_user: str | None = None  # the web user this connection receives calls for
+        self.grant: Any = None  # the registration token's grant
 
     @property
     def settings(self) -> WebRtcSettings:
@@ -186,6 +227,7 @@ class SignallingProtocol:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._unregister()
         call, leg = self.call, self.leg
         if call is not None and not call.ended:
             log.info("call {session_id}: WebSocket closed, hanging up", session_id=call.session_id)
@@ -263,7 +305,7 @@ class SignallingProtocol:
     def _on_call(self, msg: dict[str, Any]) -> None:
         if self.leg is not None and self.leg.closed:
             self.leg, self.call, self._answer_ready, self._pending_candidates = None, None, False, []
-        if self.leg is not None:
+        if self.leg is not None or (self.call is not None and not self.call.ended):
             raise _BadMessage(CALL_IN_PROGRESS, "this connection already has a call; open another WebSocket")
         destination = msg.get("destination")
         sdp = msg.get("sdp")
@@ -386,8 +428,135 @@ class SignallingProtocol:
             reply["identity"] = grant.sub
         self.send(reply)
 
+    # -- registration and calls toward this client -------------------------------------------
+    def _on_register(self, msg: dict[str, Any]) -> None:
+        """``{"type": "register", "user": U[, "token": JWT]}``: receive calls for U while this
+        connection stays open. The token (this message's, else the ``auth`` one) must be valid
+        and its ``sub`` must be U. Answered ``registered``; a connection holds one registration."""
+        user = msg.get("user")
+        token = _opt_str(msg, "token", MAX_TOKEN_LENGTH) or self.token
+        manager = self.factory.manager
+        grant = check_registration(user, token, manager.tokens, manager.wall_clock())  # raises CallRefused
+        assert isinstance(user, str)
+        if self.registered_user is not None and self.registered_user != user:
+            self._unregister()
+        self.registered_user = user
+        self.grant = grant
+        manager.web_users.register(user, self)
+        log.info("ws {client}: registered web user {user}", client=self.client, user=user)
+        self.send({"type": "registered", "user": user})
+
+    def _on_unregister(self, msg: dict[str, Any]) -> None:
+        user = self.registered_user
+        if user is None:
+            raise _BadMessage(NOT_REGISTERED, "this connection has no registration")
+        self._unregister()
+        self.send({"type": "unregistered", "user": user, "reason": "client"})
+
+    def _unregister(self) -> None:
+        user, self.registered_user = self.registered_user, None
+        if user is not None:
+            try:
+                self.factory.manager.web_users.unregister(user, self)
+            except Exception:  # noqa: BLE001 - telephony already gone at shutdown
+                log.debug("ws {client}: unregistering {user} after telephony stopped", client=self.client, user=user)
+
+    # WebUserEndpoint
+    def busy(self) -> bool:
+        if self.closed or self.closing:
+            return True
+        if self.leg is not None and not self.leg.closed:
+            return True
+        return self.call is not None and not self.call.ended
+
+    def invited(self, call: Call, caller: str, caller_display: str | None) -> _InvitedLeg:
+        self.call = call
+        self.leg, self._answer_ready, self._pending_candidates = None, False, []
+        self.send({
+            "type": "invited",
+            "call": call.session_id,
+            "session_id": call.session_id,
+            "from": caller,
+            "display_name": caller_display,
+            "from_uri": party(call.route.target),
+            "to": call.destination,
+        })
+        return _InvitedLeg(self)
+
+    def unregistered(self, user: str, reason: str) -> None:
+        if self.registered_user == user:
+            self.registered_user = None
+            self.send({"type": "unregistered", "user": user, "reason": reason})
+
+    def _invited_call(self, msg: dict[str, Any]) -> Call:
+        call = self.call
+        if call is None or call.ended or call.direction != "inbound" or call.answer_sdp is not None or self.leg is not None:
+            raise _BadMessage(NO_CALL, "no incoming call on this connection")
+        ref = msg.get("call", msg.get("session_id"))
+        if ref is not None and str(ref) != call.session_id:
+            raise _BadMessage(NO_CALL, "no such incoming call")
+        return call
+
+    def _on_accept(self, msg: dict[str, Any]) -> None:
+        """``{"type": "accept", "sdp": OFFER[, "call": ID]}``: answer the offered call with the
+        browser's SDP offer, as ``call`` does for an outgoing one."""
+        call = self._invited_call(msg)
+        offer = msg.get("sdp")
+        if not isinstance(offer, str) or not offer or len(offer) > _MAX_SDP:
+            raise _BadMessage(INVALID_SDP, "'sdp' must be the browser's SDP offer (a string)")
+        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)
+        self.leg = leg
+        d: Deferred[None] = aio.as_deferred(self._accept_call(leg, call, offer))
+        d.addErrback(self._start_failed, leg)
+
+    async def _accept_call(self, leg: WebRtcLeg, call: Call, offer: str) -> None:
+        try:
+            media = next(m for m in sdp_mod.parse_sdp(call.remote_offer or b"").media if m.kind == "audio")
+            order = [c.name for c in media.codecs() if not c.is_telephone_event]
+        except (StopIteration, RemoteProtocolError, LocalProtocolError):
+            order = []
+        try:
+            codec = await leg.prepare_answer(offer, order or ["PCMU", "PCMA", "G722", "opus"])
+        except InvalidOffer as e:
+            self._drop_leg(leg)
+            self.error(INVALID_SDP, str(e), ref="accept")
+            return
+        if self.closed or leg.closed or call.ended:
+            self._drop_leg(leg)
+            return
+        try:
+            self.factory.manager.accept_inbound(call, leg, prefer_codecs=[codec])
+        except CallRefused as e:
+            self._drop_leg(leg)
+            self.error(e.code, e.message, ref="accept")
+            return
+        leg.attach(call)
+        self.send({"type": "accepted", "session_id": call.session_id, "codec": codec})
+        answer = await leg.complete_answer()
+        if call.ended or leg.closed:
+            return
+        self.send({"type": "answer", "sdp": answer})
+        self._answer_ready = True
+        pending, self._pending_candidates = self._pending_candidates, []
+        for cand in pending:
+            await self._add_candidate(leg, cand)
+
+    def _on_reject(self, msg: dict[str, Any]) -> None:
+        """``{"type": "reject"[, "reason": "busy"|"decline"]}``: 486 Busy Here (default) or 603 Decline."""
+        call = self._invited_call(msg)
+        reason = _opt_str(msg, "reason", 32) or "busy"
+        status = 603 if reason.lower() in ("decline", "declined", "603") else 486
+        self.call = None
+        self.factory.manager.reject_inbound(call, status)
+        self.send({"type": "ended", "cause": "rejected", "status": status, "session_id": call.session_id})
+
     def _on_hangup(self, msg: dict[str, Any]) -> None:
         call, leg = self.call, self.leg
+        if leg is None and call is not None and not call.ended and call.direction == "inbound":
+            call.hangup("client_hangup")  # not accepted yet: 603 Decline
+            self.call = None
+            self.send({"type": "ended", "cause": "client_hangup", "session_id": call.session_id})
+            return
         if leg is None:
             raise _BadMessage(NO_CALL, "no call on this connection")
         if call is not None and not call.ended:
@@ -406,6 +575,10 @@ class SignallingProtocol:
         "dtmf": _on_dtmf,
         "hangup": _on_hangup,
         "auth": _on_auth,
+        "register": _on_register,
+        "unregister": _on_unregister,
+        "accept": _on_accept,
+        "reject": _on_reject,
     }
 
 

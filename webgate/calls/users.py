@@ -1,0 +1,172 @@
+"""Registered web users: who receives calls from the SIP side (webgate as UAS toward web clients).
+
+A web client (a Flash RPC connection to ``rtmp://HOST/sip/USER``, or a WebSocket that sent
+``register``) registers USER while it stays connected. An INVITE whose Request-URI user is a
+registered user rings that client (``CallManager``, docs/protocol.md "Calls toward web users").
+
+Rules (docs/decisions.md):
+
+- registering USER needs a valid call token whose ``sub`` is exactly USER
+  (:func:`check_registration`): nobody can receive somebody else's calls;
+- one registration per user: the most recent one wins; the replaced client is told
+  (``replaced``) and no longer rings;
+- a registration ends when its connection closes (or the client unregisters).
+
+Sans-IO: no sockets, no reactor. Interface-shaped like :class:`~webgate.calls.registry.CallRegistry`
+so a shared registry can replace it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+from webgate.calls import errors
+from webgate.calls.errors import CallRefused
+from webgate.proto.errors import LocalProtocolError
+from webgate.proto.sip.message import NameAddr, check_user
+from webgate.security.tokens import Grant, verify_token
+
+if TYPE_CHECKING:
+    from webgate.calls.call import Call, IngressLeg
+
+log = Logger()
+
+__all__ = [
+    "InboundAllowList",
+    "WebUserEndpoint",
+    "WebUsers",
+    "check_registration",
+    "party",
+    "validate_user",
+]
+
+#: stable codes of a refused registration (docs/protocol.md)
+USER_NOT_ALLOWED = "user_not_allowed"  # 403: the token's sub is not this user
+INVALID_USER = "invalid_user"  # 400: not a SIP user part
+MAX_USER_LENGTH = 64
+
+
+class WebUserEndpoint(Protocol):
+    """A connected web client that can be offered calls (one RTMP or WebSocket connection)."""
+
+    kind: str  # "rtmp" | "webrtc"
+    client: str
+    grant: Grant | None  # the registration token's grant (becomes the incoming calls' grant)
+
+    def busy(self) -> bool:
+        """True while the client has a call (then a new INVITE gets 486 Busy Here)."""
+        ...
+
+    def invited(self, call: Call, caller: str, caller_display: str | None) -> IngressLeg:
+        """Tell the client about the incoming ``call``; return the leg that gets its events
+        until the client accepts (it may then put another leg on the call)."""
+        ...
+
+    def unregistered(self, user: str, reason: str) -> None:
+        """The registration ended without the client asking (``replaced``)."""
+        ...
+
+
+def party(uri: Any, display: str | None = None) -> str:
+    """``"Display" <sip:user@host>`` (siprtmp's ``invited(from, to)`` form); a display name that
+    cannot be quoted safely is left out."""
+    try:
+        return str(NameAddr(uri=uri, display_name=display or None))
+    except LocalProtocolError:
+        return str(NameAddr(uri=uri))
+
+
+def validate_user(user: object) -> str:
+    """A web user name: a SIP user part (no '@', no controls), 1-64 characters."""
+    if not isinstance(user, str) or not user or len(user) > MAX_USER_LENGTH or "@" in user:
+        raise CallRefused(INVALID_USER, f"a user is 1-{MAX_USER_LENGTH} characters of a SIP user part", 400)
+    try:
+        check_user(user, "user")
+    except LocalProtocolError as e:
+        raise CallRefused(INVALID_USER, e.message, 400) from None
+    return user
+
+
+def check_registration(user: object, token: str | None, tokens_config: Any, now: float) -> Grant:
+    """May the holder of ``token`` register ``user``? Returns the token's grant; raises
+    :class:`CallRefused`: ``invalid_user``, ``token_required`` (403), ``invalid_token`` /
+    ``token_expired`` (401), ``user_not_allowed`` (403: the token's ``sub`` is another user)."""
+    name = validate_user(user)
+    if not token:
+        raise CallRefused(errors.TOKEN_REQUIRED, "registering a user needs a call token whose 'sub' is the user", 403)
+    grant = verify_token(token, tokens_config, now=now)
+    if grant.sub != name:
+        raise CallRefused(USER_NOT_ALLOWED, "the token's 'sub' is not this user", 403)
+    return grant
+
+
+class WebUsers:
+    """User name -> the endpoint that receives its calls (the most recent registration)."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, WebUserEndpoint] = {}
+
+    def register(self, user: str, endpoint: WebUserEndpoint) -> WebUserEndpoint | None:
+        """Register ``endpoint`` for ``user``; returns the endpoint it replaced (already told)."""
+        old = self._by_user.get(user)
+        self._by_user[user] = endpoint
+        if old is not None and old is not endpoint:
+            try:
+                old.unregistered(user, "replaced")
+            except Exception:  # noqa: BLE001 - one client's failure never blocks a registration
+                log.failure("telling the replaced registration of {user} failed", user=user)
+            return old
+        return None
+
+    def unregister(self, user: str, endpoint: WebUserEndpoint) -> bool:
+        """Drop ``user``'s registration if ``endpoint`` still holds it."""
+        if self._by_user.get(user) is endpoint:
+            del self._by_user[user]
+            return True
+        return False
+
+    def lookup(self, user: str) -> WebUserEndpoint | None:
+        return self._by_user.get(user)
+
+    def users(self) -> list[str]:
+        return sorted(self._by_user)
+
+    def __len__(self) -> int:
+        return len(self._by_user)
+
+
+class InboundAllowList:
+    """Which SIP sources may call web users (``[sip] inbound_from``).
+
+    Entries: IP addresses, CIDR networks, ``"loopback"`` (127.0.0.0/8 and ::1) and
+    ``"trunks"`` (the host of every ``[[trunk]]`` target that is an IP address literal; a trunk
+    named by DNS name must be listed by address). An empty list lets nobody call web users."""
+
+    def __init__(self, entries: Iterable[str] = ("trunks", "loopback"), trunk_hosts: Iterable[str] = ()) -> None:
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            e = entry.strip().lower()
+            if e == "loopback":
+                nets += [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+            elif e == "trunks":
+                for host in trunk_hosts:
+                    try:
+                        nets.append(ipaddress.ip_network(host.strip("[]")))
+                    except ValueError:
+                        continue  # a DNS name: not resolved here (list its address explicitly)
+            else:
+                nets.append(ipaddress.ip_network(e, strict=False))
+        self.networks = tuple(nets)
+
+    def allows(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == n.version and addr in n for n in self.networks)
