@@ -15,7 +15,7 @@ from tests.calls.gw import reactor
 from tests.ops.helpers import local_call, sleep, start_gateway, wait_for
 
 FIELDS = {
-    "session_id", "ingress", "client", "identity", "destination", "sip_call_id", "start", "answer", "end",
+    "session_id", "ingress", "direction", "client", "identity", "destination", "sip_call_id", "start", "answer", "end",
     "duration_s", "end_cause", "sip_status", "codecs", "transcoded", "packets_sent", "packets_received",
     "packets_lost", "remote_reported_lost", "dtmf_sent", "dtmf_received",
 }
@@ -73,7 +73,7 @@ async def test_cdr_file_and_webhook_with_retry(tmp_path: Path) -> None:
         lines = cdr_file.read_text().splitlines()
         rec = json.loads(lines[0])
         assert set(rec) == FIELDS, set(rec) ^ FIELDS
-        assert rec["session_id"] == call.session_id and rec["ingress"] == "local" and rec["destination"] == "echo"
+        assert rec["session_id"] == call.session_id and rec["ingress"] == "local" and rec["direction"] == "outbound" and rec["destination"] == "echo"
         assert rec["sip_call_id"] == call.sip_call_id and rec["end_cause"] == "client_hangup"
         assert _time(rec["start"]) <= _time(rec["answer"]) <= _time(rec["end"])
         assert rec["duration_s"] > 0.2

@@ -34,6 +34,7 @@ def cdr_of(call: Any) -> dict[str, Any]:
     return {
         "session_id": info["session_id"],
         "ingress": info["ingress"],
+        "direction": info.get("direction", "outbound"),
         "client": info["client"],
         "identity": info["identity"],
         "destination": info["destination"],
