@@ -2,8 +2,8 @@
 SIP and RTP on loopback): GSM and Speex narrowband/wideband, encoded by libgsm/libspeex and
 decoded by FFmpeg on our side, both ways through the whole SIP path.
 
-No third-party Speex SIP peer is available here (baresip 1.0.0 on Debian 12 has no Speex codec
-module, only speex_pp; see docs/decisions.md), so Speex is checked against the built-in echo.
+The third-party checks are elsewhere: GSM with baresip (test_codecs_baresip.py), Speex with
+linphonec (test_codecs_linphone.py; baresip 1.0.0 on Debian 12 has no Speex codec module).
 """
 
 from __future__ import annotations

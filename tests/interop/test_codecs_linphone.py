@@ -75,7 +75,7 @@ class Linphonec:
 
     def codecs(self) -> dict[str, int]:
         """``"speex/16000"`` -> index in linphonec's ``codec list``."""
-        return {f"{m[1]}/{m[2]}": int(m[0]) for m in re.findall(r"^\s*(\d+): (\S+) \((\d+)\)", self.output(), re.M)}
+        return {f"{m[1]}/{m[2]}": int(m[0]) for m in re.findall(r"^\s*(\d+): (\S+) \((\d+)\)", self.output(), re.MULTILINE)}
 
     def only(self, codec: str, timeout: float = 10.0) -> None:
         """Enable only ``codec`` ("speex/16000"), after linphonec listed its codecs."""

@@ -80,7 +80,7 @@ def _can_encode(codec: sdp.Codec) -> bool:
     """This build can encode and decode ``codec`` (GSM/Speex encoding needs libgsm/libspeex)."""
     try:
         info = get_codec(codec.name, codec.clock_rate, codec.channels)
-    except Exception:  # noqa: BLE001 - an unknown codec is simply not usable
+    except LocalProtocolError:  # a codec this build does not know
         return False
     return info.can_encode and info.can_decode
 
