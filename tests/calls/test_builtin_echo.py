@@ -89,3 +89,13 @@ async def test_unknown_destination_refused_without_dialplan() -> None:
         assert len(svc.registry) == 0 and svc.rtp_pool is not None and not svc.rtp_pool.in_use
     finally:
         await svc.stopService()
+
+
+def test_offer_keeps_the_trunk_codec_list() -> None:
+    """A leg's preferred codec goes first only if the trunk allows it; others are never offered."""
+    from webgate.calls.manager import sdp_codecs
+
+    names = [c.name for c in sdp_codecs(("PCMU", "PCMA"), ["opus", "PCMA"])]
+    assert names == ["PCMA", "PCMU"]
+    names = [c.name.lower() for c in sdp_codecs(("PCMU", "opus"), ["OPUS"])]
+    assert names == ["opus", "pcmu"]

@@ -20,6 +20,9 @@ from webgate.proto.sip.useragent import Credentials
 _DEST_RE = re.compile(r"[A-Za-z0-9+*#._\-]{1,64}")
 
 
+BUILTIN_ROUTE_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex/16000", "speex")
+
+
 @dataclass(frozen=True)
 class RouteDecision:
     destination: str  # what the client asked for
@@ -62,7 +65,8 @@ class DialPlan:
         if kind is not None and self.builtin_target is not None:
             target = self.builtin_target.copy(user=kind)
             public = bool(getattr(getattr(self.config, "builtin", None), "public", True))  # [builtin] public
-            return RouteDecision(dest, target, builtin=kind, public=public, transport=target.transport)
+            # the built-in answerer takes every codec the gateway knows
+            return RouteDecision(dest, target, builtin=kind, public=public, transport=target.transport, codecs=BUILTIN_ROUTE_CODECS)
         try:
             match = self.config.route(dest)
         except (IndexError, KeyError, ValueError) as e:

@@ -101,7 +101,11 @@ _CAUSES = {
 
 
 def sdp_codecs(names: tuple[str, ...] | list[str], prefer: list[str] | None = None) -> list[sdp.Codec]:
-    order = list(prefer or []) + [n for n in names if n not in (prefer or [])]
+    """The codecs to offer: the route's (trunk's) ``names``, with the ingress leg's preferred
+    ones first. A preferred codec the trunk does not allow is not offered."""
+    allowed = {n.lower() for n in names}
+    preferred = [p for p in (prefer or []) if p.lower() in allowed]
+    order = preferred + [n for n in names if n.lower() not in {p.lower() for p in preferred}]
     out: list[sdp.Codec] = []
     for n in order:
         c = CODECS_BY_NAME.get(n.lower())
