@@ -52,7 +52,7 @@ setup(
         "pyjwt",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff"],
     },
     entry_points={"console_scripts": ["webgate = webgate.cli:main"]},
     classifiers=[
