@@ -92,8 +92,12 @@ def ffmpeg(*args: str, timeout: float = 30.0) -> Process:
 # ---- a scripted RTMP client over a real socket ------------------------------------------------
 
 from twisted.internet import endpoints
+from twisted.logger import globalLogPublisher
 
-from tests.calls.gw import wait_for
+from tests.calls.gw import sleep, wait_for
+from webgate.media.codecs import create_encoder
+from webgate.media.tones import ToneGenerator
+from webgate.proto import flv
 from webgate.proto.rtmp import amf
 from webgate.proto.rtmp.chunk import (
     ChunkLimits,
@@ -216,3 +220,58 @@ async def open_client(port: int, digest: bool = True) -> RtmpClient:
     ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client: RtmpClient = await endpoints.connectProtocol(ep, RtmpClient(digest))
     return client
+
+
+async def flash_client(port: int, user: str, *args: Any, flash_ver: str = "WIN 11,2,202,235") -> RtmpClient:
+    """A Flash RPC client connected to ``sip/USER`` with the connect arguments ``args``; the
+    connect must succeed."""
+    c = await open_client(port)
+    res = await c.connect(f"sip/{user}", *args, flash_ver=flash_ver, port=port)
+    assert res.name == "_result" and res.args[0]["code"] == "NetConnection.Connect.Success", res
+    return c
+
+
+async def play_status(port: int, app: str, name: str) -> str:
+    """Play ``name`` on ``app`` (e.g. ``session``/ID) on a new connection: the final onStatus code."""
+    c = await open_client(port)
+    await c.connect(app, port=port)
+    sid = await c.create_stream()
+    c.command("play", name, stream_id=sid)
+    final = ("NetStream.Play.Start", "NetStream.Play.StreamNotFound", "NetStream.Play.Failed")
+    assert await wait_for(lambda: any(s.get("code") in final for s in c.statuses(sid)), 5), c.statuses(sid)
+    code = next(s["code"] for s in c.statuses(sid) if s.get("code") in final)
+    c.transport.loseConnection()
+    return code
+
+
+async def send_nellymoser(c: RtmpClient, stream_id: int, seconds: float, hz: float) -> None:
+    """What Flash's Microphone does with the Nellymoser codec at 8 kHz: one tag per 256 samples
+    of an ``hz`` tone, paced in real time."""
+    enc = create_encoder("nellymoser", 8000)
+    gen = ToneGenerator(hz, 8000, 0.4)
+    header = flv.build_audio_tag(flv.audio_header_for("nellymoser", 8000), b"")
+    sent = 0
+    for _ in range(int(seconds * 8000 / 256)):
+        for p in enc.encode(gen.generate(256)):
+            c.send_audio(stream_id, sent * 1000 // 8000, header + p)
+            sent += 256
+        await sleep(0.032)
+
+
+class LogFailures:
+    """Collects log.failure events (unexpected exceptions in the adapter); a context manager
+    that observes the global log publisher, or an observer to add by hand."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            self.events.append(event)
+
+    def __enter__(self) -> LogFailures:  # noqa: PYI034
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)

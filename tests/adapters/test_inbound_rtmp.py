@@ -13,14 +13,19 @@ from typing import Any
 import numpy as np
 import pytest_twisted
 
-from tests.adapters.rtmp_helpers import Gateway, RtmpClient, open_client
+from tests.adapters.rtmp_helpers import (
+    Gateway,
+    RtmpClient,
+    flash_client,
+    play_status,
+    send_nellymoser,
+)
 from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.interop.peers import free_port
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
-from webgate.media.codecs import create_encoder, ulaw_decode
-from webgate.media.tones import ToneGenerator
+from webgate.media.codecs import ulaw_decode
 from webgate.proto import flv
 from webgate.security.tokens import mint_token
 
@@ -56,24 +61,7 @@ async def _nth(c: RtmpClient, name: str, n: int, timeout: float = 8.0) -> Any:
 
 
 async def _flash(gw: Gateway, user: str, token: str | None) -> RtmpClient:
-    c = await open_client(gw.rtmp_port)
-    args: list[Any] = [user, token or "a-password", user.title()]
-    res = await c.connect(f"sip/{user}", *args, port=gw.rtmp_port)
-    assert res.name == "_result", res
-    return c
-
-
-async def _play(gw: Gateway, name: str) -> str:
-    """Play ``session/NAME`` on a second connection: the onStatus code."""
-    c = await open_client(gw.rtmp_port)
-    await c.connect("session", port=gw.rtmp_port)
-    sid = await c.create_stream()
-    c.command("play", name, stream_id=sid)
-    final = ("NetStream.Play.Start", "NetStream.Play.StreamNotFound", "NetStream.Play.Failed")
-    assert await wait_for(lambda: any(s.get("code") in final for s in c.statuses(sid)), 5), c.statuses(sid)
-    code = next(s["code"] for s in c.statuses(sid) if s.get("code") in final)
-    c.transport.loseConnection()
-    return code
+    return await flash_client(gw.rtmp_port, user, user, token or "a-password", user.title())
 
 
 def _dial(gw: Gateway, user: str = "alice") -> tuple[LocalLeg, Any]:
@@ -81,18 +69,6 @@ def _dial(gw: Gateway, user: str = "alice") -> tuple[LocalLeg, Any]:
     call = gw.manager.place_call(leg, user)
     leg.start_source(call)
     return leg, call
-
-
-async def _send_nellymoser(c: RtmpClient, stream_id: int, seconds: float) -> None:
-    enc = create_encoder("nellymoser", 8000)
-    gen = ToneGenerator(CLIENT_HZ, 8000, 0.4)
-    header = flv.build_audio_tag(flv.audio_header_for("nellymoser", 8000), b"")
-    sent = 0
-    for _ in range(int(seconds * 8000 / 256)):
-        for p in enc.encode(gen.generate(256)):
-            c.send_audio(stream_id, sent * 1000 // 8000, header + p)
-            sent += 256
-        await sleep(0.032)
 
 
 @pytest_twisted.ensureDeferred
@@ -129,11 +105,11 @@ async def test_registered_flash_client_is_invited_accepts_audio_both_ways_and_by
         assert inbound.media_path == "packet"
         assert inbound.info()["direction"] == "inbound" and out_call.info()["direction"] == "outbound"
         # nobody else may listen to alice's call by its session ID (no token, or another user's)
-        assert await _play(gw, inbound.session_id) == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, f"{inbound.session_id}?token={_token('bob')}") == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, f"{inbound.session_id}?token={_token('alice')}") == "NetStream.Play.Start"
+        assert await play_status(gw.rtmp_port, "session", inbound.session_id) == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "session", f"{inbound.session_id}?token={_token('bob')}") == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "session", f"{inbound.session_id}?token={_token('alice')}") == "NetStream.Play.Start"
 
-        await _send_nellymoser(c, mic, 2.5)
+        await send_nellymoser(c, mic, 2.5, CLIENT_HZ)
         tags = c.audio.get(spk, [])
         pcm = np.concatenate([ulaw_decode(t[1][1:]) for t in tags if t[1][0] >> 4 == flv.SOUND_G711_MULAW])
         heard_by_client = dominant_frequency(pcm[-8000:], 8000)

@@ -11,12 +11,17 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, Gateway, connect
+from tests.adapters.webrtc_client import (
+    Browser,
+    Gateway,
+    close_all,
+    complete_call,
+    connect,
+)
 from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.interop.peers import free_port
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 from webgate.security.tokens import mint_token
 
 KEY = "webgate-test-token-key-0123456789abcdef"
@@ -59,23 +64,15 @@ async def test_ws_register_invited_accept_audio_both_ways_then_far_hangup() -> N
         assert inbound is not None and inbound.direction == "inbound" and inbound.ingress_kind == "webrtc"
         assert await wait_for(lambda: out_call.state is CallState.RINGING, 5)
 
-        ws.send({"type": "accept", "call": inv["call"], "sdp": await browser.offer()})
-        acc = await ws.next("accepted")
+        acc = await complete_call(ws, browser, {"type": "accept", "call": inv["call"]})
         assert acc["session_id"] == inv["session_id"] and acc["codec"] == "PCMU"
-        answer = await ws.next("answer")
-        await browser.answer(answer["sdp"])
-        await ws.next("progress", state="answered")
         assert await wait_for(lambda: out_call.state is CallState.ANSWERED, 5)
         assert inbound.codec == "PCMU" and inbound.media_path == "packet"
 
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
-        await sleep(1.0)
-        assert browser.rate is not None
-        tail = browser.recording()[-browser.rate:]
-        heard = dominant_frequency(tail, browser.rate)
-        print(f"\ninbound WS: browser heard {heard:.1f} Hz at {rms_dbfs(tail):.1f} dBFS")
+        heard, level = await browser.heard(seconds=3, timeout=9)
+        print(f"\ninbound WS: browser heard {heard:.1f} Hz at {level:.1f} dBFS")
         assert abs(heard - CALLER_HZ) < 20, heard
-        assert rms_dbfs(tail) > -30
+        assert level > -30
         assert_tone(caller.recording(), caller.received_rate or 8000, BROWSER_HZ, "caller heard the browser")
 
         n = len(ws.messages)
@@ -109,10 +106,7 @@ async def test_ws_register_invited_accept_audio_both_ways_then_far_hangup() -> N
         ws.close()
         assert await wait_for(lambda: gw.manager.web_users.lookup("alice") is None, 5)
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 @pytest_twisted.ensureDeferred

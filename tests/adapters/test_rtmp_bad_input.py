@@ -7,32 +7,13 @@ import struct
 from typing import Any
 
 import pytest_twisted
-from twisted.logger import globalLogPublisher
 
-from tests.adapters.rtmp_helpers import Gateway, RtmpClient, open_client
+from tests.adapters.rtmp_helpers import Gateway, LogFailures, RtmpClient, open_client
 from tests.calls.gw import sleep, wait_for
 from webgate.calls.call import CallState
 from webgate.media.codecs import ulaw_encode
 from webgate.media.tones import ToneGenerator
 from webgate.proto.rtmp import amf
-
-
-class _Failures:
-    """Collects log.failure events (unexpected exceptions in the adapter)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            self.events.append(event)
-
-    def __enter__(self) -> _Failures:  # noqa: PYI034
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self)
 
 
 async def _live_encoder_call(gw: Gateway) -> tuple[RtmpClient, int, Any]:
@@ -61,7 +42,7 @@ async def _feed_tone(c: RtmpClient, sid: int, frames: int, start: int = 0) -> in
 async def test_refused_publish_gets_onstatus_and_close_others_unaffected() -> None:
     gw = Gateway()
     try:
-        with _Failures() as failures:
+        with LogFailures() as failures:
             good, gsid, call = await _live_encoder_call(gw)
             sent = await _feed_tone(good, gsid, 10)
 
@@ -113,7 +94,7 @@ async def test_refused_publish_gets_onstatus_and_close_others_unaffected() -> No
 async def test_garbage_chunk_sizes_and_bad_amf_close_only_that_connection() -> None:
     gw = Gateway({"rtmp": {"max_chunk_size": 65536, "max_message_size": 262144}})
     try:
-        with _Failures() as failures:
+        with LogFailures() as failures:
             good, gsid, call = await _live_encoder_call(gw)
             sent = await _feed_tone(good, gsid, 5)
 
@@ -233,7 +214,7 @@ async def test_valid_commands_and_bad_bytes_in_one_read_act_on_nothing() -> None
     already failed the connection, so the adapter neither answers the connect nor places a call."""
     gw = Gateway()
     try:
-        with _Failures() as failures:
+        with LogFailures() as failures:
             c = await open_client(gw.rtmp_port)
             assert await wait_for(lambda: c.handshake_done, 3)
             t, p = amf.encode_command("connect", 1, {"app": "call", "tcUrl": "rtmp://x/call"})

@@ -7,36 +7,24 @@ from typing import Any
 import numpy as np
 import pytest_twisted
 
-from tests.adapters.rtmp_helpers import Gateway, RtmpClient, open_client
+from tests.adapters.rtmp_helpers import (
+    Gateway,
+    RtmpClient,
+    flash_client,
+    open_client,
+    send_nellymoser,
+)
 from tests.calls.gw import sleep, wait_for
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency
-from webgate.media.codecs import create_encoder, ulaw_decode
-from webgate.media.tones import ToneGenerator
+from webgate.media.codecs import ulaw_decode
 from webgate.proto import flv
 
 TONE_HZ = 800.0
 
 
 async def _flash(gw: Gateway, *args: Any, user: str = "alice@example.net", flash_ver: str = "WIN 11,2,202,235") -> RtmpClient:
-    c = await open_client(gw.rtmp_port)
-    res = await c.connect(f"sip/{user}", *args, flash_ver=flash_ver, port=gw.rtmp_port)
-    assert res.name == "_result", res
-    assert res.args[0]["code"] == "NetConnection.Connect.Success"
-    return c
-
-
-async def _send_nellymoser(c: RtmpClient, stream_id: int, seconds: float) -> None:
-    """What Flash's Microphone does with the Nellymoser codec at 8 kHz: one tag per 256 samples."""
-    enc = create_encoder("nellymoser", 8000)
-    gen = ToneGenerator(TONE_HZ, 8000, 0.4)
-    header = flv.build_audio_tag(flv.audio_header_for("nellymoser", 8000), b"")
-    sent = 0
-    for i in range(int(seconds * 8000 / 256)):
-        for p in enc.encode(gen.generate(256)):
-            c.send_audio(stream_id, sent * 1000 // 8000, header + p)
-            sent += 256
-        await sleep(0.032)
+    return await flash_client(gw.rtmp_port, user, *args, flash_ver=flash_ver)
 
 
 def _received_pcm(c: RtmpClient, stream_id: int) -> tuple[np.ndarray, set[int]]:
@@ -71,7 +59,7 @@ async def test_flash_rpc_call_audio_dtmf_bye() -> None:
         assert call.identity == "alice@example.net"
         assert call.media_path == "packet"  # PCMU from SIP goes to the Flash 11 client untouched
 
-        await _send_nellymoser(c, mic, 2.5)
+        await send_nellymoser(c, mic, 2.5, TONE_HZ)
         pcm, formats = _received_pcm(c, spk)
         assert formats == {flv.SOUND_G711_MULAW}
         assert len(pcm) > 8000, len(pcm)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, Gateway, connect
+from tests.adapters.webrtc_client import (
+    Browser,
+    Gateway,
+    close_all,
+    complete_call,
+    connect,
+)
 from tests.calls.gw import sleep, wait_for
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 
 
 @pytest.mark.parametrize(
@@ -26,24 +31,17 @@ async def test_echo_tone_and_dtmf(codecs: list[str] | None, expect_codec: str, t
         ws = await connect(gw.url)
         welcome = await ws.next("welcome")
         assert welcome["version"] == 1 and welcome["ice_servers"] == []
-        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        accepted = await ws.next("accepted")
+        accepted = await complete_call(ws, browser, {"type": "call", "destination": "echo"})
         sid = accepted["session_id"]
         assert sid.isdigit() and 8 <= len(sid) <= 10
         assert accepted["codec"] == expect_codec
         # the session ID comes before any progress from the phone and before the answer
         kinds = [m["type"] for m in ws.messages]
         assert kinds.index("accepted") < len(kinds) and "answer" not in kinds[: kinds.index("accepted")]
-        answer = await ws.next("answer")
-        await browser.answer(answer["sdp"])
-        await ws.next("progress", state="answered")
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
-        assert browser.rate is not None
-        tail = browser.recording()[-browser.rate :]
-        measured = dominant_frequency(tail, browser.rate)
-        print(f"\n[{expect_codec}] sent {tone:.0f} Hz, echo measured {measured:.1f} Hz, {rms_dbfs(tail):.1f} dBFS")
+        measured, level = await browser.heard()
+        print(f"\n[{expect_codec}] sent {tone:.0f} Hz, echo measured {measured:.1f} Hz, {level:.1f} dBFS")
         assert abs(measured - tone) < 15, measured
-        assert rms_dbfs(tail) > -30
+        assert level > -30
 
         (call,) = list(gw.svc.registry)
         assert call.session_id == sid and call.ingress_kind == "webrtc"
@@ -65,10 +63,7 @@ async def test_echo_tone_and_dtmf(codecs: list[str] | None, expect_codec: str, t
         assert await wait_for(lambda: gw.svc.rtp_pool is not None and not gw.svc.rtp_pool.in_use, 5)
         assert await wait_for(lambda: leg.pc.connectionState == "closed", 5)
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 @pytest_twisted.ensureDeferred
@@ -77,9 +72,7 @@ async def test_websocket_drop_hangs_up_the_sip_leg() -> None:
     browser = Browser()
     try:
         ws = await connect(gw.url)
-        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
+        await complete_call(ws, browser, {"type": "call", "destination": "echo"})
         (call,) = list(gw.svc.registry)
         ws.close()
         assert await wait_for(lambda: call.ended, 5)
@@ -97,12 +90,8 @@ async def test_tone_destination_reaches_the_browser() -> None:
     browser = Browser(tone_hz=300.0)
     try:
         ws = await connect(gw.url)
-        ws.send({"type": "call", "destination": "tone", "sdp": await browser.offer()})
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
-        assert browser.rate is not None
-        measured = dominant_frequency(browser.recording()[-browser.rate :], browser.rate)
+        await complete_call(ws, browser, {"type": "call", "destination": "tone"})
+        measured, _level = await browser.heard()
         print(f"\n[tone] measured {measured:.1f} Hz")
         assert abs(measured - 1000) < 15
         ws.close()

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, Gateway, connect
+from tests.adapters.webrtc_client import (
+    Browser,
+    Gateway,
+    close_all,
+    complete_call,
+    connect,
+)
 from tests.calls.gw import sleep, wait_for
 from webgate.adapters.webrtc import WebRtcSettings
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 
 
 @pytest_twisted.ensureDeferred
@@ -18,12 +23,9 @@ async def test_audio_video_and_data_channel_offer() -> None:
     ws = None
     try:
         ws = await connect(gw.url)
-        offer = await browser.offer()
+        await complete_call(ws, browser, {"type": "call", "destination": "echo"})
+        offer = browser.pc.localDescription.sdp
         assert "m=video" in offer and "m=application" in offer
-        ws.send({"type": "call", "destination": "echo", "sdp": offer})
-        await ws.next("accepted")
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
         (call,) = list(gw.svc.registry)
         leg = call.leg
         # the channel reaches "open" on both sides and stays open while messages are dropped
@@ -38,12 +40,9 @@ async def test_audio_video_and_data_channel_offer() -> None:
         assert await wait_for(lambda: leg.stats.video_frames_dropped > 5, 8), leg.stats
         assert leg.stats.video_tracks == 1
         # audio still works both ways through the echo (G.711 packet path)
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
-        assert browser.rate is not None
-        tail = browser.recording()[-browser.rate :]
-        measured = dominant_frequency(tail, browser.rate)
-        print(f"\necho with video + data channel: {measured:.1f} Hz, {rms_dbfs(tail):.1f} dBFS, path {call.media_path}")
-        assert abs(measured - 800.0) < 15 and rms_dbfs(tail) > -30
+        measured, level = await browser.heard()
+        print(f"\necho with video + data channel: {measured:.1f} Hz, {level:.1f} dBFS, path {call.media_path}")
+        assert abs(measured - 800.0) < 15 and level > -30
         assert call.media_path == "packet" and leg.stats.packets_relayed > 50
         await sleep(0.5)
         assert browser.channel.readyState == "open" and not call.ended
@@ -51,10 +50,7 @@ async def test_audio_video_and_data_channel_offer() -> None:
         await ws.next("ended", cause="client_hangup")
         assert await wait_for(lambda: len(gw.svc.registry) == 0 and not gw.svc.rtp_pool.in_use, 5)
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 @pytest_twisted.ensureDeferred
@@ -65,22 +61,15 @@ async def test_g722_offer_takes_the_frame_path() -> None:
     ws = None
     try:
         ws = await connect(gw.url)
-        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        assert (await ws.next("accepted"))["codec"] == "G722"
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
+        assert (await complete_call(ws, browser, {"type": "call", "destination": "echo"}))["codec"] == "G722"
         (call,) = list(gw.svc.registry)
         assert call.codec == "G722" and call.media_path == "frame" and call.leg.stats.transcoded is True
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 8)
-        assert browser.rate is not None
-        assert abs(dominant_frequency(browser.recording()[-browser.rate :], browser.rate) - 600.0) < 15
+        measured, _level = await browser.heard()
+        assert abs(measured - 600.0) < 15
         assert call.leg.stats.packets_relayed == 0
         assert gw.manager.counters["frame_path"] == 1 and gw.manager.counters["packet_path"] == 0
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 def test_settings_from_config_carry_ice_servers() -> None:

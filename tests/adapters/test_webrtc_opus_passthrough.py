@@ -8,11 +8,16 @@ import av
 import pytest
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, Gateway, connect
+from tests.adapters.webrtc_client import (
+    Browser,
+    Gateway,
+    close_all,
+    complete_call,
+    connect,
+)
 from tests.calls.gw import wait_for
 from webgate.adapters import aio
 from webgate.adapters.webrtc import SipAudioTrack, packet_samples
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 from webgate.media.codecs import OPUS_SILENCE, create_decoder, opus_packet_samples
 from webgate.media.tones import ToneGenerator
 from webgate.ops.metrics import GatewayMetrics
@@ -28,10 +33,7 @@ async def test_opus_browser_to_echo_is_relayed_untouched() -> None:
     gw.manager.observers.append(metrics)
     try:
         ws = await connect(gw.url)
-        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        assert (await ws.next("accepted"))["codec"] == "opus"
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
+        assert (await complete_call(ws, browser, {"type": "call", "destination": "echo"}))["codec"] == "opus"
         (call,) = list(gw.svc.registry)
         leg = call.leg
         # the SIP offer led with Opus (with in-band FEC), the echo answered it: nothing to transcode
@@ -42,11 +44,8 @@ async def test_opus_browser_to_echo_is_relayed_untouched() -> None:
         answered = {t: metrics.registry.get_sample_value("webgate_calls_answered_total", {"transcoded": t}) for t in ("true", "false")}
         assert answered == {"true": None, "false": 1.0}, answered  # counted as passed through
         assert metrics.registry.get_sample_value("webgate_active_calls_transcoded", {"transcoded": "false"}) == 1.0
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 3 * browser.rate, 10)
+        measured, level = await browser.heard(seconds=3, timeout=10)
         assert browser.rate == 48000
-        tail = browser.recording()[-browser.rate :]
-        measured = dominant_frequency(tail, browser.rate)
-        level = rms_dbfs(tail)
         stream = call.stream
         assert stream is not None and stream.sender is not None
         print(f"\n[opus pass-through] sent 900 Hz, echo measured {measured:.1f} Hz, {level:.1f} dBFS; "
@@ -64,10 +63,7 @@ async def test_opus_browser_to_echo_is_relayed_untouched() -> None:
         await ws.next("ended", cause="client_hangup")
         assert await wait_for(lambda: len(gw.svc.registry) == 0 and not gw.svc.rtp_pool.in_use, 5)
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 def test_opus_packet_durations_from_the_toc_byte() -> None:

@@ -23,9 +23,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.websocket import WebSocketClientEndpoint
 
-from tests.calls.gw import make_config, reactor, sleep, start_telephony
+from tests.calls.gw import make_config, reactor, sleep, start_telephony, wait_for
 from webgate.adapters import aio
 from webgate.adapters.webrtc import WebRtcSettings
+from webgate.media.analysis import dominant_frequency, rms_dbfs
 from webgate.media.tones import ToneGenerator
 from webgate.web.static import add_static
 from webgate.web.ws import make_ws_resource
@@ -113,12 +114,15 @@ class WsClient:
             self.transport.loseConnection()
 
 
-async def connect(url: str) -> WsClient:
+async def connect(url: str, tls_policy: Any = None) -> WsClient:
+    """Open ``url`` (``ws://`` or, with ``tls_policy`` e.g. a BrowserLikePolicyForHTTPS, ``wss://``)."""
+
     class Factory:
         def buildProtocol(self, url: str) -> WsClient:
             return WsClient()
 
-    client: WsClient = await WebSocketClientEndpoint.new(reactor, url).connect(Factory())
+    endpoint = WebSocketClientEndpoint.new(reactor, url) if tls_policy is None else WebSocketClientEndpoint.new(reactor, url, tlsPolicy=tls_policy)
+    client: WsClient = await endpoint.connect(Factory())
     return client
 
 
@@ -200,6 +204,38 @@ class Browser:
     def recording(self) -> np.ndarray:
         return np.concatenate(self.received) if self.received else np.zeros(0, dtype=np.int16)
 
+    async def heard(self, seconds: float = 2.0, timeout: float = 8.0, tail_s: float = 1.0) -> tuple[float, float]:
+        """Wait until more than ``seconds`` of audio came from the far end (fails after
+        ``timeout``); return the dominant frequency (Hz) and level (dBFS) of the last ``tail_s`` s."""
+        got = await wait_for(lambda: self.rate is not None and len(self.recording()) > seconds * self.rate, timeout)
+        assert got, f"the browser got {len(self.recording())} samples at {self.rate} Hz within {timeout} s"
+        assert self.rate is not None
+        tail = self.recording()[-int(tail_s * self.rate) :]
+        return dominant_frequency(tail, self.rate), rms_dbfs(tail)
+
     async def close(self) -> None:
         aio.cancel(self.task)
         await aio.as_deferred(self.pc.close())
+
+
+async def complete_call(ws: WsClient, browser: Browser, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """Send ``request`` (a ``call`` or an ``accept`` message) with the browser's offer, wait for
+    ``accepted``, apply the ``answer`` and wait for ``progress answered``. Returns ``accepted``."""
+    offer = await browser.offer()
+    n = len(ws.messages)
+    ws.send({**request, "sdp": offer})
+    accepted = await ws.next("accepted", timeout=timeout, after=n)
+    await browser.answer((await ws.next("answer", timeout=timeout, after=n))["sdp"])
+    await ws.next("progress", timeout=timeout, after=n, state="answered")
+    return accepted
+
+
+async def close_all(gw: Gateway | None, browser: Browser | None, *clients: WsClient | None) -> None:
+    """Test teardown: close the WebSocket clients that were opened, the browser, the gateway."""
+    for ws in clients:
+        if ws is not None:
+            ws.close()
+    if browser is not None:
+        await browser.close()
+    if gw is not None:
+        await gw.stop()

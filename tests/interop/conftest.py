@@ -6,6 +6,7 @@ Every process a fixture starts is stopped (by PID) at teardown, and its logs are
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,20 @@ def require_program(program: str, package: str) -> str:
             pytest.fail(msg + " and WEBGATE_REQUIRE_PEERS is set", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+@contextlib.contextmanager
+def tone_baresip(workdir: Path, hz: float, seconds: float = 60.0, name: str = "bob",
+                 audio_codecs: str = "pcmu") -> Iterator[peers.Baresip]:
+    """A started baresip (auto-answer) whose microphone is a ``seconds`` long ``hz`` tone (48 kHz
+    WAV, long enough for a whole test module: aufile restarts per call); stopped on exit."""
+    require_program("baresip", "baresip-core")
+    wav = peers.make_tone_wav(Path(workdir) / f"tone{hz:g}.wav", hz, 48000, seconds)
+    b = peers.Baresip(workdir, name, wav=wav, audio_codecs=audio_codecs)
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 def _report(request: pytest.FixtureRequest, started: list) -> None:

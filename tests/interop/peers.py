@@ -890,6 +890,15 @@ class Kamailio(_Process):
         return rc
 
 
+def phone_route(bob: Baresip, **trunk: object) -> dict[str, list[dict[str, object]]]:
+    """webgate config tables sending destination ``bob`` (a public ``[[route]]``, no token needed)
+    over a trunk ``phone`` to this baresip; ``trunk``: the trunk's other keys (codecs, dtmf...)."""
+    return {
+        "trunk": [{"name": "phone", "target": f"sip:{LOOPBACK}:{bob.sip_port}", **trunk}],
+        "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
+    }
+
+
 # ------------------------------------------------------------------------------------------- audio
 
 def make_tone_wav(path: Path | str, freq: float = 1000.0, rate: int = 8000, seconds: float = 3.0,

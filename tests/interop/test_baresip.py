@@ -22,12 +22,7 @@ from webgate.calls.local import LocalLeg
 
 
 def trunk_config(bob: peers.Baresip, **trunk: Any) -> Any:
-    return make_config(
-        {
-            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", **trunk}],
-            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-        }
-    )
+    return make_config(peers.phone_route(bob, **trunk))
 
 
 async def answered_call(svc: Any, bob: peers.Baresip, leg: LocalLeg) -> Call:

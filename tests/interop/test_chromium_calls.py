@@ -183,6 +183,18 @@ class Page:
     async def action(self, what: str) -> dict[str, Any]:
         return await self._run(ACTION, what)  # type: ignore[no-any-return]
 
+    async def call(self, destination: str, **opts: Any) -> dict[str, Any]:
+        """``start`` that fails (with the page's console) when the page threw."""
+        start = await self.start(destination, **opts)
+        assert "exception" not in start, (start, self.console())
+        return start
+
+    async def hangup(self) -> dict[str, Any]:
+        """The page hangs up: the snapshot, whose ``ended`` cause must be ``client_hangup``."""
+        snap = await self.action("hangup")
+        assert snap["ended"]["cause"] == "client_hangup", snap
+        return snap
+
     def console(self) -> list[str]:
         try:
             return [e["message"] for e in self.drv.get_log("browser")][-20:]
@@ -262,17 +274,11 @@ async def test_browser_calls_baresip_audio_and_dtmf_both_ways(
     media_path: str,
 ) -> None:
     bob = baresip_factory("bob", audio_codecs="pcmu")
-    gw = Gateway(
-        {
-            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["PCMU"], "dtmf": dtmf_mode}],
-            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-        }
-    )
+    gw = Gateway(peers.phone_route(bob, codecs=["PCMU"], dtmf=dtmf_mode))
     page = Page(chromium, gw)
     try:
         await page.open()
-        start = await page.start("bob", audioCodecs=audio_codecs)
-        assert "exception" not in start, (start, page.console())
+        start = await page.call("bob", audioCodecs=audio_codecs)
         assert start["codec"] == browser_codec
         snap = await page.wait("answered", 10)
         assert snap["ok"], (snap, bob.log_tail(2000))
@@ -315,8 +321,7 @@ async def test_browser_calls_baresip_audio_and_dtmf_both_ways(
         assert [d["digit"] for d in snap["dtmf"]] == list("56#"), snap
         assert {d["method"] for d in snap["dtmf"]} == {"rfc4733"}
 
-        snap = await page.action("hangup")
-        assert snap["ended"]["cause"] == "client_hangup"
+        await page.hangup()
         await closed(bob, 8)
         assert_wav_tone(bob.recorded_wav("dec"), BROWSER_HZ, "baresip heard the browser")
         assert await released(gw)
@@ -334,18 +339,12 @@ async def test_browser_opus_to_an_opus_trunk_is_relayed_untouched(
     the phone's come back without being decoded (packet path), audio measured on both sides.
     (With a G.711-only trunk the same Opus-only offer is transcoded: the test above.)"""
     bob = baresip_factory("bob", audio_codecs="opus")
-    gw = Gateway(
-        {
-            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["opus", "PCMU"]}],
-            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-        }
-    )
+    gw = Gateway(peers.phone_route(bob, codecs=["opus", "PCMU"]))
     page = Page(chromium, gw)
     try:
         await page.open()
         opts = {"audioCodecs": audio_codecs} if audio_codecs else {}
-        start = await page.start("bob", **opts)
-        assert "exception" not in start, (start, page.console())
+        start = await page.call("bob", **opts)
         assert start["codec"] == "opus"
         snap = await page.wait("answered", 10)
         assert snap["ok"], (snap, bob.log_tail(2000))
@@ -361,8 +360,7 @@ async def test_browser_opus_to_an_opus_trunk_is_relayed_untouched(
         assert m["inboundCodec"] == "audio/opus" and m["outboundCodec"] == "audio/opus"
         assert leg.stats.packets_relayed > 50 and leg.stats.frames_from_browser == leg.stats.packets_relayed
         assert leg.out_track is not None and leg.out_track.payloads_sent > 50 and leg.stats.bad_packets == 0
-        snap = await page.action("hangup")
-        assert snap["ended"]["cause"] == "client_hangup"
+        await page.hangup()
         await closed(bob, 8)
         assert_wav_tone(bob.recorded_wav("dec"), BROWSER_HZ, "baresip heard the browser (Opus relayed)")
         assert await released(gw)
@@ -383,8 +381,7 @@ async def test_session_id_in_invite_and_hangup_while_ringing_cancels(
     page = Page(chromium, gw)
     try:
         await page.open()
-        start = await page.start("1000")
-        assert "exception" not in start, (start, page.console())
+        start = await page.call("1000")
         sid = start["sessionId"]
         assert sid.isdigit() and 8 <= len(sid) <= 10 and start["state"] == "trying"
         snap = await page.wait("ringing", 10)
@@ -406,8 +403,7 @@ async def test_session_id_in_invite_and_hangup_while_ringing_cancels(
         else:
             assert f"sip:{sid}@" not in from_user and pai is None
 
-        snap = await page.action("hangup")
-        assert snap["ended"]["cause"] == "client_hangup"
+        await page.hangup()
         assert await process_exit(sipp.proc, 10) == 0, sipp.describe()
         assert sipp.received_requests()[:2] == ["INVITE", "CANCEL"] and "ACK" in sipp.received_requests()
         assert await released(gw)
@@ -423,14 +419,12 @@ async def test_hangup_after_answer_sends_bye_and_audio_flows(chromium: Any, sipp
     page = Page(chromium, gw)
     try:
         await page.open()
-        start = await page.start("1000")
-        assert "exception" not in start, (start, page.console())
+        await page.call("1000")
         assert (await page.wait("answered", 10))["ok"], sipp.describe()
         m = await page.measure()
         print(f"\nbrowser -> gateway -> SIPp echo -> browser: {[round(f['hz'], 1) for f in m['freqs']]} Hz")
         assert abs(measured_hz(m) - BROWSER_HZ) < 15, m
-        snap = await page.action("hangup")
-        assert snap["ended"]["cause"] == "client_hangup"
+        await page.hangup()
         assert await process_exit(sipp.proc, 10) == 0, sipp.describe()
         assert "BYE" in sipp.received_requests() and "CANCEL" not in sipp.received_requests()
         assert await released(gw)
@@ -446,7 +440,7 @@ async def test_bye_from_the_phone_ends_the_page_call(chromium: Any, sipp_factory
     page = Page(chromium, gw)
     try:
         await page.open()
-        assert "exception" not in await page.start("1000")
+        await page.call("1000")
         assert (await page.wait("answered", 10))["ok"], sipp.describe()
         snap = await page.wait("ended", 10)
         assert snap["ok"], snap
@@ -468,7 +462,7 @@ async def test_lost_browser_releases_the_sip_leg(chromium: Any, sipp_factory: Ca
     page = Page(chromium, gw)
     try:
         await page.open()
-        assert "exception" not in await page.start("1000")
+        await page.call("1000")
         assert (await page.wait("answered", 10))["ok"], sipp.describe()
         assert (await page.wait("connected", 10))["ok"]
         (call,) = list(gw.svc.registry)
@@ -507,7 +501,7 @@ async def test_unanswered_and_busy(
     page = Page(chromium, gw)
     try:
         await page.open()
-        assert "exception" not in await page.start("1000")
+        await page.call("1000")
         snap = await page.wait("ended", 15)
         assert snap["ok"], (snap, sipp.describe())
         print(f"\n[{scenario}] page ended: {snap['ended']}")
@@ -552,8 +546,7 @@ async def test_configured_ice_servers_reach_the_browser(chromium: Any) -> None:
     page = Page(chromium, gw)
     try:
         await page.open()
-        start = await page.start("echo")
-        assert "exception" not in start, (start, page.console())
+        start = await page.call("echo")
         # the welcome message (before the RTCPeerConnection existed) and the browser's pc configuration
         assert start["welcome"]["ice_servers"][0] == {"urls": [url]}
         assert start["welcome"]["ice_servers"][1] == {"urls": ["turn:127.0.0.1:9"], "username": "u", "credential": "pw"}

@@ -10,17 +10,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, Gateway, connect
-from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
+from tests.adapters.webrtc_client import (
+    Browser,
+    Gateway,
+    close_all,
+    complete_call,
+    connect,
+)
+from tests.calls.gw import assert_tone, sleep, start_telephony, wait_for
 from tests.interop import peers
-from tests.interop.test_baresip import answered_call, closed
+from tests.interop.test_baresip import answered_call, closed, trunk_config
 from webgate.calls.local import LocalLeg
-from webgate.media.analysis import dominant_frequency, rms_dbfs
+from webgate.media.analysis import dominant_frequency
 
 PHONE_HZ = 440.0  # baresip's microphone: peers.Baresip's default WAV
 
@@ -49,28 +54,17 @@ def wav_tone(bob: peers.Baresip, kind: str = "dec") -> tuple[float, float, int]:
 @pytest_twisted.ensureDeferred
 async def test_opus_browser_to_baresip_passes_through(baresip_factory: Callable[..., peers.Baresip]) -> None:
     bob = baresip_factory("bob", audio_codecs="opus")
-    gw = Gateway(
-        {
-            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["opus", "PCMU"]}],
-            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-        }
-    )
+    gw = Gateway(peers.phone_route(bob, codecs=["opus", "PCMU"]))
     browser = Browser(tone_hz=900.0)  # aiortc's default offer (Opus first, then G.722, G.711)
     ws = None
     try:
         ws = await connect(gw.url)
-        ws.send({"type": "call", "destination": "bob", "sdp": await browser.offer()})
-        assert (await ws.next("accepted", timeout=10))["codec"] == "opus"
-        await browser.answer((await ws.next("answer", timeout=10))["sdp"])
-        await ws.next("progress", timeout=10, state="answered")
+        assert (await complete_call(ws, browser, {"type": "call", "destination": "bob"}, timeout=10))["codec"] == "opus"
         (call,) = list(gw.svc.registry)
         leg = call.leg
         assert call.codec == "opus" and call.media_path == "packet" and leg.stats.transcoded is False
         assert gw.manager.counters["packet_path"] == 1 and gw.manager.counters["frame_path"] == 0
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 4 * browser.rate, 12)
-        assert browser.rate is not None
-        tail = browser.recording()[-2 * browser.rate :]
-        heard, level = dominant_frequency(tail, browser.rate), rms_dbfs(tail)
+        heard, level = await browser.heard(seconds=4, timeout=12, tail_s=2)
         assert leg.out_track is not None
         relayed_in, relayed_out = leg.stats.packets_relayed, leg.out_track.payloads_sent
         ws.send({"type": "hangup"})
@@ -87,26 +81,14 @@ async def test_opus_browser_to_baresip_passes_through(baresip_factory: Callable[
         assert leg.stats.bad_packets == 0
         assert await wait_for(lambda: len(gw.svc.registry) == 0 and not gw.svc.rtp_pool.in_use, 5)
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
-
-
-def trunk_config(bob: peers.Baresip, codecs: list[str]) -> Any:
-    return make_config(
-        {
-            "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": codecs}],
-            "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-        }
-    )
+        await close_all(gw, browser, ws)
 
 
 @pytest.mark.timeout(60)
 @pytest_twisted.ensureDeferred
 async def test_gsm_audio_both_ways(baresip_factory: Callable[..., peers.Baresip]) -> None:
     bob = baresip_with(baresip_factory, "gsm", "gsm.so")
-    svc = start_telephony(trunk_config(bob, ["GSM"]))
+    svc = start_telephony(trunk_config(bob, codecs=["GSM"]))
     try:
         leg = LocalLeg(tone_hz=1000.0)
         call = await answered_call(svc, bob, leg)

@@ -21,11 +21,11 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.adapters.rtmp_helpers import Gateway as RtmpGateway
-from tests.adapters.webrtc_client import Browser, connect
+from tests.adapters.webrtc_client import Browser, close_all, complete_call, connect
 from tests.adapters.webrtc_client import Gateway as WsGateway
 from tests.calls.gw import sleep, wait_for
 from tests.interop import peers
-from tests.interop.conftest import require_program
+from tests.interop.conftest import tone_baresip
 from tests.interop.test_rtmp_librtmp import LibrtmpClient, rpc_url
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
@@ -41,14 +41,8 @@ BARESIP_HZ = 440.0
 
 @pytest.fixture
 def bob(tmp_path: Path) -> Iterator[peers.Baresip]:
-    require_program("baresip", "baresip-core")
-    wav = tmp_path / "tone440.wav"
-    peers.make_tone_wav(wav, BARESIP_HZ, 48000, 60.0)
-    b = peers.Baresip(tmp_path, "bob", wav=wav, audio_codecs="pcmu")
-    try:
+    with tone_baresip(tmp_path, BARESIP_HZ) as b:
         yield b
-    finally:
-        b.stop()
 
 
 def _extra(port: int, **sip: Any) -> dict[str, Any]:
@@ -186,21 +180,15 @@ async def test_baresip_calls_browser_registered_over_websocket(bob: peers.Baresi
         await deferToThread(bob.dial, f"sip:alice@127.0.0.1:{port}")
         inv = await ws.next("invited", timeout=10)
         assert inv["from"] == "bob" and inv["to"] == "alice", inv
-        ws.send({"type": "accept", "call": inv["call"], "sdp": await browser.offer()})
-        assert (await ws.next("accepted"))["codec"] == "PCMU"
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered", timeout=10)
+        assert (await complete_call(ws, browser, {"type": "accept", "call": inv["call"]}, timeout=10))["codec"] == "PCMU"
         await deferToThread(bob.wait_event, "CALL_ESTABLISHED", 5)
         call = gw.manager.registry.by_session_id(inv["session_id"])
         assert call is not None and call.media_path == "packet"
 
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 4 * browser.rate, 12)
-        assert browser.rate is not None
-        tail = browser.recording()[-2 * browser.rate:]
-        heard = dominant_frequency(tail, browser.rate)
-        print(f"\nbaresip (440 Hz) -> browser heard {heard:.1f} Hz at {rms_dbfs(tail):.1f} dBFS")
+        heard, level = await browser.heard(seconds=4, timeout=12, tail_s=2)
+        print(f"\nbaresip (440 Hz) -> browser heard {heard:.1f} Hz at {level:.1f} dBFS")
         assert abs(heard - BARESIP_HZ) < 20, heard
-        assert rms_dbfs(tail) > -35
+        assert level > -35
 
         ws.send({"type": "hangup"})
         await ws.next("ended", cause="client_hangup")
@@ -216,10 +204,7 @@ async def test_baresip_calls_browser_registered_over_websocket(bob: peers.Baresi
         status = await _closed_status(bob)
         assert "404" in status, status
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 @pytest_twisted.ensureDeferred

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from tests.adapters.rtmp_helpers import Gateway, ffmpeg
 from tests.calls.gw import sleep, wait_for
 from tests.interop import peers
-from tests.interop.conftest import require_program
+from tests.interop.conftest import require_program, tone_baresip
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
 
@@ -40,25 +40,14 @@ CODECS = {
 @pytest.fixture(scope="module")
 def bob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.Baresip]:
     """One baresip for the module; its microphone is a 60 s 440 Hz tone (aufile restarts per call)."""
-    require_program("baresip", "baresip-core")
     if shutil.which("ffmpeg") is None:
         require_program("ffmpeg", "ffmpeg")
-    work = tmp_path_factory.mktemp("rtmp_baresip")
-    wav = work / "tone440.wav"
-    peers.make_tone_wav(wav, BARESIP_HZ, 48000, 60.0)
-    b = peers.Baresip(work, "bob", wav=wav, audio_codecs="pcmu")
-    try:
+    with tone_baresip(tmp_path_factory.mktemp("rtmp_baresip"), BARESIP_HZ) as b:
         yield b
-    finally:
-        b.stop()
 
 
 def _gateway(bob: peers.Baresip) -> Gateway:
-    return Gateway({
-        "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["PCMU"], "dtmf": "rfc4733"}],
-        # public: callable without a signed token
-        "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-    })
+    return Gateway(peers.phone_route(bob, codecs=["PCMU"], dtmf="rfc4733"))
 
 
 def _fresh(bob: peers.Baresip) -> None:

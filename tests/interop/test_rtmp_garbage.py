@@ -24,7 +24,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
-from tests.adapters.rtmp_helpers import Gateway, ffmpeg
+from tests.adapters.rtmp_helpers import Gateway, LogFailures, ffmpeg
 from tests.calls.gw import sleep, wait_for
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
@@ -34,15 +34,6 @@ from webgate.proto.rtmp.chunk import ChunkWriter
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
 TONE_HZ = 800.0
-
-
-class _Failures:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            self.events.append(event)
 
 
 # ---- the attacker (blocking sockets, run in a thread) ---------------------------------------------
@@ -154,7 +145,7 @@ def attack_all(port: int, seed: int = 7) -> dict[str, int]:
 @pytest_twisted.ensureDeferred
 async def test_garbage_connections_leave_a_live_ffmpeg_call_untouched(tmp_path: Path) -> None:
     gw = Gateway({"rtmp": {"max_connections_per_ip": 50}})
-    failures = _Failures()
+    failures = LogFailures()
     globalLogPublisher.addObserver(failures)
     try:
         pub = ffmpeg("-re", "-f", "lavfi", "-i", f"sine=frequency={TONE_HZ:g}:sample_rate=44100:duration=10",

@@ -24,7 +24,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from tests.adapters.rtmp_helpers import Gateway, Process
 from tests.calls.gw import sleep, wait_for
 from tests.interop import peers
-from tests.interop.conftest import require_program
+from tests.interop.conftest import require_program, tone_baresip
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
 from webgate.proto.flv import TAG_AUDIO, read_flv
@@ -88,21 +88,12 @@ def rpc_url(port: int, user: str = "alice", *conn: str) -> str:
 
 @pytest.fixture
 def bob(tmp_path: Path) -> Iterator[peers.Baresip]:
-    require_program("baresip", "baresip-core")
-    wav = tmp_path / "tone440.wav"
-    peers.make_tone_wav(wav, BARESIP_HZ, 48000, 60.0)
-    b = peers.Baresip(tmp_path, "bob", wav=wav, audio_codecs="pcmu")
-    try:
+    with tone_baresip(tmp_path, BARESIP_HZ) as b:
         yield b
-    finally:
-        b.stop()
 
 
 def _gateway(bob: peers.Baresip) -> Gateway:
-    return Gateway({
-        "trunk": [{"name": "phone", "target": f"sip:127.0.0.1:{bob.sip_port}", "codecs": ["PCMU"], "dtmf": "rfc4733"}],
-        "route": [{"pattern": "bob", "trunk": "phone", "public": True}],
-    })
+    return Gateway(peers.phone_route(bob, codecs=["PCMU"], dtmf="rfc4733"))
 
 
 @pytest_twisted.ensureDeferred

@@ -7,8 +7,6 @@ localhost; the UAC side trusts it as its CA.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +14,9 @@ import pytest_twisted
 
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from tests.interop import peers
+from tests.tlsutil import self_signed
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webgate test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "sip.crt", tmp_path / "sip.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def self_trunk_config(transport: str, port: int, **sip: Any) -> Any:
@@ -93,7 +60,7 @@ async def test_echo_over_tcp() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_echo_over_tls(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key, _pem = self_signed(tmp_path, "sip")
     # sip.tls_ca: trust the self-signed certificate for our outgoing TLS connection
     port = peers.free_port("tcp")
     svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert)))
@@ -107,7 +74,7 @@ async def test_echo_over_tls(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_tls_with_untrusted_certificate_fails_cleanly(tmp_path: Path) -> None:
     """Without trusting the self-signed certificate the TLS handshake fails: the call ends, nothing leaks."""
-    cert, key = self_signed(tmp_path)
+    cert, key, _pem = self_signed(tmp_path, "sip")
     port = peers.free_port("tcp")
     svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key), t1_ms=50))
     try:

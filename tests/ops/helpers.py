@@ -4,9 +4,7 @@ certificate, and a way to run ``twistd -n webgate`` as a child process."""
 
 from __future__ import annotations
 
-import datetime
 import io
-import ipaddress
 import json
 import os
 import sys
@@ -24,6 +22,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 
 from tests.calls.gw import make_config, reactor, sleep, wait_for
+from tests.tlsutil import self_signed
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
 from webgate.gateway import Gateway, build_gateway
@@ -115,38 +114,6 @@ async def local_call(gw: RunningGateway, destination: str = "echo", tone_hz: flo
     leg.start_source(call)
     assert await wait_for(lambda: call.state is CallState.ANSWERED, 10), f"not answered: {call.state} {call.end_cause}"
     return call, leg
-
-
-def self_signed(tmp_path: Path, name: str = "gw") -> tuple[Path, Path, bytes]:
-    """A self-signed certificate for 127.0.0.1/localhost: (cert path, key path, cert PEM)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webgate test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_path.write_bytes(pem)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_path, key_path, pem
 
 
 def twistd_env() -> dict[str, str]:

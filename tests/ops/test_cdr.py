@@ -44,20 +44,25 @@ class Hook(resource.Resource):
         request.setResponseCode(204)
         return b""
 
+    def listen(self) -> tuple[Any, str]:
+        """Serve this hook on 127.0.0.1: (the listening port, its base URL)."""
+        site = server.Site(self)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        return port, f"http://127.0.0.1:{port.getHost().port}"
+
 
 @pytest_twisted.ensureDeferred
 async def test_cdr_file_and_webhook_with_retry(tmp_path: Path) -> None:
     hook = Hook(fail_first=1)
-    site = server.Site(hook)
-    site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port, hook_url = hook.listen()
     cdr_file = tmp_path / "cdr" / "calls.jsonl"
     cdr_file.parent.mkdir()
     gw = start_gateway(
         {
             "cdr": {
                 "file": str(cdr_file),
-                "webhook_url": f"http://127.0.0.1:{port.getHost().port}/cdr?key=hook-secret",
+                "webhook_url": f"{hook_url}/cdr?key=hook-secret",
                 "webhook_timeout_s": 2,
                 "webhook_retries": 3,
             }
@@ -112,10 +117,8 @@ async def test_cdr_write_failure_is_not_fatal(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_cdr_webhook_gives_up_after_the_retries(tmp_path: Path) -> None:
     hook = Hook(fail_first=100)
-    site = server.Site(hook)
-    site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    gw = start_gateway({"cdr": {"webhook_url": f"http://127.0.0.1:{port.getHost().port}/", "webhook_retries": 1, "webhook_timeout_s": 1}})
+    port, hook_url = hook.listen()
+    gw = start_gateway({"cdr": {"webhook_url": f"{hook_url}/", "webhook_retries": 1, "webhook_timeout_s": 1}})
     try:
         call, _leg = await local_call(gw, "echo")
         call.hangup()

@@ -11,11 +11,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import ssl
 from twisted.web.client import BrowserLikePolicyForHTTPS
-from twisted.web.websocket import WebSocketClientEndpoint
 
 from tests.adapters.rtmp_helpers import ffmpeg
-from tests.adapters.webrtc_client import Browser, WsClient
-from tests.calls.gw import reactor
+from tests.adapters.webrtc_client import Browser, close_all, complete_call, connect
 from tests.ops.helpers import (
     ADMIN_KEY,
     http,
@@ -56,28 +54,16 @@ async def test_https_and_wss_call(tmp_path: Path) -> None:
             await http("GET", https + "/health")
         # WSS: the same /ws over TLS, a whole call to echo
         wss = https.replace("https://", "wss://") + "/ws"
-
-        class Factory:
-            def buildProtocol(self, url: str) -> WsClient:
-                return WsClient()
-
-        ws = await WebSocketClientEndpoint.new(reactor, wss, tlsPolicy=BrowserLikePolicyForHTTPS(trustRoot=trust)).connect(Factory())
+        ws = await connect(wss, BrowserLikePolicyForHTTPS(trustRoot=trust))
         await ws.next("welcome")
-        ws.send({"type": "call", "destination": "echo", "sdp": await browser.offer()})
-        await browser.answer((await ws.next("answer"))["sdp"])
-        await ws.next("progress", state="answered")
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 10)
-        tail = browser.recording()[-browser.rate :]
-        f, level = dominant_frequency(tail, browser.rate), rms_dbfs(tail)
+        await complete_call(ws, browser, {"type": "call", "destination": "echo"})
+        f, level = await browser.heard(timeout=10)
         print(f"\nWSS call: echo measured {f:.1f} Hz at {level:.1f} dBFS")
         assert abs(f - 700.0) < 15 and level > -30
         (call,) = list(gw.svc.registry)
         assert call.ingress_kind == "webrtc"
     finally:
-        if ws is not None:
-            ws.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.adapters.rtmp_helpers import RtmpClient, ffmpeg, open_client
+from tests.adapters.rtmp_helpers import (
+    RtmpClient,
+    ffmpeg,
+    flash_client,
+    play_status,
+)
 from tests.calls.gw import wait_for
 from tests.security.secure_gw import (
     OTHER_KEY,
@@ -24,10 +29,7 @@ from webgate.calls.call import CallState
 
 
 async def _flash(gw: SecureGateway, secret: Any, user: str = "alice@example.net") -> RtmpClient:
-    c = await open_client(gw.rtmp_port)
-    res = await c.connect(f"sip/{user}", "alice", secret, "Alice", port=gw.rtmp_port)
-    assert res.name == "_result" and res.args[0]["code"] == "NetConnection.Connect.Success", res
-    return c
+    return await flash_client(gw.rtmp_port, user, "alice", secret, "Alice")
 
 
 async def _invite(c: RtmpClient, dest: str) -> Any:
@@ -86,19 +88,6 @@ def _publish(gw: SecureGateway, path: str, seconds: float = 6.0) -> Any:
     )
 
 
-async def _play(gw: SecureGateway, app: str, name: str) -> str:
-    """Play ``name`` on ``app`` with the scripted client: the onStatus code."""
-    c = await open_client(gw.rtmp_port)
-    await c.connect(app, port=gw.rtmp_port)
-    sid = await c.create_stream()
-    c.command("play", name, stream_id=sid)
-    final = ("NetStream.Play.Start", "NetStream.Play.StreamNotFound", "NetStream.Play.Failed")
-    assert await wait_for(lambda: any(s.get("code") in final for s in c.statuses(sid)), 5), c.statuses(sid)
-    code = next(s["code"] for s in c.statuses(sid) if s.get("code") in final)
-    c.transport.loseConnection()
-    return code
-
-
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 @pytest_twisted.ensureDeferred
 async def test_encoder_style_tokens_with_ffmpeg() -> None:
@@ -123,13 +112,13 @@ async def test_encoder_style_tokens_with_ffmpeg() -> None:
         assert call.identity == "encoder-1" and call.destination == ROUTED
         sid = call.session_id
         # who may listen: the session ID alone is not enough for a call placed with a token
-        assert await _play(gw, "session", sid) == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, "session", f"{sid}?token={token(sub='someone-else')}") == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, "session", f"{sid}?token={token(sub='x', key=OTHER_KEY)}") == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, "call", ROUTED) == "NetStream.Play.StreamNotFound"
-        assert await _play(gw, "session", f"{sid}?token={token(sub='encoder-1')}") == "NetStream.Play.Start"
-        assert await _play(gw, "session", f"{sid}?token={token(dest=None, session_id=sid)}") == "NetStream.Play.Start"
-        assert await _play(gw, "call", f"{ROUTED}?token={token(sub='encoder-1')}") == "NetStream.Play.Start"
+        assert await play_status(gw.rtmp_port, "session", sid) == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "session", f"{sid}?token={token(sub='someone-else')}") == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "session", f"{sid}?token={token(sub='x', key=OTHER_KEY)}") == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "call", ROUTED) == "NetStream.Play.StreamNotFound"
+        assert await play_status(gw.rtmp_port, "session", f"{sid}?token={token(sub='encoder-1')}") == "NetStream.Play.Start"
+        assert await play_status(gw.rtmp_port, "session", f"{sid}?token={token(dest=None, session_id=sid)}") == "NetStream.Play.Start"
+        assert await play_status(gw.rtmp_port, "call", f"{ROUTED}?token={token(sub='encoder-1')}") == "NetStream.Play.Start"
         code, _out, err = await pub.wait()
         assert code == 0, err[-500:]
         assert await wait_for(lambda: len(gw.svc.registry) == 0, 5)
@@ -144,7 +133,7 @@ async def test_encoder_style_tokens_with_ffmpeg() -> None:
         pub = _publish(gw, "call/echo", 4)
         assert await wait_for(lambda: any(c.state is CallState.ANSWERED for c in gw.svc.registry), 10)
         sid = next(iter(gw.svc.registry)).session_id
-        assert await _play(gw, "session", sid) == "NetStream.Play.Start"
+        assert await play_status(gw.rtmp_port, "session", sid) == "NetStream.Play.Start"
         await pub.wait()
     finally:
         await gw.stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.adapters.webrtc_client import Browser, connect
+from tests.adapters.webrtc_client import Browser, close_all, complete_call, connect
 from tests.calls.gw import wait_for
 from tests.security.secure_gw import (
     DUMMY_SDP,
@@ -20,7 +20,6 @@ from tests.security.secure_gw import (
     token,
     ws_handshake,
 )
-from webgate.media.analysis import dominant_frequency, rms_dbfs
 
 
 async def _expect(ws: Any, msg: dict[str, Any], code: str) -> dict[str, Any]:
@@ -74,31 +73,21 @@ async def test_ws_tokens_refused_and_allowed() -> None:
         # a real call with a valid token: placed, answered, the echo measured
         ws2 = await connect(gw.url)
         await ws2.next("welcome")
-        ws2.send({
-            "type": "call", "destination": ROUTED, "sdp": await browser.offer(),
+        accepted = await complete_call(ws2, browser, {
+            "type": "call", "destination": ROUTED,
             "token": token(sub="alice@shop", display_name="Alice", max_duration=600),
-        })
-        accepted = await ws2.next("accepted", timeout=10)
-        await browser.answer((await ws2.next("answer", timeout=10))["sdp"])
-        await ws2.next("progress", state="answered", timeout=10)
+        }, timeout=10)
         (c,) = list(gw.svc.registry)
         assert c.session_id == accepted["session_id"] and c.identity == "alice@shop" and c.route.builtin is None
         assert c.route.trunk_name == "self" and c.grant is not None
-        assert await wait_for(lambda: browser.rate is not None and len(browser.recording()) > 2 * browser.rate, 10)
-        assert browser.rate is not None
-        tail = browser.recording()[-browser.rate :]
-        f, level = dominant_frequency(tail, browser.rate), rms_dbfs(tail)
+        f, level = await browser.heard(timeout=10)
         print(f"\ntoken call over the non-public route: echo {f:.1f} Hz, {level:.1f} dBFS")
         assert abs(f - 650.0) < 15 and level > -30
         ws2.send({"type": "hangup"})
         await ws2.next("ended")
         assert await wait_for(lambda: len(gw.svc.registry) == 0, 5)
     finally:
-        for w in (ws, ws2):
-            if w is not None:
-                w.close()
-        await browser.close()
-        await gw.stop()
+        await close_all(gw, browser, ws, ws2)
 
 
 @pytest_twisted.ensureDeferred

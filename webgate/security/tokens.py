@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,17 @@ def _str_claim(claims: dict[str, Any], name: str) -> str | None:
     return v
 
 
+def _checked_claim(claims: dict[str, Any], name: str, check: Callable[[str, str], str]) -> str | None:
+    """A string claim that must also pass ``check`` (a SIP-syntax validator) like client input."""
+    v = _str_claim(claims, name)
+    if v is not None:
+        try:
+            check(v, f"claim {name!r}")
+        except LocalProtocolError as e:
+            raise _invalid(e.message) from None
+    return v
+
+
 def _number_claim(claims: dict[str, Any], name: str) -> float | None:
     v = claims.get(name)
     if v is None:
@@ -112,14 +124,9 @@ def _number_claim(claims: dict[str, Any], name: str) -> float | None:
 def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
     """Validate the webgate claims (not the registered time claims) and build a Grant.
     Raises :class:`TokenError` (``invalid_token``) naming the bad claim."""
-    sub = _str_claim(claims, "sub")
-    if sub is not None:
-        try:
-            check_header_value(sub, "claim 'sub'")
-        except LocalProtocolError as e:
-            raise _invalid(e.message) from None
-        if len(sub) > MAX_SUB_LENGTH:
-            raise _invalid(f"claim 'sub' is longer than {MAX_SUB_LENGTH} characters")
+    sub = _checked_claim(claims, "sub", check_header_value)
+    if sub is not None and len(sub) > MAX_SUB_LENGTH:
+        raise _invalid(f"claim 'sub' is longer than {MAX_SUB_LENGTH} characters")
 
     raw_dest = claims.get("dest")
     dests: list[str] = []
@@ -152,19 +159,8 @@ def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
     ):
         raise _invalid(f"claim 'max_duration' must be an integer 1..{MAX_TOKEN_DURATION_S} (seconds)")
 
-    display_name = _str_claim(claims, "display_name")
-    if display_name is not None:
-        try:
-            check_display_name(display_name, "claim 'display_name'")
-        except LocalProtocolError as e:
-            raise _invalid(e.message) from None
-
-    caller_id = _str_claim(claims, "caller_id")
-    if caller_id is not None:
-        try:
-            check_user(caller_id, "claim 'caller_id'")
-        except LocalProtocolError as e:
-            raise _invalid(e.message) from None
+    display_name = _checked_claim(claims, "display_name", check_display_name)
+    caller_id = _checked_claim(claims, "caller_id", check_user)
 
     session_id = claims.get("session_id")
     if session_id is not None and not is_valid_session_id(session_id):

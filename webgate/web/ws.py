@@ -348,9 +348,16 @@ class SignallingProtocol:
             self.error(e.code, e.message, ref="call")
             return
         self.call = call
+        await self._answer(leg, call, codec, trying=True)
+
+    async def _answer(self, leg: WebRtcLeg, call: Call, codec: str, *, trying: bool) -> None:
+        """The tail shared by an outgoing call and an accepted inbound one: attach the leg, send
+        ``accepted`` (and ``progress trying`` for an outgoing call), finish the answer, send it
+        and apply the candidates the client trickled before the answer was ready."""
         leg.attach(call)
         self.send({"type": "accepted", "session_id": call.session_id, "codec": codec})
-        self.send({"type": "progress", "state": "trying"})
+        if trying:
+            self.send({"type": "progress", "state": "trying"})
         answer = await leg.complete_answer()
         if call.ended or leg.closed:
             return
@@ -530,16 +537,7 @@ class SignallingProtocol:
             self._drop_leg(leg)
             self.error(e.code, e.message, ref="accept")
             return
-        leg.attach(call)
-        self.send({"type": "accepted", "session_id": call.session_id, "codec": codec})
-        answer = await leg.complete_answer()
-        if call.ended or leg.closed:
-            return
-        self.send({"type": "answer", "sdp": answer})
-        self._answer_ready = True
-        pending, self._pending_candidates = self._pending_candidates, []
-        for cand in pending:
-            await self._add_candidate(leg, cand)
+        await self._answer(leg, call, codec, trying=False)
 
     def _on_reject(self, msg: dict[str, Any]) -> None:
         """``{"type": "reject"[, "reason": "busy"|"decline"]}``: 486 Busy Here (default) or 603 Decline."""
