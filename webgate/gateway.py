@@ -22,12 +22,12 @@ and stop with the gateway.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from webgate import __version__
@@ -63,7 +63,8 @@ class Listener(service.Service):
         self.target = target
         self.reactor = reactor
         self.tls_context = tls_context
-        self.port: IListeningPort | None = None
+        # typed Any: zope's IListeningPort declares its methods without self, which mypy cannot call
+        self.port: Any = None  # an IListeningPort while listening
 
     def _listen(self) -> None:
         host, port = self.address.host, self.address.port
@@ -283,12 +284,35 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     return gateway
 
 
+def pem_certificates(data: bytes) -> list[bytes]:
+    """Every ``CERTIFICATE`` block of a PEM file, in file order (leaf first, then its chain)."""
+    return re.findall(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", data, re.DOTALL)
+
+
 def tls_server_context(cert: str, key: str) -> Any:
-    """A server TLS context factory from PEM files (certificate chain, private key)."""
+    """A server TLS context factory from PEM files: ``cert`` holds the certificate, then any
+    intermediate CA certificates (all of them are sent in the handshake, so clients that trust
+    only the root verify the chain); ``key`` the private key (it may also be in ``cert``)."""
     from twisted.internet import ssl
 
     with open(cert, "rb") as f:
         cert_pem = f.read()
     with open(key, "rb") as f:
         key_pem = f.read()
-    return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+    blocks = pem_certificates(cert_pem)
+    if not blocks:
+        raise ValueError(f"{cert}: no PEM certificate")
+    leaf = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + key_pem)
+    chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
+    return ssl.CertificateOptions(privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=chain)
+
+
+def tls_trust_root(ca_file: str) -> Any:
+    """A Twisted trust root with every certificate of a PEM CA bundle (not only the first)."""
+    from twisted.internet import ssl
+
+    with open(ca_file, "rb") as f:
+        blocks = pem_certificates(f.read())
+    if not blocks:
+        raise ValueError(f"{ca_file}: no PEM certificate")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])

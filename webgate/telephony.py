@@ -19,7 +19,7 @@ from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
 from webgate.calls.users import InboundAllowList
-from webgate.gateway import ListenError
+from webgate.gateway import ListenError, tls_server_context, tls_trust_root
 from webgate.proto.sip.message import SipURI
 from webgate.proto.sip.transaction import TimerConfig
 from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
@@ -28,22 +28,14 @@ log = Logger()
 
 
 def _tls_server_context(cert: str, key: str) -> Any:
-    from twisted.internet import ssl
-
-    with open(cert, "rb") as f:
-        cert_pem = f.read()
-    with open(key, "rb") as f:
-        key_pem = f.read()
-    return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+    """The SIP TLS listener's context: the certificate, its intermediate CAs and the key."""
+    return tls_server_context(cert, key)
 
 
 def _tls_client_options(ca_file: str) -> Any:
     from twisted.internet import ssl
 
-    trust: Any = None
-    if ca_file:
-        with open(ca_file, "rb") as f:
-            trust = ssl.Certificate.loadPEM(f.read())
+    trust: Any = tls_trust_root(ca_file) if ca_file else None
 
     def make(host: str) -> Any:
         if trust is not None:
@@ -56,7 +48,7 @@ def _tls_client_options(ca_file: str) -> Any:
 class TelephonyService(service.Service):
     """Owns the SIP transports, RTP pool and call manager."""
 
-    name = "telephony"
+    name: str | None = "telephony"  # type: ignore[assignment]  # Service declares name: None
 
     def __init__(self, config: Any, reactor: Any, registry: CallRegistry | None = None) -> None:
         self.config = config

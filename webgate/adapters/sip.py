@@ -42,6 +42,12 @@ class _UdpProtocol(protocol.DatagramProtocol):
         self.owner.data_received(self.name, data, (self.name, host, port), self)
 
 
+def _iface(transport: object) -> Any:
+    """A Twisted transport for calling its methods: zope interfaces (ITransport, IUDPTransport)
+    declare them without ``self``, so mypy (no zope plugin) rejects calls through those types."""
+    return transport
+
+
 class _StreamProtocol(protocol.Protocol):
     def __init__(self, owner: "SipTransport", transport_name: str, client: "_ClientFactory | None" = None) -> None:
         self.owner = owner
@@ -52,7 +58,7 @@ class _StreamProtocol(protocol.Protocol):
         self.keys: list[Addr] = []  # every address this connection is known under
 
     def connectionMade(self) -> None:  # noqa: N802
-        p = self.transport.getPeer()  # type: ignore[union-attr]
+        p = _iface(self.transport).getPeer()
         self.peer = (self.name, p.host, p.port)
         self._register(self.peer)
         if self.client is not None:
@@ -74,7 +80,7 @@ class _StreamProtocol(protocol.Protocol):
                 continue
             self.owner.message_received(item, self.peer)
         if self.framer.broken:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            _iface(self.transport).loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         for key in self.keys:
@@ -85,7 +91,7 @@ class _StreamProtocol(protocol.Protocol):
             self.owner.connection_failed(self.client.key)
 
     def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        _iface(self.transport).write(data)
 
 
 class _StreamFactory(protocol.Factory):
@@ -95,7 +101,7 @@ class _StreamFactory(protocol.Factory):
         self.owner = owner
         self.name = transport_name
 
-    def buildProtocol(self, addr: IAddress) -> _StreamProtocol:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> _StreamProtocol:  # noqa: N802
         return _StreamProtocol(self.owner, self.name)
 
 
@@ -108,7 +114,7 @@ class _ClientFactory(protocol.ClientFactory):
         self.key = key
         self.queue: list[bytes] = []
 
-    def buildProtocol(self, addr: IAddress) -> _StreamProtocol:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> _StreamProtocol:  # noqa: N802
         return _StreamProtocol(self.owner, self.name, client=self)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
@@ -171,7 +177,7 @@ class SipTransport:
         ds = [defer.maybeDeferred(lp.stopListening) for lp in self.listeners]
         for conn in list(self.connections.values()):
             if conn.transport is not None:
-                conn.transport.loseConnection()
+                _iface(conn.transport).loseConnection()
         self.listeners = []
         return defer.DeferredList(ds)
 
@@ -186,7 +192,7 @@ class SipTransport:
             log.debug("bad SIP datagram from {source}: {error}", source=source, error=e.message)
             reply = stateless_error_response(data, e.message, 513 if e.status_hint == 513 else 400)
             if reply is not None and proto.transport is not None:
-                proto.transport.write(reply, (source[1], source[2]))
+                _iface(proto.transport).write(reply, (source[1], source[2]))
             return
         self.message_received(message, source)
 
@@ -281,7 +287,7 @@ class SipTransport:
             if self.udp_protocol is None or self.udp_protocol.transport is None:
                 log.warn("no UDP listener to send SIP to {dest}", dest=dest)
                 return
-            self.udp_protocol.transport.write(data, (host, port))
+            _iface(self.udp_protocol.transport).write(data, (host, port))
             return
         conn = self.connections.get(dest)
         if conn is not None and conn.transport is not None:

@@ -51,6 +51,7 @@ from aiortc.contrib.media import MediaStreamError
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from aiortc.sdp import SessionDescription as AiortcSdp
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
 from twisted.logger import Logger
 
 from webgate.adapters import aio
@@ -287,6 +288,10 @@ class WebRtcLeg:
         self._tasks: list[asyncio.Task[Any]] = []
         self._channels: list[Any] = []
         self._ice_timer: Any = None
+        self._watchdog: Any = None  # the inbound-media watchdog (runs while connected)
+        self._rx_seen: tuple[int, int] = (-1, -1)  # (DTLS packets, audio RTP packets) at the last check
+        self._rx_at = 0.0  # reactor time the browser was last heard from
+        self._rx_rtp = 0  # audio RTP packets seen by the receiver hook
         self._answer: RTCSessionDescription | None = None
         self._audio_pt: int | None = None  # the browser codec's payload type (packet path)
         self._event_pt: int | None = None  # the negotiated telephone-event payload type
@@ -394,6 +399,7 @@ class WebRtcLeg:
         original = receiver._handle_rtp_packet  # the one hook point aiortc offers
 
         async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+            self._rx_rtp += 1
             if not self._take_rtp(packet):
                 await original(packet, arrival_time_ms)
 
@@ -472,6 +478,24 @@ class WebRtcLeg:
             track.push_payload(payload, n)
             self.stats.frames_to_browser += 1
 
+    def media_path_changed(self, call: Call, old: str, new: str) -> None:
+        """The SIP side moved to another codec mid-call (re-INVITE): the browser codec stays
+        what was negotiated with it, so the track switches between relaying payloads and
+        encoding PCM (browser -> SIP follows ``call.media_path`` in :meth:`_take_rtp`)."""
+        track = self.out_track
+        if track is not None:
+            track.packet_codec = None  # set again by the first payload on the packet path
+            track._payloads.clear()
+            track._queue.clear()
+        self.stats.transcoded = new != "packet"
+        log.info(
+            "call {session_id}: browser {browser} <-> SIP {sip}: now {path} path",
+            session_id=call.session_id,
+            browser=self.stats.browser_codec,
+            sip=call.codec,
+            path=new,
+        )
+
     # -- aiortc events ----------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -502,6 +526,7 @@ class WebRtcLeg:
             if self._ice_timer is not None and self._ice_timer.active():
                 self._ice_timer.cancel()
             self._ice_timer = None
+            self._start_watchdog()
         elif state == "failed":
             self._end_from_browser("ice_failed")
         elif state == "closed" and not self.closed:
@@ -512,6 +537,56 @@ class WebRtcLeg:
         self._ice_timer = None
         if self.pc.connectionState != "connected":
             self._end_from_browser("ice_timeout")
+
+    # -- lost browser: the inbound-media watchdog --------------------------------------------
+    # aiortc has no "disconnected" ICE/connection state: a browser whose network vanishes stays
+    # "connected" until aioice's consent checks give up (6 x 5 s = ~30 s). So while connected,
+    # the leg checks that *something* arrives from the browser (RTP, RTCP, DTLS/SCTP: the DTLS
+    # transport's packet counter, plus the audio RTP seen by the receiver hook); silence on the
+    # wire for ice_timeout_s ends the call with cause ``ice_failed`` (BYE to SIP).
+    # Browsers send audio RTP continuously (a muted track sends silence) and RTCP every few seconds.
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None or self.closed:
+            return
+        self._rx_seen = self._rx_counters()
+        self._rx_at = self.reactor.seconds()
+        self._watchdog = self.reactor.callLater(self._watchdog_interval(), self._watchdog_tick)
+
+    def _watchdog_interval(self) -> float:
+        return max(0.1, min(1.0, self.settings.ice_timeout_s / 4))
+
+    def _rx_counters(self) -> tuple[int, int]:
+        """(packets received by the peer connection's DTLS transports, audio RTP packets)."""
+        transports: dict[int, Any] = {}
+        for tr in self.pc.getTransceivers():
+            for t in (tr.receiver.transport, tr.sender.transport):
+                if t is not None:
+                    transports[id(t)] = t
+        sctp = getattr(self.pc, "sctp", None)
+        if sctp is not None and sctp.transport is not None:
+            transports[id(sctp.transport)] = sctp.transport
+        # aiortc keeps the count for getStats() (RTCTransportStats.packetsReceived) in a private field
+        dtls = sum(int(getattr(t, "_RTCDtlsTransport__rx_packets", 0)) for t in transports.values())
+        return dtls, self._rx_rtp
+
+    def _watchdog_tick(self) -> None:
+        self._watchdog = None
+        if self.closed or self.pc.connectionState != "connected":
+            return
+        now = self.reactor.seconds()
+        seen = self._rx_counters()
+        if seen != self._rx_seen:
+            self._rx_seen, self._rx_at = seen, now
+        elif now - self._rx_at >= self.settings.ice_timeout_s:
+            log.info(
+                "call {session_id}: nothing received from the browser for {s:.1f} s: media lost",
+                session_id=self.session_id,
+                s=now - self._rx_at,
+            )
+            self._end_from_browser("ice_failed")
+            return
+        self._watchdog = self.reactor.callLater(self._watchdog_interval(), self._watchdog_tick)
 
     def _end_from_browser(self, cause: str) -> None:
         call = self.call
@@ -527,10 +602,10 @@ class WebRtcLeg:
             except MediaStreamError:
                 return
             call = self.call
-            if call is None or call.ended:
-                continue
+            if call is None or call.ended or not isinstance(frame, AudioFrame):
+                continue  # (an audio track's decoder yields AudioFrames; anything else is dropped)
             self.stats.frames_from_browser += 1
-            call.send_audio(frame_to_mono(frame), int(getattr(frame, "sample_rate", 48000)))
+            call.send_audio(frame_to_mono(frame), int(frame.sample_rate))
 
     async def _drain_video(self, track: MediaStreamTrack) -> None:
         while True:
@@ -578,6 +653,9 @@ class WebRtcLeg:
         if self._ice_timer is not None and self._ice_timer.active():
             self._ice_timer.cancel()
         self._ice_timer = None
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         for t in self._tasks:
             aio.cancel(t)
         self._tasks.clear()

@@ -229,7 +229,7 @@ class CallManager:
         self.jitter = (jitter_min_ms, jitter_max_ms)
         self.builtin_calls: dict[str, BuiltinCall] = {}
         self.accepting = True
-        self.counters: dict[str, int] = {"calls_placed": 0, "calls_refused": 0, "packet_path": 0, "frame_path": 0}
+        self.counters: dict[str, int] = {"calls_placed": 0, "calls_refused": 0, "packet_path": 0, "frame_path": 0, "path_switches": 0}
         #: call observers (metrics, CDRs, ...): objects with any of the methods
         #: call_placed(call), call_progress(call, state), call_answered(call), call_ended(call),
         #: call_refused(code, ingress, client). A failing observer is logged, never fatal.
@@ -553,22 +553,44 @@ class CallManager:
 
     def _choose_path(self, call: Call) -> None:
         """Packet path when the leg relays the negotiated SIP codec undecoded: its
-        ``packet_codecs`` name codecs ("PCMU") or codecs at one clock rate ("speex/16000")."""
+        ``packet_codecs`` name codecs ("PCMU") or codecs at one clock rate ("speex/16000").
+
+        Run again whenever the SIP codec may have changed (183/200 SDP, a re-INVITE/UPDATE
+        offer), and it goes both ways: a packet-path call whose far end moves to a codec the
+        leg cannot relay switches to the frame path (decoded and re-encoded), and back.
+        Counting: ``packet_path``/``frame_path`` count calls that *used* that path (a switched
+        call counts once in each path it took), ``path_switches`` counts the switches; the leg
+        hears of a switch through its optional ``media_path_changed(call, old, new)``."""
         leg = call.leg
         packet_codecs = {c.upper() for c in getattr(leg, "packet_codecs", ())}
         sink = getattr(leg, "payload_from_sip", None)
-        media = call.stream.media if call.stream is not None else None
+        stream = call.stream
+        media = stream.media if stream is not None else None
         names = {call.codec.upper()} if call.codec else set()
         if call.codec and media is not None:
             names.add(f"{call.codec}/{media.codec.clock_rate}".upper())
-        if names & packet_codecs and sink is not None and call.stream:
-            if call.media_path != "packet":
-                call.media_path = "packet"
-                self.counters["packet_path"] += 1
-                call.stream.on_payload = lambda payload, samples, pkt: sink(call, payload, samples)
-        elif call.media_path is None:
-            call.media_path = "frame"
-            self.counters["frame_path"] += 1
+        old = call.media_path
+        if names & packet_codecs and sink is not None and stream is not None:
+            new = "packet"
+            stream.on_payload = lambda payload, samples, pkt: sink(call, payload, samples)
+        else:
+            new = "frame"
+            if stream is not None:
+                stream.on_payload = None  # the stream decodes again (jitter buffer -> on_audio)
+        if new == old:
+            return
+        call.media_path = new
+        self.counters[f"{new}_path"] += 1
+        if old is None:
+            return
+        self.counters["path_switches"] += 1
+        log.info("call {session_id}: SIP codec now {codec}: {old} path -> {new} path", session_id=call.session_id, codec=call.codec, old=old, new=new)
+        hook = getattr(leg, "media_path_changed", None)
+        if hook is not None:
+            try:
+                hook(call, old, new)
+            except Exception:
+                log.failure("call {session_id}: ingress leg path change failed", session_id=call.session_id)
 
     # ------------------------------------------------------------------------------------
     # SIP events
@@ -644,6 +666,7 @@ class CallManager:
         if isinstance(owner, Call):
             owner.codec = nm.codec.name
             log.info("call {session_id}: re-offer answered ({direction}, hold={hold})", session_id=owner.session_id, direction=nm.direction, hold=nm.on_hold)
+            self._choose_path(owner)  # the far end may have moved to another codec
         session.answer_offer(answer.serialize())
         self.transport.flush()
 
@@ -856,6 +879,8 @@ class CallManager:
                 return
             self._answer_builtin(kind, ev.session, ev.offer)
             return
+        if isinstance(ev, (Registered, RegistrationFailed)):
+            return  # registration events have no session (handle_sip_event never sends them here)
         bc = ev.session.user_data
         if not isinstance(bc, BuiltinCall):
             return
@@ -905,7 +930,11 @@ class CallManager:
         if kind == "echo":
             # the caller's audio goes straight back (packet path) and so do its digits
             stream.on_payload = lambda payload, samples, pkt: stream.send_payload(payload, samples)
-            stream.on_dtmf = lambda digit, dur: stream.send_dtmf(digit, dur)
+
+            def echo_dtmf(digit: str, duration_ms: int) -> None:
+                stream.send_dtmf(digit, duration_ms)  # False (no telephone-event): nothing to echo
+
+            stream.on_dtmf = echo_dtmf
         else:
             info = stream.codec
             assert info is not None

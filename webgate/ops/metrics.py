@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter as _Tally
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -176,10 +176,11 @@ class MetricsResource(resource.Resource):
         if request.postpath not in ([], [b""]):
             return json_body(request, 404, {"error": "not_found", "message": "no such resource"})
         if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
+            cast(Any, request).setHeader(b"allow", b"GET, HEAD")  # zope IRequest: methods lack self for mypy
             return json_body(request, 405, {"error": "method_not_allowed", "message": "use GET"})
         body = self.metrics.render()
         request.setResponseCode(200)
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        request.setHeader(b"cache-control", b"no-store")
+        http: Any = request  # zope IRequest: methods lack self for mypy
+        http.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        http.setHeader(b"cache-control", b"no-store")
         return body
