@@ -337,3 +337,43 @@ def test_readme_and_ci_install_the_same_packages() -> None:
     assert {"sip-tester", "baresip-core", "kamailio", "chromium-driver", "librtmp-dev"} <= ci_packages
     assert "exec ./scripts/test.sh" in ci and "WEBGATE_REQUIRE_PEERS=1" in ci
     assert os.access(ROOT / ".ci" / "run", os.X_OK) and os.access(ROOT / "scripts" / "test.sh", os.X_OK)
+
+
+def test_rtp_socket_start_stop_lines_are_dropped_unless_debug() -> None:
+    """Twisted logs each UDP socket's start/stop; with two RTP sockets per call leg those lines
+    are dropped above debug level, and nothing else is."""
+    import io
+
+    from twisted.python import log as legacy
+
+    from webgate.config import LogConfig
+    from webgate.tap import log_observer_factory
+
+    def run(level: str) -> str:
+        out = io.StringIO()
+        old, sys.stdout = sys.stdout, out
+        try:
+            observer = log_observer_factory(LogConfig(level=level), logfile="-")()
+        finally:
+            sys.stdout = old
+        legacy.addObserver(_legacy_bridge(observer))
+        try:
+            legacy.msg("_Socket starting on 20000")
+            legacy.msg("(UDP Port 20001 Closed)")
+            legacy.msg("Site starting on 8080")
+        finally:
+            legacy.theLogPublisher.observers.pop()
+        return out.getvalue()
+
+    text = run("info")
+    assert "Site starting on 8080" in text
+    assert "_Socket starting" not in text and "UDP Port 20001 Closed" not in text
+    text = run("debug")
+    assert "_Socket starting on 20000" in text and "UDP Port 20001 Closed" in text
+
+
+def _legacy_bridge(observer):  # type: ignore[no-untyped-def]
+    from twisted.logger._legacy import publishToNewObserver
+    from twisted.python import log as legacy
+
+    return lambda event: publishToNewObserver(observer, event, legacy.textFromEventDict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     textFileLogObserver,
 )
@@ -199,9 +201,26 @@ def log_observer_factory(
         else:
             observer = textFileLogObserver(out)
         predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[log_config.level])
-        return FilteringLogObserver(observer, [predicate])
+        predicates: list[Any] = [predicate]
+        if log_config.level != "debug":
+            predicates.append(quiet_socket_noise)
+        return FilteringLogObserver(observer, predicates)
 
     return factory
+
+
+# Twisted logs every UDP socket's start and stop at info level; the RTP pool opens two per
+# call leg, so at any level above debug those lines are dropped.
+_SOCKET_NOISE = re.compile(r"(?:_Socket starting on \d+|\(UDP Port \d+ Closed\))")
+
+
+def quiet_socket_noise(event: dict[str, Any]) -> PredicateResult:
+    """A log filter predicate: no for Twisted's per-RTP-socket start/stop lines."""
+    message = event.get("message")
+    if isinstance(message, tuple) and len(message) == 1:
+        if isinstance(message[0], str) and _SOCKET_NOISE.fullmatch(message[0]):
+            return PredicateResult.no
+    return PredicateResult.maybe
 
 
 _twistd_log_factory: Callable[[], ILogObserver] | None = None
