@@ -6,7 +6,7 @@
 //   const call = await gw.call('echo', { stream, video: false, sessionId });
 //   call.sessionId; call.remoteStream;
 //   call.addEventListener('ringing' | 'answered' | 'dtmf' | 'ended' | 'error', ev => ev.detail);
-//   call.sendDTMF('123#'); call.hangup();
+//   call.sendDTMF('123#'); await call.hold(true); await call.hold(false); call.hangup();
 //
 //   // calls toward this page (the token's `sub` must be the user):
 //   gw.addEventListener('invited', async (ev) => { const call = await ev.detail.accept({ stream }); });
@@ -214,6 +214,8 @@ export class WebGateCall extends EventTarget {
     this.ws = null;
     this._ownStream = false;
     this._pending = null;       // {resolve, reject} while waiting for 'accepted'
+    this.held = false;          // the phone is on hold (call.hold)
+    this._holdWait = null;      // {resolve, reject} while a hold/resume is in progress
     this._ping = null;
     this._welcome = null;
     this._shared = false;       // an incoming call on the registration's WebSocket (kept open)
@@ -352,6 +354,12 @@ export class WebGateCall extends EventTarget {
         if (msg.candidate) this.pc.addIceCandidate(msg.candidate).catch(() => {});
         break;
       case 'progress':
+        if (msg.state === 'held' || msg.state === 'resumed') {   // our hold(): the far end agreed
+          this.held = msg.state === 'held';
+          this._holdDone(null);
+          this._emit(msg.state, { held: this.held });
+          break;
+        }
         this.state = msg.state;
         this._emit('progress', { state: msg.state });
         if (msg.state === 'ringing' || msg.state === 'early_media') this._emit('ringing', { state: msg.state, earlyMedia: msg.state === 'early_media' });
@@ -364,6 +372,11 @@ export class WebGateCall extends EventTarget {
         this._end(msg.cause, msg.status == null ? null : msg.status, false);
         break;
       case 'error':
+        if (msg.ref === 'hold' && this._holdWait) {
+          this._holdDone(new WebGateError(msg.code, msg.message));
+          this._emit('error', { code: msg.code, message: msg.message, ref: msg.ref, status: msg.status });
+          break;
+        }
         if (this._pending) this._fail(new WebGateError(msg.code, msg.message));
         else this._emit('error', { code: msg.code, message: msg.message, ref: msg.ref });
         break;
@@ -381,6 +394,7 @@ export class WebGateCall extends EventTarget {
   _end(cause, status, local) {
     if (this.state === 'ended') return;
     this.state = 'ended';
+    this._holdDone(new WebGateError('no_call', 'the call has ended'));
     this.endCause = cause;
     this._cleanup();
     this._emit('ended', { cause, status, local: !!local });
@@ -414,6 +428,28 @@ export class WebGateCall extends EventTarget {
     const msg = { type: 'dtmf', digits };
     if (durationMs != null) msg.duration_ms = durationMs;
     this._send(msg);
+  }
+
+  /**
+   * Put the phone on hold (`true`, the default) or resume it (`false`): the gateway sends a
+   * SIP re-INVITE (a=sendonly / a=sendrecv). Resolves with the hold state (`call.held`) once
+   * the far end agreed (events 'held' / 'resumed'); rejects with a WebGateError
+   * (`hold_failed`: the far end refused, the call goes on; `hold_pending`; `no_call`).
+   */
+  hold(on = true) {
+    if (this.state === 'ended') return Promise.reject(new WebGateError('no_call', 'the call has ended'));
+    if (this._holdWait) return Promise.reject(new WebGateError('hold_pending', 'a hold/resume is in progress'));
+    return new Promise((resolve, reject) => {
+      this._holdWait = { resolve, reject };
+      this._send({ type: 'hold', on: !!on });
+    });
+  }
+
+  _holdDone(err) {
+    const w = this._holdWait;
+    this._holdWait = null;
+    if (!w) return;
+    if (err) w.reject(err); else w.resolve(!!this.held);
   }
 
   /** Hang up (CANCEL before answer, BYE after). Fires 'ended' with cause 'client_hangup'. */

@@ -610,9 +610,22 @@ class RtmpProtocol(protocol.Protocol):
             self.core.send_error(tid, _call_failed("no call in progress", reason="no_call"))
             return
         hold = bool(args[0]) if args else True
-        leg.set_hold(hold)
-        if tid:
-            self.core.send_result(tid, hold)
+        call = leg.call
+        leg.set_hold(hold)  # local mute at once; the SIP far end learns by re-INVITE
+
+        def done(ok: bool, status: int | None) -> None:
+            # ``_result`` = the hold state in effect after the far end's answer
+            if not ok and leg.call is call:
+                leg.set_hold(call.held)
+            if tid and not self.lost and not self.core.closed:
+                self.core.send_result(tid, call.held)
+                self.flush()
+
+        try:
+            call.manager.hold(call, hold, done)
+        except CallRefused as e:
+            leg.set_hold(call.held)
+            self.core.send_error(tid, _call_failed(e.message, reason=e.code))
 
     def _flash_call_ended(self, leg: RtmpLeg, call: Call, cause: str, status: int | None) -> None:
         leg.set_hold(False)
@@ -624,6 +637,8 @@ class RtmpFactory(protocol.Factory):
     ``manager`` is a :class:`~webgate.calls.manager.CallManager`, or anything with a ``manager``
     attribute holding one once started (the TelephonyService), looked up per connection.
     """
+
+    noisy = False  # no "Starting factory" lines (the gateway logs its listeners itself)
 
     def __init__(self, manager: Any, rtmp_config: Any, reactor: Any) -> None:
         self._manager_source = manager

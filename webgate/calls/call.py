@@ -86,6 +86,8 @@ class Call:
         self.caller_display: str | None = None  # inbound: the caller's From display name
         self.remote_offer: bytes | None = None  # inbound: the INVITE's SDP offer
         self.answer_sdp: Any = None  # inbound: our SDP answer once the client accepted
+        self.held = False  # we put the far end on hold (CallManager.hold: re-INVITE a=sendonly)
+        self.hold_request: Any = None  # (on, offer, done) while our hold/resume re-INVITE is pending
 
     @property
     def ingress_kind(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from twisted.logger import Logger
@@ -39,6 +39,8 @@ from webgate.proto.sip.useragent import (
     IncomingCall,
     InviteSession,
     OfferReceived,
+    ReofferAnswered,
+    ReofferFailed,
     Progress,
     Registered,
     RegistrationFailed,
@@ -499,6 +501,97 @@ class CallManager:
             self.transport.flush()
         self._finish(call, cause, None, notify_leg=cause not in ("client_hangup",))
 
+    def hold(self, call: Call, on: bool, done: Callable[[bool, int | None], None] | None = None) -> None:
+        """Put the SIP far end on hold (``on``) or resume it with a re-INVITE (RFC 3264 §8.4,
+        RFC 6337): our offer again, same codecs and o= session ID, version + 1, audio
+        ``a=sendonly`` (``a=inactive`` when the far end already holds us) or ``a=sendrecv``.
+        While held nothing is sent toward SIP. ``done(ok, sip_status)`` follows the far end's
+        answer (or the call's end: ``done(False, None)``); the call stays up on a refusal.
+        Raises :class:`CallRefused`: ``no_call`` (not answered), ``hold_pending`` (an
+        offer/answer exchange is in progress)."""
+        session, stream = call.sip, call.stream
+        if call.state is not CallState.ANSWERED or session is None or stream is None or stream.media is None:
+            raise CallRefused("no_call", "no answered call to hold")
+        if call.hold_request is not None or session.reinvite_pending or session.pending_offer_txn is not None:
+            raise CallRefused(errors.HOLD_PENDING, "a hold/resume or media change is already in progress")
+        base = call.offer_sdp if call.offer_sdp is not None else call.answer_sdp
+        if base is None:
+            raise CallRefused("no_call", "no negotiated media to re-offer")
+        offer = sdp.parse_sdp(base.serialize())  # a copy: same codecs and payload types
+        offer.direction = None
+        index = offer.audio_index()
+        assert offer.origin is not None and index is not None
+        offer.origin.sess_id = str(call.sdp_session_id)
+        offer.origin.sess_version = call.sdp_version + 1
+        remote_holds_us = stream.media.on_hold
+        direction = ("inactive" if remote_holds_us else "sendonly") if on else "sendrecv"
+        offer.media[index].direction = direction
+        self._sync_ua_clock()
+        try:
+            session.reinvite(offer.serialize())
+        except LocalProtocolError as e:
+            raise CallRefused(errors.HOLD_PENDING, e.message) from None
+        call.hold_request = (on, offer, done)
+        log.info("call {session_id}: {what} (re-INVITE, a={direction})", session_id=call.session_id,
+                 what="hold" if on else "resume", direction=direction)
+        self.transport.flush()
+
+    def _hold_answered(self, call: Call, answer: bytes | None) -> None:
+        req, call.hold_request = call.hold_request, None
+        if req is None:
+            return
+        on, offer, done = req
+        nm = None
+        try:
+            nm = sdp.apply_answer(offer, sdp.parse_sdp(answer or b""))
+        except (RemoteProtocolError, LocalProtocolError) as e:
+            log.warn("call {session_id}: unusable answer to our re-INVITE: {e}", session_id=call.session_id, e=e.message)
+        if nm is None:
+            self._hold_done(done, False, None)
+            return
+        call.sdp_version = int(offer.origin.sess_version)
+        if call.offer_sdp is not None:
+            call.offer_sdp = offer
+        call.held = on
+        if call.stream is not None:
+            call.stream.configure(self._held_media(call, nm))
+            call.codec = nm.codec.name
+            self._choose_path(call)
+        log.info("call {session_id}: {what} ({direction})", session_id=call.session_id,
+                 what="held" if on else "resumed", direction=nm.direction)
+        hook = getattr(call.leg, "hold_changed", None)
+        if hook is not None:
+            try:
+                hook(call, on)
+            except Exception:
+                log.failure("call {session_id}: ingress leg hold_changed failed", session_id=call.session_id)
+        self._hold_done(done, True, None)
+
+    def _hold_failed(self, call: Call, status: int | None, reason: str = "") -> None:
+        req, call.hold_request = call.hold_request, None
+        if req is None:
+            return
+        if status is not None:
+            log.info("call {session_id}: re-INVITE refused: {status} {reason}", session_id=call.session_id,
+                     status=status, reason=reason)
+        self._hold_done(req[2], False, status)
+
+    @staticmethod
+    def _hold_done(done: Callable[[bool, int | None], None] | None, ok: bool, status: int | None) -> None:
+        if done is None:
+            return
+        try:
+            done(ok, status)
+        except Exception:
+            log.failure("hold result callback failed")
+
+    @staticmethod
+    def _held_media(call: Call, nm: sdp.NegotiatedMedia) -> sdp.NegotiatedMedia:
+        """While we hold the far end, nothing goes toward SIP (whatever the SDP allows)."""
+        if not call.held or not nm.sends:
+            return nm
+        return replace(nm, direction="recvonly" if nm.receives else "inactive")
+
     def send_dtmf(self, call: Call, digits: str, duration_ms: int = 160) -> None:
         """DTMF toward SIP: RFC 4733 when negotiated and configured, else SIP INFO."""
         if call.state is CallState.ENDED or call.sip is None:
@@ -641,6 +734,10 @@ class CallManager:
             self._dtmf_to_leg(call, ev.digit, "info")
         elif isinstance(ev, OfferReceived):
             self._answer_reoffer(session, ev.offer, call.rtp, call)
+        elif isinstance(ev, ReofferAnswered):
+            self._hold_answered(call, ev.sdp)
+        elif isinstance(ev, ReofferFailed):
+            self._hold_failed(call, ev.status, ev.reason)
 
     def _answer_reoffer(self, session: InviteSession, offer: bytes | None, endpoint: RtpEndpoint | None, owner: "Call | BuiltinCall") -> None:
         """Answer a re-INVITE/UPDATE offer (hold, unhold, a new media address), keeping our SDP
@@ -656,13 +753,14 @@ class CallManager:
         supported.append(sdp.TELEPHONE_EVENT)
         try:
             answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port,
-                                              session_id=owner.sdp_session_id, session_version=owner.sdp_version + 1)
+                                              session_id=owner.sdp_session_id, session_version=owner.sdp_version + 1,
+                                              direction="sendonly" if getattr(owner, "held", False) else "sendrecv")
         except RemoteProtocolError as e:
             session.answer_offer(None, status=e.status_hint or 488)
             self.transport.flush()
             return
         owner.sdp_version += 1
-        stream.configure(nm)
+        stream.configure(self._held_media(owner, nm) if isinstance(owner, Call) else nm)
         if isinstance(owner, Call):
             owner.codec = nm.codec.name
             log.info("call {session_id}: re-offer answered ({direction}, hold={hold})", session_id=owner.session_id, direction=nm.direction, hold=nm.on_hold)
@@ -680,6 +778,7 @@ class CallManager:
         if call.state is CallState.ENDED:
             return
         call.state = CallState.ENDED
+        self._hold_failed(call, None)  # a pending hold/resume never completes
         call.end_cause = cause
         call.end_status = status
         call.times.ended = time.time()

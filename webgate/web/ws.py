@@ -26,7 +26,7 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
 from webgate.calls.call import Call, CallState
-from webgate.calls.errors import CallRefused
+from webgate.calls.errors import HOLD_FAILED, CallRefused
 from webgate.calls.policy import client_ip
 from webgate.calls.users import check_registration, party
 from webgate.ops.metrics import count_error
@@ -417,6 +417,32 @@ class SignallingProtocol:
             raise _BadMessage(NO_CALL, "no call on this connection")
         call.send_dtmf(digits.upper(), duration)
 
+    def _on_hold(self, msg: dict[str, Any]) -> None:
+        """``{"type": "hold", "on": true|false}``: hold or resume the SIP far end (a re-INVITE,
+        a=sendonly / a=sendrecv). Answered ``progress`` ``held``/``resumed`` once the far end
+        agreed, else an error ``hold_failed`` (with its SIP ``status``; the call stays up)."""
+        on = msg.get("on", True)
+        if not isinstance(on, bool):
+            raise _BadMessage(BAD_MESSAGE, "'on' must be true or false")
+        call = self.call
+        if call is None or call.ended:
+            raise _BadMessage(NO_CALL, "no call on this connection")
+
+        def done(ok: bool, status: int | None) -> None:
+            if call.ended or self.call is not call:
+                return
+            if ok:
+                self.send({"type": "progress", "state": "held" if call.held else "resumed"})
+                return
+            body: dict[str, Any] = {"type": "error", "code": HOLD_FAILED, "ref": "hold",
+                                    "message": "the far end refused the hold/resume; the call goes on",
+                                    "session_id": call.session_id, "held": call.held}
+            if status is not None:
+                body["status"] = status
+            self.send(body)
+
+        self.factory.manager.hold(call, on, done)
+
     def _on_auth(self, msg: dict[str, Any]) -> None:
         """``{"type": "auth", "token": JWT}``: the token for this connection's calls (a ``call``
         with its own ``token`` uses that one). Checked at once; answered with ``auth_ok``."""
@@ -571,6 +597,7 @@ class SignallingProtocol:
         "call": _on_call,
         "candidate": _on_candidate,
         "dtmf": _on_dtmf,
+        "hold": _on_hold,
         "hangup": _on_hangup,
         "auth": _on_auth,
         "register": _on_register,

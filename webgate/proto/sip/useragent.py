@@ -147,6 +147,25 @@ class OfferReceived:
 
 
 @dataclass(frozen=True)
+class ReofferAnswered:
+    """A 2xx to our re-INVITE (already ACKed): apply ``sdp``, the far end's answer."""
+
+    session: "InviteSession"
+    sdp: bytes | None
+
+
+@dataclass(frozen=True)
+class ReofferFailed:
+    """A non-2xx final (or no) response to our re-INVITE. The call stays up (RFC 3261
+    §14.1) unless the status was 481/408, which end the dialog (§12.2.1.2): an
+    :class:`Ended` follows then. 491 (glare) is reported, not retried."""
+
+    session: "InviteSession"
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class DtmfInfo:
     session: "InviteSession"
     digit: str
@@ -166,7 +185,8 @@ class RegistrationFailed:
     reason: str
 
 
-Event = Union[Progress, Answered, Confirmed, Ended, IncomingCall, OfferReceived, DtmfInfo, Registered, RegistrationFailed]
+Event = Union[Progress, Answered, Confirmed, Ended, IncomingCall, OfferReceived, ReofferAnswered, ReofferFailed,
+              DtmfInfo, Registered, RegistrationFailed]
 
 
 class SessionState(enum.Enum):
@@ -252,6 +272,8 @@ class InviteSession:
         self.end: CallEnd | None = None
         self.pending_offer_txn: ServerTransaction | None = None
         self.pending_offer_method: str = ""
+        self.reinvite_txn: ClientTransaction | None = None  # our re-INVITE awaiting its final response
+        self.reinvite_acks: dict[int, tuple[SipRequest, Addr]] = {}  # id(txn) -> the ACK sent for its 2xx
         self.user_data: object = None  # for the application
 
     def __repr__(self) -> str:
@@ -290,6 +312,17 @@ class InviteSession:
 
     def send_info_dtmf(self, digit: str, duration_ms: int = 160) -> None:
         self.ua._send_info_dtmf(self, digit, duration_ms)
+
+    def reinvite(self, sdp: bytes) -> None:
+        """Send a re-INVITE with the offer ``sdp`` in the confirmed dialog (hold/resume,
+        RFC 3264 §8.4). Yields :class:`ReofferAnswered` or :class:`ReofferFailed`.
+        :class:`LocalProtocolError` when the dialog is not confirmed or an offer/answer
+        exchange (ours or the far end's) is still in progress (RFC 3261 §14.1)."""
+        self.ua._reinvite(self, sdp)
+
+    @property
+    def reinvite_pending(self) -> bool:
+        return self.reinvite_txn is not None
 
     @property
     def ended(self) -> bool:
@@ -674,28 +707,100 @@ class UserAgent:
         txn = self.tm.send_request(req, self._in_dialog_dest(session, target), self._now)
         self._track(txn, "info", session)
 
-    def _retry_in_dialog_with_auth(self, session: InviteSession, txn: ClientTransaction, resp: SipResponse, now: float) -> bool:
+    def _retry_in_dialog_with_auth(self, session: InviteSession, txn: ClientTransaction, resp: SipResponse, now: float,
+                                   kind: str) -> ClientTransaction | None:
         creds = session.credentials
         if creds is None or session.dialog is None:
-            return False
+            return None
         old = txn.request
         if old.headers.get("Authorization") or old.headers.get("Proxy-Authorization"):
-            return False
+            return None
         ch = challenge_of(resp)
         if ch is None:
-            return False
+            return None
         req = session.dialog.create_request(old.method, self._via(session.transport),
                                             old.headers.get("Contact"))
         for name, value in old.headers:
-            if name in ("Content-Type", "User-Agent"):
+            if name in ("Content-Type", "User-Agent", "Allow", "Supported"):
                 req.headers.add(name, value)
         req.body = old.body
         value = auth.build_authorization(ch, old.method, str(req.uri), creds.username, creds.password, body=old.body)
         req.headers.add("Authorization" if resp.status == 401 else "Proxy-Authorization", value)
         new = self.tm.send_request(req, txn.dest, now)
-        kind_owner = self._by_txn.get(id(txn))
-        self._track(new, kind_owner[0] if kind_owner else "bye", session)
-        return True
+        self._track(new, kind, session)
+        return new
+
+    # --- re-INVITE from us (UAC within the dialog) ------------------------------------
+    def _reinvite(self, session: InviteSession, sdp: bytes) -> None:
+        d = session.dialog
+        if d is None or session.state is not SessionState.CONFIRMED:
+            raise LocalProtocolError("re-INVITE needs a confirmed dialog")
+        if session.reinvite_txn is not None:
+            raise LocalProtocolError("a re-INVITE is already in progress")
+        if session.pending_offer_txn is not None:
+            raise LocalProtocolError("the far end's offer is still being answered")
+        req = d.create_request("INVITE", self._via(session.transport), self._contact(session.transport))
+        req.headers.add("Allow", ALLOW)
+        req.headers.add("Supported", "replaces")
+        req.headers.add("User-Agent", self.config.user_agent)
+        req.headers.add("Content-Type", "application/sdp")
+        req.body = sdp
+        _, _, target = d.next_request_target()
+        txn = self.tm.send_request(req, self._in_dialog_dest(session, target), self._now)
+        session.reinvite_txn = txn
+        self._track(txn, "reinvite", session)
+
+    def _on_reinvite_response(self, session: InviteSession, txn: ClientTransaction, resp: SipResponse, now: float) -> None:
+        status = resp.status
+        if status < 200:
+            return
+        if status < 300:
+            sent = session.reinvite_acks.get(id(txn))
+            if sent is not None:
+                # a retransmitted 2xx: the ACK is end-to-end, re-send it (RFC 3261 §13.2.2.4)
+                self.tm.send_stateless(*sent)
+                return
+            d = session.dialog
+            if d is None:
+                return
+            req = txn.request
+            ack = d.create_request("ACK", self._via(session.transport), self._contact(session.transport),
+                                   cseq=req.cseq.number)
+            for name in ("Authorization", "Proxy-Authorization"):
+                for v in req.headers.get_all(name):
+                    ack.headers.add(name, v)
+            if session.state is not SessionState.TERMINATED:
+                d.update_target(resp)  # a 2xx to a re-INVITE is a target refresh
+            _, _, target = d.next_request_target()
+            dest = self._in_dialog_dest(session, target)
+            session.reinvite_acks[id(txn)] = (ack, dest)
+            self.tm.send_stateless(ack, dest)
+            if session.reinvite_txn is txn:
+                session.reinvite_txn = None
+                if session.state is not SessionState.TERMINATED:
+                    if resp.body:
+                        session.remote_sdp = resp.body
+                        session.local_sdp = req.body
+                    self._events.append(ReofferAnswered(session, resp.body or None))
+            return
+        if session.reinvite_txn is not txn:
+            return
+        session.reinvite_txn = None
+        if session.state is SessionState.TERMINATED:
+            return
+        if status in (401, 407):
+            new = self._retry_in_dialog_with_auth(session, txn, resp, now, "reinvite")
+            if new is not None:
+                session.reinvite_txn = new
+                return
+        self._reinvite_failed(session, status, resp.reason)
+
+    def _reinvite_failed(self, session: InviteSession, status: int, reason: str) -> None:
+        self._events.append(ReofferFailed(session, status, reason))
+        if status == 481:  # the dialog is gone at the far end (§12.2.1.2)
+            self._end(session, CallEnd(EndCause.PROTOCOL_ERROR, status, reason))
+        elif status == 408:
+            self._bye(session, end_cause=EndCause.TIMEOUT)
 
     # --- UAS ---------------------------------------------------------------------------
     def _on_new_invite(self, txn: ServerTransaction, req: SipRequest, source: Addr, now: float) -> None:
@@ -806,6 +911,14 @@ class UserAgent:
                 if obj.cancelled:
                     end = CallEnd(EndCause.CANCELLED, end.status, end.reason)
                 self._end(obj, end)
+            elif kind == "reinvite" and isinstance(obj, InviteSession):
+                if obj.reinvite_txn is ev.txn:
+                    obj.reinvite_txn = None
+                    if obj.state is not SessionState.TERMINATED:
+                        if isinstance(ev, TransactionTimeout):
+                            self._reinvite_failed(obj, 408, "Request Timeout")
+                        else:
+                            self._reinvite_failed(obj, 503, "Service Unavailable")
             elif kind in ("bye", "info", "cancel"):
                 pass
             elif kind == "register" and isinstance(obj, Registration):
@@ -833,6 +946,12 @@ class UserAgent:
         if txn is None:
             # a retransmitted 2xx to an INVITE whose transaction is gone
             if resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
+                for role in ("uac", "uas"):
+                    rs = self.sessions.get((resp.call_id, role))
+                    for ack, dest in rs.reinvite_acks.values() if rs is not None else ():
+                        if ack.cseq.number == resp.cseq.number:  # our re-INVITE's 2xx, after Timer M
+                            self.tm.send_stateless(ack, dest)
+                            return
                 s = self.sessions.get((resp.call_id, "uac"))
                 if s is not None:
                     self._ack_and_bye_late_2xx(s, resp, now)
@@ -841,14 +960,16 @@ class UserAgent:
         if owner is None:
             return
         kind, obj = owner
-        if resp.status >= 300 or (resp.status >= 200 and kind != "invite"):
+        if resp.status >= 300 or (resp.status >= 200 and kind not in ("invite", "reinvite")):
             # an INVITE transaction keeps delivering retransmitted 2xx: keep its mapping
             self._by_txn.pop(id(txn), None)
         if kind == "invite" and isinstance(obj, InviteSession):
             self._on_invite_response(obj, txn, resp, now)
+        elif kind == "reinvite" and isinstance(obj, InviteSession):
+            self._on_reinvite_response(obj, txn, resp, now)
         elif kind in ("bye", "info") and isinstance(obj, InviteSession):
             if resp.status in (401, 407):
-                self._retry_in_dialog_with_auth(obj, txn, resp, now)
+                self._retry_in_dialog_with_auth(obj, txn, resp, now, kind)
         elif kind == "register" and isinstance(obj, Registration):
             self._on_register_response(obj, resp, now)
 
@@ -906,8 +1027,9 @@ class UserAgent:
             if s.state is not SessionState.TERMINATED:
                 self._end(s, CallEnd(EndCause.REMOTE_HANGUP))
         elif method in ("INVITE", "UPDATE"):
-            if s.pending_offer_txn is not None:
-                self._respond(txn, req, 491 if method == "INVITE" else 500, now)
+            if s.pending_offer_txn is not None or s.reinvite_txn is not None:
+                # an offer/answer exchange is in progress either way: glare (RFC 3261 §14.2)
+                self._respond(txn, req, 491 if method == "INVITE" or s.reinvite_txn is not None else 500, now)
                 return
             if req.body and req.content_type != "application/sdp":
                 self._respond(txn, req, 415, now, headers=[("Accept", "application/sdp")])
