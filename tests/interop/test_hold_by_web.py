@@ -16,6 +16,7 @@ from tests.calls.gw import process_exit, sleep, wait_for
 from tests.interop import peers
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, rms_dbfs
+from webgate.ops.api import call_view
 
 
 def _origin(body: str) -> tuple[str, int]:
@@ -51,6 +52,7 @@ async def test_flash_hold_and_resume_reach_the_pbx_as_reinvites(sipp_factory: Ca
         res = await c.reply(c.command("hold", True), timeout=10)
         assert res.name == "_result" and res.args[0] is True, res
         assert call.held and not stream.can_send
+        assert call_view(call)["held"] is True  # what /api shows
         n = stream.sender.packet_count
         await send_nellymoser(c, mic, 0.6, 800.0)
         await sleep(0.2)
@@ -59,6 +61,7 @@ async def test_flash_hold_and_resume_reach_the_pbx_as_reinvites(sipp_factory: Ca
         res = await c.reply(c.command("hold", False), timeout=10)
         assert res.name == "_result" and res.args[0] is False, res
         assert not call.held and stream.can_send
+        assert call_view(call)["held"] is False
         await send_nellymoser(c, mic, 0.6, 800.0)
         assert await wait_for(lambda: stream.sender.packet_count > n + 10, 5), "no audio toward SIP after resume"
 

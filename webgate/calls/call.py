@@ -165,6 +165,7 @@ class Call:
             "identity": self.identity,
             "destination": self.destination,
             "state": self.state.value,
+            "held": bool(self.held),
             "sip_call_id": self.sip_call_id,
             "codec": self.codec,
             "codecs": {"sip": self.codec, "ingress": self.ingress_codec()},

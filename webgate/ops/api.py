@@ -53,6 +53,7 @@ def call_view(call: Any) -> dict[str, Any]:
     return {
         "session_id": i["session_id"],
         "direction": i["direction"],
+        "held": i["held"],
         "ingress": i["ingress"],
         "client": i["client"],
         "identity": i["identity"],
@@ -296,7 +297,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": False,
                     "required": [
-                        "session_id", "direction", "ingress", "client", "identity", "destination", "state", "sip_call_id", "codecs",
+                        "session_id", "direction", "ingress", "client", "identity", "destination", "state", "held", "sip_call_id", "codecs",
                         "transcoded", "media_path", "created_at", "answered_at", "ended_at", "duration_s", "end_cause",
                         "end_status", "to_sip", "from_sip", "dtmf_sent", "dtmf_received",
                     ],
@@ -312,6 +313,7 @@ def openapi_document() -> dict[str, Any]:
                         "identity": {**_NULLABLE_STR, "description": "the call token's subject, if a token was used"},
                         "destination": {"type": "string"},
                         "state": {"type": "string", "enum": ["calling", "ringing", "early_media", "answered", "ended"]},
+                        "held": {"type": "boolean", "description": "the web side has put the far end on hold (re-INVITE accepted)"},
                         "sip_call_id": _NULLABLE_STR,
                         "codecs": {
                             "type": "object",
