@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -14,7 +16,7 @@ from webgate.adapters.rtp import NoPortsAvailable, RtpEndpoint, RtpPortPool
 from webgate.adapters.sip import SipTransport
 from webgate.calls import errors
 from webgate.calls.call import Call, CallState, IngressLeg
-from webgate.calls.dialplan import DialPlan, RouteDecision
+from webgate.calls.dialplan import BUILTIN_ROUTE_CODECS, DialPlan, RouteDecision
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import CallPolicy, client_ip
 from webgate.calls.registry import CallRegistry
@@ -61,7 +63,7 @@ CODECS_BY_NAME = {
 }
 
 #: what the built-in echo/tone (and re-offer answers) accept; the offerer's order decides
-BUILTIN_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS, sdp.GSM, sdp.SPEEX_16K, sdp.SPEEX_8K)
+BUILTIN_CODECS = tuple(CODECS_BY_NAME[name.lower()] for name in BUILTIN_ROUTE_CODECS)
 
 
 def _in_offer_order(offer: sdp.SessionDescription, codecs: list[sdp.Codec]) -> list[sdp.Codec]:
@@ -278,16 +280,13 @@ class CallManager:
         first (:meth:`admit`), before anything is allocated; an ingress that already called
         :meth:`admit` passes its result as ``admission`` (the other arguments are then ignored,
         only the concurrent-call limits are checked again)."""
-        try:
-            if admission is None:
-                admission = self._admit(
-                    leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
-                    identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
-                )
+        if admission is None:
+            admission = self.admit(
+                leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
+                identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
+            )
+        with self._reporting_refusal(leg, destination):
             call = self._place_call(leg, admission, prefer_codecs)
-        except CallRefused as e:
-            self._refused(e, leg, destination)
-            raise
         self._emit("call_placed", call)
         return call
 
@@ -307,11 +306,66 @@ class CallManager:
     ) -> Admission:
         """Authorise a call attempt without placing it (counts as an attempt for the per-IP
         rate limit). Raises :class:`CallRefused`; the refusal reaches the observers."""
+        # The order matters: nothing costly before the rate limit, no token check before the
+        # destination is known to exist, limits last (see docs/protocol.md "Call tokens").
+        with self._reporting_refusal(leg, destination):
+            if not self.accepting:
+                raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
+            ip = client_ip(source_ip or getattr(leg, "client", None))
+            self.policy.attempt(ip)
+            if route is None:
+                route = self.dialplan.resolve(destination)
+            grant: Grant | None = None
+            if token is not None and token != "":
+                grant = verify_token(token, self.tokens, now=self.wall_clock())
+            if not route.public:
+                if grant is None:
+                    raise CallRefused(errors.TOKEN_REQUIRED, f"destination {route.destination!r} needs a call token", 403)
+                if not grant.allows(route.destination):
+                    raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"the token does not allow destination {route.destination!r}", 403)
+            limit_identity: str | None = None
+            if grant is not None:
+                if grant.display_name is not None:
+                    if display_name is not None and display_name != grant.display_name:
+                        raise CallRefused(errors.DISPLAY_NAME_NOT_ALLOWED, "the display name differs from the token's", 403)
+                    display_name = grant.display_name
+                if grant.caller_id is not None:
+                    if caller_id is not None and caller_id != grant.caller_id:
+                        raise CallRefused(errors.CALLER_ID_NOT_ALLOWED, "the caller ID differs from the token's", 403)
+                    caller_id = grant.caller_id
+                if grant.session_id is not None:
+                    if session_id is not None and session_id != grant.session_id:
+                        raise CallRefused(errors.SESSION_ID_NOT_ALLOWED, "the session ID differs from the token's", 403)
+                    session_id = grant.session_id
+                if grant.sub is not None:
+                    identity = limit_identity = grant.sub
+            if session_id is not None and not is_valid_session_id(session_id):
+                raise CallRefused(errors.INVALID_SESSION_ID, "session ID must be 8 to 10 digits")
+            if display_name is not None:
+                try:
+                    if not isinstance(display_name, str):
+                        raise LocalProtocolError("invalid display name: not a string")
+                    check_display_name(display_name)
+                except LocalProtocolError as e:
+                    raise CallRefused(errors.INVALID_DISPLAY_NAME, e.message) from None
+            if caller_id is not None:
+                try:
+                    if not isinstance(caller_id, str):
+                        raise LocalProtocolError("invalid caller ID: not a string")
+                    check_user(caller_id, "caller ID")
+                except LocalProtocolError as e:
+                    raise CallRefused(errors.INVALID_DESTINATION, e.message) from None
+            limit = max_duration_s or route.max_duration_s or self.max_call_duration_s
+            if grant is not None and grant.max_duration_s:
+                limit = min(limit, grant.max_duration_s) if limit else grant.max_duration_s
+            self._check_limits(ip, limit_identity)
+            return Admission(route, grant, ip, identity, limit_identity, session_id, display_name, caller_id, int(limit or 0))
+
+    @contextmanager
+    def _reporting_refusal(self, leg: IngressLeg, destination: object) -> Iterator[None]:
+        """A :class:`CallRefused` raised inside is counted, logged and told to the observers."""
         try:
-            return self._admit(
-                leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
-                identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
-            )
+            yield
         except CallRefused as e:
             self._refused(e, leg, destination)
             raise
@@ -326,74 +380,6 @@ class CallManager:
             code=e.code,
         )
         self._emit("call_refused", e.code, getattr(leg, "kind", "?"), getattr(leg, "client", "?"))
-
-    def _admit(
-        self,
-        leg: IngressLeg,
-        destination: object,
-        *,
-        session_id: str | None,
-        display_name: str | None,
-        caller_id: str | None,
-        identity: str | None,
-        route: RouteDecision | None,
-        max_duration_s: int | None,
-        token: str | None,
-        source_ip: str | None,
-    ) -> Admission:
-        """The order matters: nothing costly before the rate limit, no token check before the
-        destination is known to exist, limits last (see docs/protocol.md "Call tokens")."""
-        if not self.accepting:
-            raise CallRefused(errors.SHUTTING_DOWN, "the gateway is shutting down", 503)
-        ip = client_ip(source_ip or getattr(leg, "client", None))
-        self.policy.attempt(ip)
-        if route is None:
-            route = self.dialplan.resolve(destination)
-        grant: Grant | None = None
-        if token is not None and token != "":
-            grant = verify_token(token, self.tokens, now=self.wall_clock())
-        if not route.public:
-            if grant is None:
-                raise CallRefused(errors.TOKEN_REQUIRED, f"destination {route.destination!r} needs a call token", 403)
-            if not grant.allows(route.destination):
-                raise CallRefused(errors.DESTINATION_NOT_ALLOWED, f"the token does not allow destination {route.destination!r}", 403)
-        limit_identity: str | None = None
-        if grant is not None:
-            if grant.display_name is not None:
-                if display_name is not None and display_name != grant.display_name:
-                    raise CallRefused(errors.DISPLAY_NAME_NOT_ALLOWED, "the display name differs from the token's", 403)
-                display_name = grant.display_name
-            if grant.caller_id is not None:
-                if caller_id is not None and caller_id != grant.caller_id:
-                    raise CallRefused(errors.CALLER_ID_NOT_ALLOWED, "the caller ID differs from the token's", 403)
-                caller_id = grant.caller_id
-            if grant.session_id is not None:
-                if session_id is not None and session_id != grant.session_id:
-                    raise CallRefused(errors.SESSION_ID_NOT_ALLOWED, "the session ID differs from the token's", 403)
-                session_id = grant.session_id
-            if grant.sub is not None:
-                identity = limit_identity = grant.sub
-        if session_id is not None and not is_valid_session_id(session_id):
-            raise CallRefused(errors.INVALID_SESSION_ID, "session ID must be 8 to 10 digits")
-        if display_name is not None:
-            try:
-                if not isinstance(display_name, str):
-                    raise LocalProtocolError("invalid display name: not a string")
-                check_display_name(display_name)
-            except LocalProtocolError as e:
-                raise CallRefused(errors.INVALID_DISPLAY_NAME, e.message) from None
-        if caller_id is not None:
-            try:
-                if not isinstance(caller_id, str):
-                    raise LocalProtocolError("invalid caller ID: not a string")
-                check_user(caller_id, "caller ID")
-            except LocalProtocolError as e:
-                raise CallRefused(errors.INVALID_DESTINATION, e.message) from None
-        limit = max_duration_s or route.max_duration_s or self.max_call_duration_s
-        if grant is not None and grant.max_duration_s:
-            limit = min(limit, grant.max_duration_s) if limit else grant.max_duration_s
-        self._check_limits(ip, limit_identity)
-        return Admission(route, grant, ip, identity, limit_identity, session_id, display_name, caller_id, int(limit or 0))
 
     def _check_limits(self, ip: str, identity: str | None) -> None:
         if len(self.registry) >= self.max_calls:
@@ -419,11 +405,7 @@ class CallManager:
         call = Call(self, leg, sid, route, admission.identity)
         call.grant = admission.grant
         call.source_ip = admission.source_ip
-        call.rtp = endpoint
-        stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=sid)
-        call.stream = stream
-        stream.on_audio = lambda pcm, rate: self._audio_to_leg(call, pcm, rate)
-        stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
+        self._attach_media(call, endpoint)
 
         codecs = sdp_codecs(route.codecs, prefer_codecs) + [sdp.TELEPHONE_EVENT]
         offer = sdp.build_offer(codecs, self.rtp_advertise, endpoint.rtp_port, call.sdp_session_id)
@@ -614,6 +596,14 @@ class CallManager:
 
     # ------------------------------------------------------------------------------------
     # media glue
+
+    def _attach_media(self, call: Call, endpoint: RtpEndpoint) -> None:
+        """Give ``call`` its RTP endpoint and stream; the stream's audio and RFC 4733 digits go to the leg."""
+        call.rtp = endpoint
+        stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=call.session_id)
+        call.stream = stream
+        stream.on_audio = lambda pcm, rate: self._audio_to_leg(call, pcm, rate)
+        stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
 
     def _audio_to_leg(self, call: Call, pcm: Any, rate: int) -> None:
         if call.times.first_media_mono is None:
@@ -874,11 +864,7 @@ class CallManager:
         call.caller_display = caller_display
         call.remote_offer = ev.offer
         call.source_ip = source
-        call.rtp = endpoint_rtp
-        stream = endpoint_rtp.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=sid)
-        call.stream = stream
-        stream.on_audio = lambda pcm, rate: self._audio_to_leg(call, pcm, rate)
-        stream.on_dtmf = lambda digit, dur: self._dtmf_to_leg(call, digit, "rfc4733")
+        self._attach_media(call, endpoint_rtp)
         call.sip = session
         session.user_data = call
         call.times.invite_sent_mono = time.monotonic()  # setup latency: INVITE received -> answer
