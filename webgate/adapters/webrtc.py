@@ -35,7 +35,7 @@ import collections
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
@@ -56,6 +56,7 @@ from twisted.logger import Logger
 
 from webgate.adapters import aio
 from webgate.calls.call import Call, CallState
+from webgate.config import WebRtcConfig
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
     OPUS_SILENCE,
@@ -97,41 +98,29 @@ class EncodedAudio:
 
     __slots__ = ("payload", "pts", "time_base")
 
-    def __init__(self, payload: bytes, pts: int, rate: int) -> None:
+    def __init__(self, payload: bytes, pts: int, time_base: Fraction) -> None:
         self.payload = payload
         self.pts = pts
-        self.time_base = Fraction(1, rate)
+        self.time_base = time_base
 
     def __bytes__(self) -> bytes:
         return self.payload
 
 
 @dataclass(frozen=True)
-class WebRtcSettings:
-    """WebRTC and signalling settings (a ``[webrtc]`` config section when there is one)."""
+class WebRtcSettings(WebRtcConfig):
+    """The ``[webrtc]`` config section (:class:`webgate.config.WebRtcConfig`: same fields and
+    defaults) with its ICE servers as the dicts handed to aiortc and to the browser."""
 
     #: ICE servers handed to aiortc AND to the browser: [{"urls": [...], "username": ..., "credential": ...}]
-    ice_servers: tuple[dict[str, Any], ...] = ()
-    #: a call whose ICE/DTLS is not connected this long after the answer (or drops) is hung up
-    ice_timeout_s: float = 15.0
-    #: largest signalling message accepted (bytes of UTF-8 JSON)
-    max_message_size: int = 65536
-    #: a WebSocket without any message for this long is closed (the client pings every 20 s)
-    idle_timeout_s: float = 60.0
-    #: how much SIP audio may queue toward the browser before the oldest is dropped
-    max_playout_ms: int = 200
-    #: protocol errors tolerated on one connection before it is closed
-    max_errors: int = 20
+    ice_servers: tuple[dict[str, Any], ...] = ()  # type: ignore[assignment]
 
     @classmethod
     def from_config(cls, config: Any) -> WebRtcSettings:
         sec = getattr(config, "webrtc", None)
         if sec is None:
             return cls()
-        kw: dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            if hasattr(sec, name):
-                kw[name] = getattr(sec, name)
+        kw = {f.name: getattr(sec, f.name) for f in fields(cls) if hasattr(sec, f.name)}
         if "ice_servers" in kw:
             kw["ice_servers"] = tuple(_ice_server_dict(s) for s in kw["ice_servers"])
         return cls(**kw)
@@ -175,6 +164,7 @@ class SipAudioTrack(AudioStreamTrack):
         super().__init__()
         self.rate = rate
         self.samples = rate // 50
+        self._time_base = Fraction(1, rate)
         self._queue: collections.deque[PCM] = collections.deque(maxlen=max(2, max_queue_ms // 20))
         self._framer = Framer(self.samples)
         self._resamplers: dict[int, Resampler] = {}
@@ -192,6 +182,7 @@ class SipAudioTrack(AudioStreamTrack):
         """Fix the output rate (before the first frame is sent)."""
         self.rate = rate
         self.samples = rate // 50
+        self._time_base = Fraction(1, rate)
         self._last_samples = self.samples
         self._framer = Framer(self.samples)
         self._queue.clear()
@@ -232,7 +223,7 @@ class SipAudioTrack(AudioStreamTrack):
                 payload, self._last_samples = _silence(self.packet_codec, self.samples), self.samples
                 self.frames_silent += 1
             self.frames_sent += 1
-            return EncodedAudio(payload, self._ts, self.rate)
+            return EncodedAudio(payload, self._ts, self._time_base)
         self._last_samples = self.samples
         if self._queue:
             pcm = self._queue.popleft()
@@ -294,6 +285,7 @@ class WebRtcLeg:
         self._rx_rtp = 0  # audio RTP packets seen by the receiver hook
         self._answer: RTCSessionDescription | None = None
         self._audio_pt: int | None = None  # the browser codec's payload type (packet path)
+        self._codec = ""  # the browser codec, upper case (set once at answer)
         self._event_pt: int | None = None  # the negotiated telephone-event payload type
         self._dtmf_rx: DtmfReceiver | None = None
         self.pc.on("track", self._on_track)
@@ -340,6 +332,7 @@ class WebRtcLeg:
         if codec is None:
             raise InvalidOffer("no common audio codec (offer Opus, G722, PCMU or PCMA)")
         self.stats.browser_codec = codec
+        self._codec = codec.upper()
         # play out at the browser codec's own rate so aiortc's encoder never resamples
         self.out_track.set_rate({"PCMU": 8000, "PCMA": 8000, "G722": 16000}.get(codec.upper(), 48000))
         return codec
@@ -415,7 +408,7 @@ class WebRtcLeg:
         if pt == self._audio_pt and call is not None and call.media_path == "packet":
             if not call.ended and packet.payload:
                 try:
-                    samples = packet_samples((self.stats.browser_codec or "").upper(), packet.payload)
+                    samples = packet_samples(self._codec, packet.payload)
                 except RemoteProtocolError:
                     self.stats.bad_packets += 1
                     return True
@@ -459,15 +452,14 @@ class WebRtcLeg:
         """The SIP codecs this leg relays undecoded (the call manager picks the packet path
         when the phone answered one of them): the browser's codec when it is G.711 or Opus
         (Opus is 48 kHz on both legs, so its RTP timestamps need no conversion)."""
-        codec = (self.stats.browser_codec or "").upper()
-        return (codec,) if codec in PACKET_CODECS else ()
+        return (self._codec,) if self._codec in PACKET_CODECS else ()
 
     def payload_from_sip(self, call: Call, payload: bytes, samples: int) -> None:
         """Packet path: a G.711 or Opus payload from SIP, queued for the browser as it is
         (its duration taken from the payload itself: the SIP side may use another ptime)."""
         track = self.out_track
         if track is not None and payload:
-            codec = (self.stats.browser_codec or "PCMU").upper()
+            codec = self._codec or "PCMU"
             try:
                 n = packet_samples(codec, payload)
             except RemoteProtocolError:

@@ -78,6 +78,12 @@ _SESSION_ID_RE = re.compile(r"\d{1,16}")
 _MAX_SDP = 32768
 
 
+def _peer(request: Any) -> str:
+    """``host:port`` of the client of an HTTP request."""
+    addr = request.getClientAddress()
+    return f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', 0)}"
+
+
 def _opt_str(msg: dict[str, Any], key: str, max_len: int) -> str | None:
     v = msg.get(key)
     if v is None:
@@ -304,7 +310,7 @@ class SignallingProtocol:
 
     def _on_call(self, msg: dict[str, Any]) -> None:
         if self.leg is not None and self.leg.closed:
-            self.leg, self.call, self._answer_ready, self._pending_candidates = None, None, False, []
+            self._clear_call()
         if self.leg is not None or (self.call is not None and not self.call.ended):
             raise _BadMessage(CALL_IN_PROGRESS, "this connection already has a call; open another WebSocket")
         destination = msg.get("destination")
@@ -587,10 +593,11 @@ class SignallingProtocol:
             call.hangup("client_hangup")
         self.send({"type": "ended", "cause": "client_hangup"})
         leg.close()
-        self.leg = None
-        self.call = None
-        self._answer_ready = False
-        self._pending_candidates = []
+        self._clear_call()
+
+    def _clear_call(self) -> None:
+        """Forget the connection's call and leg (the connection may then start another call)."""
+        self.leg, self.call, self._answer_ready, self._pending_candidates = None, None, False, []
 
     _handlers: ClassVar[dict[str, Callable[[SignallingProtocol, dict[str, Any]], None]]] = {
         "ping": _on_ping,
@@ -624,9 +631,7 @@ class SignallingFactory:
         return m if hasattr(m, "place_call") else m.manager
 
     def buildProtocol(self, request: Any) -> SignallingProtocol:
-        addr = request.getClientAddress()
-        client = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', 0)}"
-        return SignallingProtocol(self, client, request.channel)
+        return SignallingProtocol(self, _peer(request), request.channel)
 
 
 class SignallingResource(WebSocketResource):
@@ -643,10 +648,9 @@ class SignallingResource(WebSocketResource):
         host = request.getHeader("host")
         if not origin_allowed(origin, host, self.allowed_origins, secure=bool(request.isSecure())):
             self.refused_origins += 1
-            addr = request.getClientAddress()
             log.info(
                 "ws {client}: origin {origin!r} not allowed, refused",
-                client=f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', 0)}",
+                client=_peer(request),
                 origin=(origin or "")[:200],
             )
             body = {"type": "error", "code": ORIGIN_NOT_ALLOWED, "message": "this page's origin may not use this gateway"}
