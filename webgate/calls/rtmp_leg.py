@@ -62,6 +62,13 @@ MAX_QUEUE_MS = 400  # pacing queue toward SIP: older audio is dropped beyond thi
 MIN_PREBUFFER_MS = 40
 MAX_PREBUFFER_MS = 300
 
+#: FLV audio tag headers of the codecs sent as they are (built once, prefixed to every payload)
+_G711_TAG = {
+    "pcmu": flv.build_audio_tag(flv.audio_header_for("pcm_mulaw"), b""),
+    "pcma": flv.build_audio_tag(flv.audio_header_for("pcm_alaw"), b""),
+}
+_SPEEX_TAG = flv.build_audio_tag(flv.audio_header_for("speex"), b"")
+
 
 def normalise_codec(value: object) -> str | None:
     """A client's codec option -> one of :data:`OUT_CODECS`, or None if not recognised."""
@@ -113,6 +120,8 @@ class AudioIn:
         self.aac_config: bytes | None = None
         self._decoder: Decoder | None = None
         self._decoder_key: tuple[Any, ...] | None = None
+        self._format_byte = -1  # the first tag byte self._format was read from
+        self._format: tuple[str, int, int] | None = None  # (codec, rate, channels) of the tags
         self._resampler: Resampler | None = None
         self._framer: Framer | None = None
         self._target_rate: int | None = None
@@ -150,10 +159,15 @@ class AudioIn:
             self.aac_config = payload
             self._decoder = None
             self._decoder_key = None
+            self._format = None
             return
         if not payload:
             return
-        codec, rate, channels = flv.audio_codec_of(tag, self.aac_config)
+        if self._format is None or tag[0] != self._format_byte:
+            # once per format change, not per tag (for AAC it parses the AudioSpecificConfig)
+            self._format = flv.audio_codec_of(tag, self.aac_config)
+            self._format_byte = tag[0]
+        codec, rate, channels = self._format
         self.codec = codec
         stream = call.stream
         if self.muted or stream is None or stream.codec is None or call.state is CallState.ENDED:
@@ -317,8 +331,7 @@ class Player:
         """A G.711 payload straight from RTP (packet path)."""
         law = "pcma" if sip_codec.upper() == "PCMA" else "pcmu"
         if self.choice == "g711" or self.choice == law:
-            fmt = flv.SOUND_G711_ALAW if law == "pcma" else flv.SOUND_G711_MULAW
-            self._emit(bytes([(fmt << 4) | 0x02]) + payload, len(payload))
+            self._emit(_G711_TAG[law] + payload, len(payload))
             return
         pcm = alaw_decode(payload) if law == "pcma" else ulaw_decode(payload)
         self.pcm(pcm, 8000)
@@ -330,7 +343,7 @@ class Player:
             return False
         if not self._clock_rate:
             self._clock_rate = 16000
-            self._header = flv.build_audio_tag(flv.audio_header_for("speex"), b"")
+            self._header = _SPEEX_TAG
         self._emit(self._header + frame, SPEEX_FRAME_SAMPLES[16000])
         return True
 
@@ -342,9 +355,9 @@ class Player:
             if not len(pcm):
                 return
             if c == "pcma":
-                self._emit(bytes([(flv.SOUND_G711_ALAW << 4) | 0x02]) + alaw_encode(pcm), len(pcm))
+                self._emit(_G711_TAG["pcma"] + alaw_encode(pcm), len(pcm))
             else:
-                self._emit(bytes([(flv.SOUND_G711_MULAW << 4) | 0x02]) + ulaw_encode(pcm), len(pcm))
+                self._emit(_G711_TAG["pcmu"] + ulaw_encode(pcm), len(pcm))
             return
         if self._encoder is None:
             self._open_encoder(rate)
@@ -374,7 +387,7 @@ class Player:
             self._header = flv.build_audio_tag(hdr, b"")
         elif c == "speex":
             self._enc_rate = 16000
-            self._header = flv.build_audio_tag(flv.audio_header_for("speex"), b"")
+            self._header = _SPEEX_TAG
         else:  # aac
             self._enc_rate = 16000
             self._header = bytes([0xAF, flv.AAC_RAW])

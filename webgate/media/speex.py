@@ -27,34 +27,31 @@ _MAX_FRAMES = 64
 
 
 class _Bits:
+    """A packet read as one big-endian integer, so reading and copying bits are shifts rather
+    than a Python loop per bit (this runs for every RTP packet and FLV tag of a Speex call)."""
+
     def __init__(self, data: bytes) -> None:
-        self.data = data
         self.pos = 0
         self.total = len(data) * 8
+        self._value = int.from_bytes(data, "big")
 
     @property
     def remaining(self) -> int:
         return self.total - self.pos
 
     def peek(self, n: int) -> int:
-        value = 0
-        for i in range(self.pos, self.pos + n):
-            value = (value << 1) | ((self.data[i >> 3] >> (7 - (i & 7))) & 1)
-        return value
+        return (self._value >> (self.total - self.pos - n)) & ((1 << n) - 1)
 
     def copy(self, start: int, end: int) -> bytes:
         """Bits ``start..end`` as bytes, padded like libspeex (``0`` then ``1``s)."""
         n = end - start
-        out = bytearray((n + 7) // 8)
-        for k in range(n):
-            i = start + k
-            if (self.data[i >> 3] >> (7 - (i & 7))) & 1:
-                out[k >> 3] |= 0x80 >> (k & 7)
-        pad = len(out) * 8 - n
+        size = (n + 7) // 8
+        pad = size * 8 - n
+        out = ((self._value >> (self.total - end)) & ((1 << n) - 1)) << pad
         if pad:
             # the first pad bit stays 0, the rest are 1
-            out[-1] |= (1 << (pad - 1)) - 1
-        return bytes(out)
+            out |= (1 << (pad - 1)) - 1
+        return out.to_bytes(size, "big")
 
 
 def split_frames(payload: bytes, clock_rate: int = 16000) -> list[bytes]:

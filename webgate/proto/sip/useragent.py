@@ -615,13 +615,18 @@ class UserAgent:
         else:
             self._end(session, CallEnd(EndCause.REJECTED, status, resp.reason))
 
+    def _make_ack(self, session: InviteSession, d: Dialog, invite: SipRequest) -> SipRequest:
+        """The ACK for a 2xx to ``invite`` (the initial INVITE or a re-INVITE), RFC 3261 §13.2.2.4."""
+        ack = d.create_request("ACK", self._via(session.transport), self._contact(session.transport), cseq=invite.cseq.number)
+        for name in ("Authorization", "Proxy-Authorization"):
+            for v in invite.headers.get_all(name):
+                ack.headers.add(name, v)
+        return ack
+
     def _send_ack(self, session: InviteSession, now: float) -> None:
         d = session.dialog
         assert d is not None and session.invite is not None
-        ack = d.create_request("ACK", self._via(session.transport), self._contact(session.transport), cseq=session.invite.cseq.number)
-        for name in ("Authorization", "Proxy-Authorization"):
-            for v in session.invite.headers.get_all(name):
-                ack.headers.add(name, v)
+        ack = self._make_ack(session, d, session.invite)
         _, _, target = d.next_request_target()
         dest = self._in_dialog_dest(session, target)
         session.ack = ack
@@ -764,11 +769,7 @@ class UserAgent:
             if d is None:
                 return
             req = txn.request
-            ack = d.create_request("ACK", self._via(session.transport), self._contact(session.transport),
-                                   cseq=req.cseq.number)
-            for name in ("Authorization", "Proxy-Authorization"):
-                for v in req.headers.get_all(name):
-                    ack.headers.add(name, v)
+            ack = self._make_ack(session, d, req)
             if session.state is not SessionState.TERMINATED:
                 d.update_target(resp)  # a 2xx to a re-INVITE is a target refresh
             _, _, target = d.next_request_target()
@@ -903,22 +904,20 @@ class UserAgent:
                 return
             kind, obj = owner
             self._by_txn.pop(id(ev.txn), None)
+            timeout = isinstance(ev, TransactionTimeout)
+            # RFC 3261 §8.1.3.1: a transport error counts as a 503
+            status, reason = (408, "Request Timeout") if timeout else (503, "Service Unavailable")
             if kind == "invite" and isinstance(obj, InviteSession):
-                if isinstance(ev, TransactionTimeout):
-                    end = CallEnd(EndCause.TIMEOUT, 408, "Request Timeout")
-                else:  # RFC 3261 §8.1.3.1: a transport error counts as a 503
-                    end = CallEnd(EndCause.TRANSPORT_ERROR, 503, "Service Unavailable")
                 if obj.cancelled:
-                    end = CallEnd(EndCause.CANCELLED, end.status, end.reason)
-                self._end(obj, end)
+                    cause = EndCause.CANCELLED
+                else:
+                    cause = EndCause.TIMEOUT if timeout else EndCause.TRANSPORT_ERROR
+                self._end(obj, CallEnd(cause, status, reason))
             elif kind == "reinvite" and isinstance(obj, InviteSession):
                 if obj.reinvite_txn is ev.txn:
                     obj.reinvite_txn = None
                     if obj.state is not SessionState.TERMINATED:
-                        if isinstance(ev, TransactionTimeout):
-                            self._reinvite_failed(obj, 408, "Request Timeout")
-                        else:
-                            self._reinvite_failed(obj, 503, "Service Unavailable")
+                        self._reinvite_failed(obj, status, reason)
             elif kind in ("bye", "info", "cancel"):
                 pass
             elif kind == "register" and isinstance(obj, Registration):
