@@ -18,14 +18,21 @@ import sys
 from collections.abc import Sequence
 
 from webgate import __version__
-from webgate.config import Config, ConfigError, load_config
+from webgate.config import MIN_TOKEN_KEY_BYTES, Config, ConfigError, load_config
+
+
+def _load_or_report(path: str) -> Config | None:
+    """The configuration in ``path``, or None after printing every error on stderr."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"webgate: invalid configuration\n{e}", file=sys.stderr)
+        return None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as e:
-        print(f"webgate: invalid configuration\n{e}", file=sys.stderr)
+    config = _load_or_report(args.file)
+    if config is None:
         return 1
     print(f"{args.file}: OK")
     print(_summary(config))
@@ -53,10 +60,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     config = None
     if args.config:
-        try:
-            config = load_config(args.config)
-        except ConfigError as e:
-            print(f"webgate: invalid configuration\n{e}", file=sys.stderr)
+        config = _load_or_report(args.config)
+        if config is None:
             return 1
     try:
         key, source = _token_key(args, config)
@@ -69,8 +74,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if len(key.encode()) < 32:
-        print(f"webgate token: the key from {source} is shorter than 32 bytes", file=sys.stderr)
+    if len(key.encode()) < MIN_TOKEN_KEY_BYTES:
+        print(f"webgate token: the key from {source} is shorter than {MIN_TOKEN_KEY_BYTES} bytes", file=sys.stderr)
         return 1
     if not args.dest and not args.dest_pattern:
         print("webgate token: warning: no --dest or --dest-pattern: the token allows only public destinations", file=sys.stderr)

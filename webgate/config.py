@@ -691,8 +691,12 @@ _ICE_URL_RE = re.compile(r"(?:stuns?|turns?):[^\s]+", re.IGNORECASE)
 _HTTP_URL_RE = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
 
+#: shortest call-token key accepted (HMAC-SHA256), here and by ``webgate token``
+MIN_TOKEN_KEY_BYTES = 32
+
+
 def _check_token_key(value: str) -> str | None:
-    if value and len(value.encode()) < 32:
+    if value and len(value.encode()) < MIN_TOKEN_KEY_BYTES:
         return "must be at least 32 bytes (HMAC-SHA256 key); generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
     return _check_text(value)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -21,15 +21,10 @@ from webgate.calls.session_id import SessionIdAllocator
 from webgate.calls.users import InboundAllowList
 from webgate.gateway import ListenError, tls_server_context, tls_trust_root
 from webgate.proto.sip.message import SipURI
-from webgate.proto.sip.transaction import TimerConfig
+from webgate.proto.sip.transaction import TimerConfig, TransactionState
 from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
 
 log = Logger()
-
-
-def _tls_server_context(cert: str, key: str) -> Any:
-    """The SIP TLS listener's context: the certificate, its intermediate CAs and the key."""
-    return tls_server_context(cert, key)
 
 
 def _tls_client_options(ca_file: str) -> Any:
@@ -70,7 +65,7 @@ class TelephonyService(service.Service):
         if sip.outbound_proxy is not None:
             ua_cfg.outbound_proxy = SipURI.parse(sip.outbound_proxy.text)
         self.ua = UserAgent(ua_cfg)
-        tls_ctx = _tls_server_context(sip.tls_cert, sip.tls_key) if sip.tls is not None else None
+        tls_ctx = tls_server_context(sip.tls_cert, sip.tls_key) if sip.tls is not None else None
         self.transport = SipTransport(
             self.reactor,
             self.ua,
@@ -182,16 +177,14 @@ class TelephonyService(service.Service):
         they end, REGISTER)."""
         if self.ua is None:
             return 0
-        from webgate.proto.sip.transaction import TransactionState
-
         waiting = (TransactionState.CALLING, TransactionState.TRYING, TransactionState.PROCEEDING)
         return sum(1 for t in self.ua.tm.client_transactions if t.state in waiting)
 
     async def _wait_for_requests(self, timeout_s: float) -> None:
         deadline = self.reactor.seconds() + timeout_s
-        await _sleep(self.reactor, 0.05)  # let loopback answers (and the built-in UAS) arrive
+        await task.deferLater(self.reactor, 0.05)  # let loopback answers (and the built-in UAS) arrive
         while self.pending_requests() and self.reactor.seconds() < deadline:
-            await _sleep(self.reactor, 0.05)
+            await task.deferLater(self.reactor, 0.05)
         left = self.pending_requests()
         if left:
             log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
@@ -207,9 +200,3 @@ class TelephonyService(service.Service):
                 ep.release()
             self.rtp_pool.clock.stop()
         return defer.DeferredList(ds)
-
-
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

@@ -189,6 +189,12 @@ class Page:
         assert "exception" not in start, (start, self.console())
         return start
 
+    async def call_answered(self, destination: str, peer: Any) -> None:
+        """``open``, ``call`` and wait for the answer; fails with ``peer.describe()`` if none came."""
+        await self.open()
+        await self.call(destination)
+        assert (await self.wait("answered", 10))["ok"], peer.describe()
+
     async def hangup(self) -> dict[str, Any]:
         """The page hangs up: the snapshot, whose ``ended`` cause must be ``client_hangup``."""
         snap = await self.action("hangup")
@@ -418,9 +424,7 @@ async def test_hangup_after_answer_sends_bye_and_audio_flows(chromium: Any, sipp
     gw = sipp_gateway(sipp)
     page = Page(chromium, gw)
     try:
-        await page.open()
-        await page.call("1000")
-        assert (await page.wait("answered", 10))["ok"], sipp.describe()
+        await page.call_answered("1000", sipp)
         m = await page.measure()
         print(f"\nbrowser -> gateway -> SIPp echo -> browser: {[round(f['hz'], 1) for f in m['freqs']]} Hz")
         assert abs(measured_hz(m) - BROWSER_HZ) < 15, m
@@ -439,9 +443,7 @@ async def test_bye_from_the_phone_ends_the_page_call(chromium: Any, sipp_factory
     gw = sipp_gateway(sipp)
     page = Page(chromium, gw)
     try:
-        await page.open()
-        await page.call("1000")
-        assert (await page.wait("answered", 10))["ok"], sipp.describe()
+        await page.call_answered("1000", sipp)
         snap = await page.wait("ended", 10)
         assert snap["ok"], snap
         assert snap["ended"]["cause"] == "remote_hangup" and snap["ended"]["local"] is False
@@ -461,9 +463,7 @@ async def test_lost_browser_releases_the_sip_leg(chromium: Any, sipp_factory: Ca
     gw = sipp_gateway(sipp)
     page = Page(chromium, gw)
     try:
-        await page.open()
-        await page.call("1000")
-        assert (await page.wait("answered", 10))["ok"], sipp.describe()
+        await page.call_answered("1000", sipp)
         assert (await page.wait("connected", 10))["ok"]
         (call,) = list(gw.svc.registry)
         assert await wait_for(lambda: call.leg.pc.connectionState == "connected", 5)

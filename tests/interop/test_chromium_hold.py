@@ -35,9 +35,7 @@ async def test_page_holds_and_resumes_the_phone(chromium: Any, sipp_factory: Cal
     gw = sipp_gateway(sipp)
     page = Page(chromium, gw)
     try:
-        await page.open()
-        await page.call("1000")
-        assert (await page.wait("answered", 10))["ok"], sipp.describe()
+        await page.call_answered("1000", sipp)
         r = await hold(page, True)
         assert (r.get("held"), r.get("prop"), r.get("state")) == (True, True, "answered"), (r, page.console())
         assert r["seen"] == ["held"], r
@@ -60,9 +58,7 @@ async def test_page_hold_refused_keeps_the_call(chromium: Any, sipp_factory: Cal
     gw = sipp_gateway(sipp)
     page = Page(chromium, gw)
     try:
-        await page.open()
-        await page.call("1000")
-        assert (await page.wait("answered", 10))["ok"], sipp.describe()
+        await page.call_answered("1000", sipp)
         r = await hold(page, True)
         assert (r.get("code"), r.get("status"), r.get("prop"), r.get("state")) == ("hold_failed", 488, False, "answered"), r
         await page.hangup()

@@ -47,28 +47,27 @@ async def call_echo_and_check(svc: Any, transport: str) -> None:
     assert len(svc.registry) == 0 and not svc.rtp_pool.in_use
 
 
-@pytest_twisted.ensureDeferred
-async def test_echo_over_tcp() -> None:
+async def echo_over(transport: str, **sip: Any) -> None:
+    """A gateway with a ``transport`` listener and a trunk to itself: one echo call over it."""
     port = peers.free_port("tcp")
-    svc = start_telephony(self_trunk_config("tcp", port))
+    svc = start_telephony(self_trunk_config(transport, port, **sip))
     try:
-        assert svc.bound["tcp"] == ("127.0.0.1", port)
-        await call_echo_and_check(svc, "tcp")
+        assert svc.bound[transport] == ("127.0.0.1", port)
+        await call_echo_and_check(svc, transport)
     finally:
         await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_over_tcp() -> None:
+    await echo_over("tcp")
 
 
 @pytest_twisted.ensureDeferred
 async def test_echo_over_tls(tmp_path: Path) -> None:
     cert, key, _pem = self_signed(tmp_path, "sip")
     # sip.tls_ca: trust the self-signed certificate for our outgoing TLS connection
-    port = peers.free_port("tcp")
-    svc = start_telephony(self_trunk_config("tls", port, tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert)))
-    try:
-        assert svc.bound["tls"] == ("127.0.0.1", port)
-        await call_echo_and_check(svc, "tls")
-    finally:
-        await svc.stopService()
+    await echo_over("tls", tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert))
 
 
 @pytest_twisted.ensureDeferred

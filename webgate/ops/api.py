@@ -27,6 +27,7 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from webgate import __version__
+from webgate.ops.metrics import calls_by_ingress, count_error
 from webgate.web.site import json_body
 
 __all__ = ["ApiResource", "call_view", "openapi_document"]
@@ -94,10 +95,6 @@ class ApiResource(resource.Resource):
             return False
         return hmac.compare_digest(given.strip(), self._key)
 
-    @property
-    def _telephony(self) -> Any:
-        return self.gateway.telephony
-
     def render(self, request: IRequest) -> bytes:
         path = [p.decode("utf-8", "replace") for p in request.postpath]
         while path and path[-1] == "":
@@ -108,8 +105,6 @@ class ApiResource(resource.Resource):
         try:
             return self._route(request, method, path)
         except Exception:  # noqa: BLE001 - a failing handler answers 500, never kills the site
-            from webgate.ops.metrics import count_error
-
             count_error("api")
             log.failure("API {method} /api/{path} failed", method=method, path="/".join(path))
             return _err(request, 500, "internal_error", "internal error")
@@ -153,15 +148,13 @@ class ApiResource(resource.Resource):
 
     def stats(self) -> dict[str, Any]:
         gw = self.gateway
-        tel = self._telephony
+        tel = self.gateway.telephony
         manager = getattr(tel, "manager", None)
         pool = getattr(tel, "rtp_pool", None)
         transport = getattr(tel, "transport", None)
         calls = self._calls()
-        by_ingress = {"webrtc": 0, "rtmp": 0, "local": 0}
         by_state: dict[str, int] = {}
         for c in calls:
-            by_ingress[c.ingress_kind] = by_ingress.get(c.ingress_kind, 0) + 1
             by_state[c.state.value] = by_state.get(c.state.value, 0) + 1
         counters = dict(getattr(manager, "counters", {}) or {})
         started = gw.started_at
@@ -173,7 +166,7 @@ class ApiResource(resource.Resource):
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "calls": {
                 "active": len(calls),
-                "by_ingress": by_ingress,
+                "by_ingress": calls_by_ingress(calls),
                 "by_state": by_state,
                 "placed": int(counters.get("calls_placed", 0)),
                 "refused": int(counters.get("calls_refused", 0)),

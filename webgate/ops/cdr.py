@@ -18,8 +18,10 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
+
+from webgate.ops.metrics import count_error
 
 __all__ = ["CdrWriter", "cdr_of"]
 
@@ -106,8 +108,6 @@ class CdrWriter:
             self.written += 1
         except OSError as e:
             self.write_errors += 1
-            from webgate.ops.metrics import count_error
-
             count_error("cdr")
             log.error("call {session_id}: CDR not written to {path}: {error}", session_id=session_id, path=self.path, error=e.strerror or str(e))
 
@@ -157,11 +157,9 @@ class CdrWriter:
                     "call {session_id}: CDR webhook {url} attempt {attempt} failed ({error}); retrying in {delay} s",
                     session_id=session_id, url=_url_for_log(self.url), attempt=attempt, error=last, delay=delay,
                 )
-                await _sleep(self.reactor, delay)
+                await task.deferLater(self.reactor, delay)
                 delay = min(MAX_BACKOFF_S, delay * 2)
         self.delivery_failures += 1
-        from webgate.ops.metrics import count_error
-
         count_error("cdr")
         log.error(
             "call {session_id}: CDR webhook {url} failed after {attempts} attempts ({error})",
@@ -171,9 +169,3 @@ class CdrWriter:
     def flush(self) -> defer.Deferred[Any]:
         """A Deferred that fires when every webhook delivery in flight has finished."""
         return defer.DeferredList(list(self.pending), consumeErrors=True)
-
-
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter as _Tally
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
-__all__ = ["ERROR_KINDS", "GatewayMetrics", "MetricsResource", "count_error", "error_counts"]
+__all__ = ["ERROR_KINDS", "GatewayMetrics", "MetricsResource", "calls_by_ingress", "count_error", "error_counts"]
 
 #: error kinds counted by :func:`count_error` (documented in docs/operations.md)
 ERROR_KINDS = ("sip_parse", "rtmp_protocol", "ws_protocol", "cdr", "api")
@@ -42,6 +42,14 @@ def count_error(kind: str, n: int = 1) -> None:
 def error_counts() -> dict[str, int]:
     with _errors_lock:
         return dict(_errors)
+
+
+def calls_by_ingress(calls: list[Any]) -> dict[str, int]:
+    """Live calls counted by ingress kind (``webrtc``, ``rtmp`` and ``local`` always present)."""
+    by_ingress = {"webrtc": 0, "rtmp": 0, "local": 0}
+    for c in calls:
+        by_ingress[c.ingress_kind] = by_ingress.get(c.ingress_kind, 0) + 1
+    return by_ingress
 
 
 # seconds from INVITE sent to answer (SIP legs on loopback answer in ms; PSTN in seconds)
@@ -121,10 +129,7 @@ class _LiveCollector:
         registry = getattr(tel, "registry", None)
         calls = list(registry) if registry is not None else []
         active = GaugeMetricFamily("webgate_active_calls", "Live calls by ingress", labels=["ingress"])
-        by_ingress: dict[str, int] = {"webrtc": 0, "rtmp": 0, "local": 0}
-        for c in calls:
-            by_ingress[c.ingress_kind] = by_ingress.get(c.ingress_kind, 0) + 1
-        for k, n in sorted(by_ingress.items()):
+        for k, n in sorted(calls_by_ingress(calls).items()):
             active.add_metric([k], n)
         yield active
         sent, received, lost = self.m._done["sent"], self.m._done["received"], self.m._done["lost"]
@@ -175,12 +180,12 @@ class MetricsResource(resource.Resource):
 
         if request.postpath not in ([], [b""]):
             return json_body(request, 404, {"error": "not_found", "message": "no such resource"})
+        http: Any = request  # zope IRequest: methods lack self for mypy
         if request.method not in (b"GET", b"HEAD"):
-            cast(Any, request).setHeader(b"allow", b"GET, HEAD")  # zope IRequest: methods lack self for mypy
+            http.setHeader(b"allow", b"GET, HEAD")
             return json_body(request, 405, {"error": "method_not_allowed", "message": "use GET"})
         body = self.metrics.render()
         request.setResponseCode(200)
-        http: Any = request  # zope IRequest: methods lack self for mypy
         http.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         http.setHeader(b"cache-control", b"no-store")
         return body
