@@ -1,0 +1,593 @@
+"""Lean WebRTC callers for the benchmark: N calls in one asyncio process.
+
+    python bench/loadgen.py --target webgate --url ws://127.0.0.1:18080/ws --dest bench \\
+        --calls N --rate R --hold S --codec pcmu|opus --out FILE.jsonl [--start-at MONOTONIC] [--warmup 2]
+    python bench/loadgen.py --target janus --url ws://127.0.0.1:18188/ --uri sip:bench@127.0.0.1:25060 ...
+
+aiortc only negotiates (offer, ICE, DTLS-SRTP).  Once DTLS is connected the media is taken over
+at the packet level: one shared 20 ms timer sends every call's RTP (SRTP-protected with aiortc's
+own tx session) straight on the nominated ICE socket, and received SRTP is intercepted on that
+socket before aioice/aiortc see it (unprotected with aiortc's rx session and fed to
+``bench.audiosig.Analyzer``).  STUN (consent freshness) and DTLS still go to aioice/aiortc.
+
+aiortc 1.16 / aioice private internals used (re-check them on an upgrade):
+- ``RTCRtpSender._ssrc``: the SSRC announced in the offer's a=ssrc; we send with it.
+- ``RTCRtpSender.transport`` -> ``RTCDtlsTransport``; its ``_tx_srtp`` / ``_rx_srtp``
+  (``pylibsrtp.Session``), created in ``_setup_srtp()`` before the DTLS state becomes
+  "connected".  aiortc still uses them for its own RTCP (same thread, no concurrency).
+- ``RTCDtlsTransport.transport`` (``RTCIceTransport``) ``._connection`` (``aioice.Connection``):
+  ``._nominated[1]`` (``CandidatePair``: ``.protocol`` = ``StunProtocol``, ``.remote_addr``)
+  and ``._protocols`` (every local socket's ``StunProtocol``).
+- ``StunProtocol.transport`` (the asyncio ``DatagramTransport``; we call ``sendto``) and
+  ``StunProtocol.datagram_received``, which we shadow with an instance attribute (asyncio calls
+  ``protocol.datagram_received`` by attribute lookup): bytes 128..191 are ours, the rest goes
+  to the original method.
+- ``aioice.ice.get_host_addresses`` is replaced so ICE gathers on 127.0.0.1 only (``--ice-host``):
+  no STUN servers, no other interfaces, one candidate pair per call.
+The sender is given a track whose ``recv()`` never returns, so aiortc never sends RTP itself
+(without a track, aiortc's ``_run_rtp`` polls every 20 ms per call).
+
+The WebSocket client is the ``websockets`` package (``websockets.asyncio.client``).
+
+Output (JSON Lines, appended to --out): one record per call when it ends, then one summary line.
+Per call: bench_id target codec ok error; times (time.monotonic()): t_request (call message
+sent), t_accepted (webgate ``accepted`` / Janus ``calling``), t_answered (webgate progress
+``answered`` / Janus ``accepted``), t_media_up (DTLS connected), t_first_audio (first RTP
+received), t_end; tx_packets rx_packets; seconds (media up -> stop); the steady window is
+[t_media_up + warmup, stop): expected_frames (its length / 20 ms), rx_frames (packets that
+arrived in it), silent_frames (< -45 dBFS), loss = (expected - rx + silent) / expected (>= 0);
+rx_seq_lost (RFC 3550, whole call); jitter_ms (RFC 3550 at the end), jitter_max_ms (max after
+warm-up); latency_ms (one-way = RTT/2 per mark seen in the window, minus our own codec delay
+codec_delay_ms); marks_sent, marks_sent_window, marks_seen (in the window), marks_seen_total;
+tx_late_max_ms (the shared sender's worst lateness so far); srtp_errors rtcp_rx decode_errors.
+Janus extras: t_ready (session registered), t_janus_ack, t_webrtcup.
+Summary: {"summary": true, calls, ok, worker_cpu_s (os.times user+system), wall_s,
+tx_late_max_ms, tx_ticks, tx_ticks_late_5ms, tx_ticks_late_10ms, maxrss_mb, cpu_trace:
+[[t, own cpu s, calls sending, cpu s of each --watch-pid], ...] once a second}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/loadgen.py` puts bench/ first on sys.path; import the benchmark modules as bench.*
+# from the repository root instead, so one copy of each is loaded.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import re
+import resource
+import struct
+import time
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+
+from bench import audiosig as sig
+
+mono = time.monotonic
+_RTP_HDR = struct.Struct("!BBHII")
+_SEQ_TS = struct.Struct("!HI")
+
+
+class SilentTrack(MediaStreamTrack):
+    """An audio track whose recv() never returns: aiortc's sender waits forever, sends nothing."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        await asyncio.get_running_loop().create_future()
+
+
+def _set_ice_host(host: str) -> None:
+    """'auto': aioice's default (every interface address but 127.0.0.1 / ::1, v4 and v6);
+    'ipv4': the same, IPv4 only; else a comma list of addresses to gather on."""
+    if host == "auto":
+        return
+    orig = aioice.ice.get_host_addresses
+    if host == "ipv4":
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: orig(use_ipv4=True, use_ipv6=False)  # type: ignore[assignment]
+        return
+    hosts = [h for h in host.split(",") if h]
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(hosts)  # type: ignore[assignment]
+
+
+class Sender:
+    """One timer for all calls: every 20 ms (absolute schedule, never drifts) each active call
+    sends its next frame.  A late tick sends the missed frames at once (at most 5)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.late_max = 0.0
+        self.late_5ms = 0      # ticks more than 5 ms / 10 ms late
+        self.late_10ms = 0
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, call: Call) -> None:
+        self.calls.append(call)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def remove(self, call: Call) -> None:
+        try:
+            self.calls.remove(call)
+        except ValueError:
+            pass
+
+    async def _run(self) -> None:
+        nxt = mono()
+        while True:
+            now = mono()
+            if nxt > now:
+                await asyncio.sleep(nxt - now)
+                now = mono()
+            late = now - nxt
+            self.late_max = max(self.late_max, late)
+            if late > 0.005:
+                self.late_5ms += 1
+                if late > 0.01:
+                    self.late_10ms += 1
+            n = 1
+            if late >= 0.02:   # missed ticks: catch up (bounded), keep the absolute grid
+                n = min(5, int(late / 0.02) + 1)
+            for _ in range(n):
+                for c in self.calls:
+                    c.send_frame()
+                nxt += 0.02
+                self.ticks += 1
+            if mono() - nxt > 0.2:   # hopelessly behind: resynchronise the grid
+                nxt = mono()
+
+
+class Call:
+    def __init__(self, gen: LoadGen, k: int) -> None:
+        self.gen = gen
+        self.k = k
+        self.bench_id = random.randint(1000000000, 9999999999)
+        self.codec = gen.args.codec
+        self.rec: dict[str, Any] = {
+            "bench_id": self.bench_id, "target": gen.args.target, "codec": self.codec,
+            "ok": False, "error": None, "t_request": None, "t_accepted": None, "t_answered": None,
+            "t_media_up": None, "t_first_audio": None, "t_end": None,
+        }
+        self.frames = sig.make_frames(self.codec)
+        self.an = sig.Analyzer(self.codec)
+        self.pc: RTCPeerConnection | None = None
+        self.tx = 0
+        self.marks_sent = 0
+        self.srtp_errors = 0
+        self.rtcp_rx = 0
+        self.t_stop: float | None = None
+        self.ended = asyncio.get_running_loop().create_future()
+        self.at = mono()   # scheduled start (set by LoadGen._one)
+
+    # ---------- media (hot path) ----------
+
+    def take_over(self, pt: int) -> None:
+        tr = self.pc.getTransceivers()[0]  # type: ignore[union-attr]
+        dtls = tr.sender.transport
+        conn = dtls.transport._connection
+        pair = conn._nominated[1]
+        self._proto = pair.protocol
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+        self._protect = dtls._tx_srtp.protect
+        self._unprotect = dtls._rx_srtp.unprotect
+        self._ssrc = tr.sender._ssrc
+        self._pt = pt
+        self._seq = random.randint(0, 0xFFFF)
+        self._ts = random.randint(0, 0xFFFFFFFF)
+        self._fi = 0
+        self._spf = sig.CLOCK[self.codec] // 50
+        for proto in conn._protocols:
+            orig = proto.datagram_received
+
+            def hook(data: bytes, addr: Any, _orig: Any = orig) -> None:
+                b = data[0]
+                if 127 < b < 192:
+                    self._on_srtp(data)
+                else:
+                    _orig(data, addr)
+
+            proto.datagram_received = hook
+
+    def send_frame(self) -> None:
+        i = self._fi % 25
+        self._fi += 1
+        pkt = _RTP_HDR.pack(0x80, self._pt | (0x80 if self._fi == 1 else 0), self._seq, self._ts, self._ssrc) + self.frames[i]
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + self._spf) & 0xFFFFFFFF
+        try:
+            self._sendto(self._protect(pkt), self._addr)
+        except Exception:  # noqa: BLE001 - socket closed under us: the call is ending
+            return
+        self.tx += 1
+        if i == 0:
+            self.an.mark_sent(mono())
+            self.marks_sent += 1
+
+    def _on_srtp(self, data: bytes) -> None:
+        t = mono()
+        if 191 < data[1] < 224:   # RTCP (PT 192..223): dropped
+            self.rtcp_rx += 1
+            return
+        try:
+            p = self._unprotect(data)
+        except Exception:  # noqa: BLE001 - pylibsrtp.Error: replay / auth failure
+            self.srtp_errors += 1
+            return
+        if self.rec["t_first_audio"] is None:
+            self.rec["t_first_audio"] = t
+        off = 12 + 4 * (p[0] & 0x0F)
+        if p[0] & 0x10:
+            off += 4 + 4 * struct.unpack_from("!H", p, off + 2)[0]
+        seq, ts = _SEQ_TS.unpack_from(p, 2)
+        if p[0] & 0x20:   # padding
+            p = p[: len(p) - p[-1]]
+        if (p[1] & 0x7F) != self._rx_pt and self._rx_pt >= 0:
+            return   # telephone-event / comfort noise: not audio
+        self.an.feed(p[off:], t, seq, ts)
+
+    # ---------- signalling ----------
+
+    def _new_pc(self) -> RTCPeerConnection:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        tr = pc.addTransceiver(SilentTrack(), direction="sendrecv")
+        want = "audio/pcmu" if self.codec == "pcmu" else "audio/opus"
+        caps = RTCRtpSender.getCapabilities("audio").codecs
+        tr.setCodecPreferences([c for c in caps if c.mimeType.lower() == want])
+        self._connected = asyncio.get_running_loop().create_future()
+        self._connected.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            st = pc.connectionState
+            if st == "connected" and not self._connected.done():
+                self._connected.set_result(mono())
+            elif st in ("failed", "closed") and not self._connected.done():
+                self._connected.set_exception(RuntimeError(f"connection {st}"))
+
+        return pc
+
+    async def _offer(self) -> str:
+        self.pc = self._new_pc()
+        await self.pc.setLocalDescription(await self.pc.createOffer())   # waits for gathering
+        return str(self.pc.localDescription.sdp)
+
+    def _answer_pt(self, sdp: str) -> int:
+        if self.codec == "pcmu":
+            return 0
+        m = re.search(r"a=rtpmap:(\d+) opus/48000", sdp, re.IGNORECASE)
+        if not m:
+            raise RuntimeError("no opus in the answer")
+        return int(m.group(1))
+
+    async def run(self) -> None:
+        args = self.gen.args
+        try:
+            if args.target == "webgate":
+                await self._run_webgate()
+            else:
+                await self._run_janus()
+            if self.rec["error"] is None:
+                self.rec["ok"] = True
+        except asyncio.CancelledError:
+            self.rec["error"] = self.rec["error"] or "cancelled (hard cap)"
+        except Exception as e:  # noqa: BLE001 - a failed call is a record, never a crash
+            self.rec["error"] = self.rec["error"] or f"{type(e).__name__}: {e}"
+        finally:
+            self.gen.sender.remove(self)
+            if self.t_stop is None:
+                self.t_stop = mono()
+            with contextlib.suppress(BaseException):   # even cancelled: the record must be written
+                if self.pc is not None:
+                    await asyncio.wait_for(self.pc.close(), 5)
+            self.rec["t_end"] = mono()
+            self.gen.write(self.record())
+
+    async def _media(self, pt: int) -> None:
+        """After the answer: wait DTLS connected, take over media, hold, return."""
+        args = self.gen.args
+        t_up = await asyncio.wait_for(asyncio.shield(self._connected), args.timeout)
+        self.rec["t_media_up"] = t_up
+        self._rx_pt = pt
+        self.take_over(pt)
+        steady = t_up + args.warmup
+        self.an.jitter_max_after = steady
+        self.an.win_start = steady
+        self.gen.sender.add(self)
+        end_at = t_up + args.hold
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ended), max(0.0, end_at - mono()))
+            self.rec["error"] = f"ended early: {self.ended.result()}"
+        except TimeoutError:
+            pass
+        self.t_stop = mono()
+        self.an.win_end = self.t_stop
+        self.gen.sender.remove(self)
+
+    async def _run_webgate(self) -> None:
+        wsc = self.gen.wsc
+        args = self.gen.args
+        offer = await self._offer()
+        ws = await asyncio.wait_for(wsc.connect(args.url, max_size=None, ping_interval=None, compression=None), args.timeout)
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def reader() -> None:
+            try:
+                async for raw in ws:
+                    m = json.loads(raw)
+                    kind = m.get("type")
+                    if kind == "accepted":
+                        self.rec["t_accepted"] = mono()
+                    elif kind == "answer" and not answer.done():
+                        answer.set_result(m["sdp"])
+                    elif kind == "progress" and m.get("state") == "answered":
+                        self.rec["t_answered"] = mono()
+                    elif kind == "ended":
+                        self._end(f"ended {m.get('cause')} {m.get('status') or ''}".strip())
+                        if not answer.done():
+                            answer.set_exception(RuntimeError(f"ended {m.get('cause')} {m.get('status') or ''}".strip()))
+                    elif kind == "error" and not answer.done():
+                        answer.set_exception(RuntimeError(f"error {m.get('code')}: {m.get('message')}"))
+            except Exception:  # noqa: BLE001, S110 - connection closed: handled just below
+                pass
+            self._end("ws closed")
+            if not answer.done():
+                answer.set_exception(RuntimeError("ws closed"))
+
+        async def pinger() -> None:   # webgate closes a WebSocket silent for idle_timeout_s (60)
+            while True:
+                await asyncio.sleep(20)
+                await ws.send('{"type":"ping"}')
+
+        rt = asyncio.ensure_future(reader())
+        pt_task = asyncio.ensure_future(pinger())
+        try:
+            self.rec["t_request"] = mono()
+            await ws.send(json.dumps({"type": "call", "destination": args.dest, "sdp": offer, "session_id": str(self.bench_id)}))
+            try:
+                sdp = await asyncio.wait_for(answer, args.timeout)
+            except TimeoutError:
+                raise RuntimeError(f"no answer within {args.timeout} s") from None
+            pt = self._answer_pt(sdp)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))  # type: ignore[union-attr]
+            try:
+                await self._media(pt)
+            except TimeoutError:
+                raise RuntimeError(f"media not connected within {self.gen.args.timeout} s") from None
+            if not self.ended.done():
+                await ws.send('{"type":"hangup"}')
+                try:
+                    await asyncio.wait_for(asyncio.shield(self.ended), 5)
+                except TimeoutError:
+                    self.rec["error"] = "no ended after hangup"
+        finally:
+            pt_task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(ws.close(), 2)
+            rt.cancel()
+
+    async def _run_janus(self) -> None:
+        JanusSipCall = self.gen.janus_cls
+        args = self.gen.args
+        offer = await self._offer()
+        j = JanusSipCall(args.url)
+        watch: asyncio.Task[None] | None = None
+        try:
+            # Janus's SIP plugin registers sessions one at a time (~100 ms each, see janus_sig):
+            # the session is prepared ahead (as a browser registers at page load), the call
+            # itself starts on schedule.
+            await asyncio.wait_for(j.start(), max(args.timeout, 0.15 * args.calls + 10))
+            self.rec["t_ready"] = mono()
+            if self.at > mono():
+                await asyncio.sleep(self.at - mono())
+            self.rec["t_request"] = mono()
+            try:
+                sdp = await asyncio.wait_for(j.call(args.uri, offer, {"X-Bench-Id": str(self.bench_id)}), args.timeout)
+            except TimeoutError:
+                raise RuntimeError(f"no answer within {args.timeout} s") from None
+            self.rec["t_accepted"] = getattr(j, "t_calling", None)
+            self.rec["t_answered"] = getattr(j, "t_accepted", None)
+            self.rec["t_janus_ack"] = getattr(j, "t_ack", None)
+
+            async def watch_hangup() -> None:   # the far end / Janus hung up: end the hold early
+                while getattr(j, "t_hangup", None) is None:
+                    await asyncio.sleep(0.5)
+                self._end(f"janus hangup {getattr(j, 'hangup_reason', '')}".strip())
+
+            watch = asyncio.ensure_future(watch_hangup())
+            pt = self._answer_pt(sdp)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))  # type: ignore[union-attr]
+            try:
+                await self._media(pt)
+            except TimeoutError:
+                raise RuntimeError(f"media not connected within {args.timeout} s") from None
+        finally:
+            if watch is not None:
+                watch.cancel()
+            self.rec["t_webrtcup"] = getattr(j, "t_webrtcup", None)
+            try:
+                await asyncio.wait_for(j.hangup(), 7)
+            except BaseException as e:  # noqa: BLE001
+                if self.rec["error"] is None and self.rec["t_media_up"] is not None and not isinstance(e, asyncio.CancelledError):
+                    self.rec["error"] = f"hangup: {type(e).__name__}: {e}"
+
+    def _end(self, why: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(why)
+
+    # ---------- record ----------
+
+    def record(self) -> dict[str, Any]:
+        an = self.an
+        r = dict(self.rec)
+        t_up = r["t_media_up"]
+        seconds = (self.t_stop - t_up) if (t_up is not None and self.t_stop is not None) else 0.0
+        win = max(0.0, self.t_stop - an.win_start) if (t_up is not None and self.t_stop is not None) else 0.0
+        expected = round(win / sig.FRAME_S)
+        rx_win = an.rx_win
+        silent_win = sum(1 for t in an.silent if an.win_start <= t < (self.t_stop or 0))
+        lat = [round(1000 * rtt / 2, 3) for (t, rtt) in an.onsets if an.win_start <= t < (self.t_stop or 0)]
+        marks_win = sum(1 for t in an.marks if an.win_start <= t < (self.t_stop or 0))
+        r.update(
+            tx_packets=self.tx, rx_packets=an.rx, seconds=round(seconds, 3),
+            expected_frames=expected, rx_frames=rx_win, silent_frames=silent_win,
+            loss=(round(max(0.0, (expected - rx_win + silent_win) / expected), 5) if expected else None),
+            rx_seq_lost=max(0, an.seq_expected - an.rx),
+            jitter_ms=round(an.jitter_ms, 3), jitter_max_ms=round(an.jitter_max_ms, 3),
+            latency_ms=lat, marks_sent=self.marks_sent, marks_sent_window=marks_win, marks_seen=len(lat),
+            marks_seen_total=len(an.onsets),
+            tx_late_max_ms=round(1000 * self.gen.sender.late_max, 3),
+            srtp_errors=self.srtp_errors, rtcp_rx=self.rtcp_rx, decode_errors=an.decode_errors,
+            codec_delay_ms=round(1000 * an.offset, 3),
+        )
+        return r
+
+
+class LoadGen:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.sender = Sender()
+        self.out = open(args.out, "a", buffering=1)  # noqa: SIM115 - open for the whole run, closed in main()
+        self.n_ok = 0
+        self.n_done = 0
+        self.cpu_trace: list[list[float]] = []
+        # import now, not inside the first call (an import blocks the loop, i.e. the sender)
+        if args.target == "webgate":
+            import websockets.asyncio.client as wsc
+
+            self.wsc = wsc
+        else:
+            from bench.janus_sig import JanusSipCall
+
+            self.janus_cls = JanusSipCall
+
+    async def _trace(self) -> None:
+        """Every second: [monotonic, own CPU s, calls sending media, CPU s of each --watch-pid]
+        (steady-state CPU per call = slope over the seconds where the call count is flat)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def pid_cpu(pid: int) -> float | None:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    data = f.read()
+                v = data[data.rindex(")") + 2 :].split()
+                return round((int(v[11]) + int(v[12])) / tick, 3)
+            except (OSError, ValueError, IndexError):
+                return None
+
+        while True:
+            c = os.times()
+            self.cpu_trace.append([round(mono(), 3), round(c.user + c.system, 3), len(self.sender.calls)]
+                                  + [pid_cpu(p) for p in self.args.watch_pid])
+            await asyncio.sleep(1.0)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.n_done += 1
+        if rec.get("ok"):
+            self.n_ok += 1
+        self.out.write(json.dumps(rec) + "\n")
+
+    async def _one(self, k: int, at: float) -> None:
+        d = at - self.args.prepare_ahead - mono()
+        if d > 0:
+            await asyncio.sleep(d)
+        c = Call(self, k)
+        c.at = at
+        await c.run()
+
+    async def main(self) -> int:
+        a = self.args
+        sig.make_frames(a.codec)
+        sig.codec_delay_s(a.codec)
+        # Everything imported and built so far lives for the whole run: keep it out of the
+        # collector's generations, so that a full collection (20+ ms with hundreds of peer
+        # connections alive) is rarer and shorter - it stalls the shared 20 ms sender.
+        gc.collect()
+        gc.freeze()
+        start = a.start_at if a.start_at is not None else mono() + (0.12 * a.calls + 1 if a.target == "janus" else 0)
+        cap = start + a.calls / a.rate + a.hold + 30
+        tracer = asyncio.ensure_future(self._trace())
+        tasks = [asyncio.ensure_future(self._one(k, start + k / a.rate)) for k in range(a.calls)]
+        _done, pending = await asyncio.wait(tasks, timeout=max(1.0, cap - mono()))
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        tracer.cancel()
+        cpu = os.times()
+        self.out.write(json.dumps({
+            "summary": True, "target": a.target, "codec": a.codec, "calls": a.calls, "ok": self.n_ok,
+            "worker_cpu_s": round(cpu.user + cpu.system, 3), "wall_s": round(mono() - self.t0, 3),
+            "tx_late_max_ms": round(1000 * self.sender.late_max, 3), "tx_ticks": self.sender.ticks,
+            "tx_ticks_late_5ms": self.sender.late_5ms, "tx_ticks_late_10ms": self.sender.late_10ms,
+            "pid": os.getpid(), "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "cpu_trace": self.cpu_trace,
+        }) + "\n")
+        self.out.close()
+        if not a.quiet:
+            sys.stderr.write(f"loadgen: {self.n_ok}/{a.calls} ok, cpu {cpu.user + cpu.system:.2f} s, "
+                             f"tx late max {1000 * self.sender.late_max:.1f} ms\n")
+        return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", choices=["webgate", "janus"], default="webgate")
+    p.add_argument("--url", default=None)
+    p.add_argument("--dest", default="bench", help="webgate destination")
+    p.add_argument("--uri", default="sip:bench@127.0.0.1:25060", help="Janus SIP URI")
+    p.add_argument("--calls", type=int, default=1)
+    p.add_argument("--rate", type=float, default=5.0, help="calls started per second")
+    p.add_argument("--hold", type=float, default=10.0, help="seconds of media per call")
+    p.add_argument("--codec", choices=["pcmu", "opus"], default="pcmu")
+    p.add_argument("--out", required=True)
+    p.add_argument("--start-at", type=float, default=None, help="time.monotonic() of the first call")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds after media up excluded from loss/jitter/latency")
+    p.add_argument("--timeout", type=float, default=10.0, help="answer / media-up timeout")
+    p.add_argument("--ice-host", default=None,
+                   help="where aiortc gathers ICE host candidates: a comma list of addresses, 'ipv4' (the host's "
+                        "IPv4 addresses but 127.0.0.1) or 'auto' (aioice's default, v4+v6).  Default: 127.0.0.1 for "
+                        "webgate; 'ipv4' for Janus (libnice never gathers 127.0.0.1; packets between the host's own "
+                        "addresses still go through the loopback device)")
+    p.add_argument("--prepare-ahead", type=float, default=None,
+                   help="start preparing a call (Janus: WebSocket session + SIP plugin register) this many "
+                        "seconds before its scheduled start.  Default: webgate 0; Janus: all at launch (Janus "
+                        "registers ~10 sessions/s; without --start-at the first Janus call starts 0.12 s x calls + 1 s "
+                        "after launch)")
+    p.add_argument("--watch-pid", type=int, action="append", default=[],
+                   help="also trace this process's CPU seconds in the summary's cpu_trace (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args()
+    if a.url is None:
+        a.url = "ws://127.0.0.1:18080/ws" if a.target == "webgate" else "ws://127.0.0.1:18188/"
+    if a.prepare_ahead is None:
+        a.prepare_ahead = float("inf") if a.target == "janus" else 0.0
+    if a.ice_host is None:
+        a.ice_host = "127.0.0.1" if a.target == "webgate" else "ipv4"
+    _set_ice_host(a.ice_host)
+    lg = LoadGen(a)
+    lg.t0 = mono()  # type: ignore[attr-defined]
+    return asyncio.run(lg.main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

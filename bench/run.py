@@ -1,0 +1,511 @@
+"""webgate benchmark: one command, everything on 127.0.0.1, a table at the end.
+
+    python bench/run.py                 # the full run (about 25 min): ramps, 3 repetitions, Janus beside it
+    python bench/run.py --quick         # a smoke run (about 4 min): small steps, one repetition
+
+What it starts (and stops again, whatever happens):
+  * webgate (``twistd -n webgate``) pinned to CPU 0, routing destination ``bench`` to
+  * the far end (``bench/farend.py``: a lean SIP UAS echoing RTP) on CPU 1,
+  * load generators on CPU 1: ``bench/loadgen.py`` workers (WebRTC callers: aiortc for ICE/DTLS,
+    then raw SRTP with timing marks) and ``bench/rtmp_load.py`` (ffmpeg publishers and players),
+  * Janus 1.1.2 with its SIP plugin (``bench/janus_proc.py``), pinned to CPU 0 while webgate idles,
+    under the same WebRTC G.711 load against the same far end.
+
+Each scenario is ramped (``--steps``) until quality breaks (mean loss >= 1 %, median jitter
+>= 20 ms, or more than 1 % of the calls failing); each step is measured in a steady window where
+every call of the step is up.  Figures are medians over ``--runs`` repetitions.  Results go to
+``--out`` (JSON) and a table to stdout.  Nothing here is a test: no figure is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import (  # noqa: E402
+    median,
+    percentile,
+    pinned,
+    port_free,
+    proc_cpu_s,
+    proc_rss_mb,
+    read_jsonl,
+    stop,
+    system_cpu_s,
+    versions,
+    wait_http,
+)
+
+PY = sys.executable
+GATEWAY_CPU = 0
+LOAD_CPU = 1
+WS_URL = "ws://127.0.0.1:18080/ws"
+RTMP_URL = "rtmp://127.0.0.1:11935"
+JANUS_WS = "ws://127.0.0.1:18188/"
+FAREND_URI = "sip:bench@127.0.0.1:25060"
+CALLS_PER_WORKER = 50
+# Janus (libnice) gathers no candidate on a loopback interface, so its WebRTC calls need a host
+# address.  The run makes its own network namespace for that (``ip netns``): loopback plus a veth
+# pair holding NETNS_ADDR (RFC 2544's benchmarking range), which exists only inside it.  Every
+# process of the run lives in that namespace; no packet reaches a real interface.
+NETNS_ADDR = "198.18.0.1"
+
+CONFIG = """\
+[http]
+listen = "127.0.0.1:18080"
+[rtmp]
+listen = "127.0.0.1:11935"
+max_connections_per_ip = 10000
+[sip]
+udp = "127.0.0.1:15060"
+tcp = ""
+[rtp]
+port_min = 20000
+port_max = 21999
+[limits]
+max_calls = 2000
+max_calls_per_ip = 0
+max_calls_per_identity = 0
+max_attempts_per_ip_per_minute = 0
+[log]
+level = "{log_level}"
+[[trunk]]
+name = "farend"
+target = "sip:127.0.0.1:25060"
+codecs = ["PCMU", "PCMA", "G722", "opus"]
+[[route]]
+pattern = "bench"
+trunk = "farend"
+public = true
+"""
+
+
+@dataclass
+class Scenario:
+    key: str
+    label: str
+    kind: str  # webrtc | rtmp
+    target: str  # webgate | janus
+    codec: str  # pcmu | opus | nellymoser | aac
+    steps: list[int]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="webgate-bench-"))
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.webgate: subprocess.Popen[Any] | None = None
+        self.farend: subprocess.Popen[Any] | None = None
+        self.janus: subprocess.Popen[Any] | None = None
+        self.farend_out = self.work / "farend.jsonl"
+        self.step_no = 0
+
+    # -- processes ------------------------------------------------------------------------
+    def start_farend(self) -> None:
+        cmd = pinned([PY, str(HERE / "farend.py"), "--sip", "127.0.0.1:25060", "--rtp", "23000-24999",
+                      "--out", str(self.farend_out)], LOAD_CPU)
+        self.farend = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.work / "farend.err", "w"),
+                                       text=True, start_new_session=True)
+        self.procs.append(self.farend)
+        line = self.farend.stdout.readline() if self.farend.stdout else ""
+        if not line.startswith("READY"):
+            raise RuntimeError(f"far end did not start: {line!r}; see {self.work / 'farend.err'}")
+
+    def start_webgate(self) -> None:
+        cfg = self.work / "webgate.toml"
+        cfg.write_text(CONFIG.format(log_level=self.args.log_level))
+        cmd = pinned([PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                      "-l", str(self.work / "webgate.log"), "webgate", "--config", str(cfg)], GATEWAY_CPU)
+        self.webgate = subprocess.Popen(cmd, cwd=self.work, stdout=subprocess.DEVNULL,
+                                        stderr=open(self.work / "webgate.err", "w"), start_new_session=True)
+        self.procs.append(self.webgate)
+        wait_http("http://127.0.0.1:18080/health")
+
+    def start_janus(self) -> None:
+        from janus_proc import start_janus
+
+        self.janus = start_janus(self.work / "janus", cpu=GATEWAY_CPU)
+        self.procs.append(self.janus)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            stop(p)
+        self.procs.clear()
+
+    # -- one step ---------------------------------------------------------------------------
+    def run_step(self, scn: Scenario, n: int, rate: float, window: float) -> dict[str, Any]:
+        """``n`` concurrent calls of ``scn``; measures the gateway over a window where all are up."""
+        gw = self.janus if scn.target == "janus" else self.webgate
+        assert gw is not None and gw.poll() is None, f"{scn.target} is not running"
+        self.step_no += 1
+        tag = f"s{self.step_no:03d}-{scn.key}-{n}"
+        ramp = n / rate
+        settle = 3.0
+        hold = ramp + settle + window + 1.0
+        nw = max(1, math.ceil(n / (CALLS_PER_WORKER if scn.kind == "webrtc" else 10**6)))
+        # lead time before the first call: a worker imports aiortc/PyAV (about 1 s), the RTMP driver
+        # prespawns its ffmpegs (2.5 s), a Janus worker registers its SIP accounts first (0.12 s each)
+        lead = 3.0 if scn.kind == "rtmp" else 2.0
+        if scn.target == "janus":
+            lead += 1.0 + 0.12 * math.ceil(n / nw)
+        start_at = time.monotonic() + lead
+        t_w0, t_w1 = start_at + ramp + settle, start_at + ramp + settle + window
+        rss_idle = proc_rss_mb(gw.pid)
+        outs: list[Path] = []
+        workers: list[subprocess.Popen[Any]] = []
+        for w in range(nw):
+            calls = n // nw + (1 if w < n % nw else 0)
+            if calls == 0:
+                continue
+            out = self.work / f"{tag}-w{w}.jsonl"
+            outs.append(out)
+            common = ["--calls", str(calls), "--rate", f"{rate / nw:.4f}", "--hold", f"{hold:.2f}",
+                      "--codec", scn.codec, "--out", str(out), "--start-at", f"{start_at + w / rate:.4f}"]
+            if scn.kind == "rtmp":
+                cmd = [PY, str(HERE / "rtmp_load.py"), "--url", RTMP_URL, "--dest", "bench", *common]
+            elif scn.target == "janus":
+                cmd = [PY, str(HERE / "loadgen.py"), "--target", "janus", "--url", JANUS_WS, "--uri", FAREND_URI,
+                       "--ice-host", self.args.ice_host, *common]
+            else:
+                cmd = [PY, str(HERE / "loadgen.py"), "--target", "webgate", "--url", WS_URL, "--dest", "bench",
+                       "--ice-host", "127.0.0.1", *common]
+            p = subprocess.Popen(pinned(cmd, LOAD_CPU), stdout=subprocess.DEVNULL,
+                                 stderr=open(self.work / f"{tag}-w{w}.err", "w"), start_new_session=True)
+            workers.append(p)
+            self.procs.append(p)
+        # the steady window: every call of the step is up
+        self._sleep_until(t_w0)
+        cpu0, load0, wall0 = proc_cpu_s(gw.pid), system_cpu_s(LOAD_CPU), time.monotonic()
+        rss_peak = proc_rss_mb(gw.pid)
+        while time.monotonic() < t_w1:
+            time.sleep(min(1.0, max(0.0, t_w1 - time.monotonic())))
+            rss_peak = max(rss_peak, proc_rss_mb(gw.pid))
+        cpu1, load1, wall1 = proc_cpu_s(gw.pid), system_cpu_s(LOAD_CPU), time.monotonic()
+        deadline = time.monotonic() + hold + 60
+        for p in workers:
+            try:
+                p.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop(p)
+            self.procs.remove(p)
+        time.sleep(1.5)  # the far end writes its records at BYE
+        return self._figures(scn, n, outs, cpu1 - cpu0, wall1 - wall0, rss_idle, rss_peak, (load1 - load0) / (wall1 - wall0))
+
+    def _figures(self, scn: Scenario, n: int, outs: list[Path], cpu: float, wall: float, rss_idle: float,
+                 rss_peak: float, load_busy: float) -> dict[str, Any]:
+        calls = [r for o in outs for r in read_jsonl(o) if not r.get("summary")]
+        far = {r.get("bench_id"): r for r in read_jsonl(self.farend_out) if r.get("bench_id")}
+        ok = [c for c in calls if c.get("ok")]
+        invite = [far[c["bench_id"]]["t_invite"] - c["t_request"] for c in ok if c.get("bench_id") in far and c.get("t_request")]
+        first_audio = [c["t_first_audio"] - far[c["bench_id"]]["t_200"] for c in ok
+                       if c.get("bench_id") in far and c.get("t_first_audio") and far[c["bench_id"]].get("t_200")]
+        lat = [x for c in ok for x in (c.get("latency_ms") or [])]
+        if scn.kind == "webrtc":
+            loss = [c.get("loss") for c in ok if c.get("loss") is not None]
+            jitter = [c.get("jitter_ms") for c in ok if c.get("jitter_ms") is not None]
+        else:  # RTMP: the player's silent frames, and the far end's view of the stream to SIP
+            loss = [c.get("silent_frac") for c in ok if c.get("silent_frac") is not None]
+            jitter = [far[c["bench_id"]].get("rx_jitter_ms") for c in ok if c.get("bench_id") in far]
+        far_loss = [far[c["bench_id"]]["rx_lost"] / max(1, far[c["bench_id"]]["rx_packets"] + far[c["bench_id"]]["rx_lost"])
+                    for c in ok if c.get("bench_id") in far and far[c["bench_id"]].get("rx_packets") is not None]
+        fig: dict[str, Any] = {
+            "scenario": scn.key, "calls": n, "ok": len(ok), "failed": len(calls) - len(ok) + max(0, n - len(calls)),
+            "errors": sorted({str(c.get("error"))[:80] for c in calls if not c.get("ok")})[:5],
+            "cpu_s": cpu, "window_s": wall, "cpu_pct": 100 * cpu / wall,
+            "cpu_s_per_call_min": (cpu / (n * wall / 60)) if n else None,
+            "rss_idle_mb": rss_idle, "rss_peak_mb": rss_peak,
+            "mem_per_call_mb": (rss_peak - rss_idle) / n if n else None,
+            "loss_mean": (sum(loss) / len(loss)) if loss else None, "loss_max": max(loss) if loss else None,
+            "farend_loss_mean": (sum(far_loss) / len(far_loss)) if far_loss else None,
+            "jitter_p50_ms": median(jitter), "jitter_p99_ms": percentile(jitter, 99),
+            "invite_p50_ms": _ms(median(invite)), "invite_p99_ms": _ms(percentile(invite, 99)),
+            "first_audio_p50_ms": _ms(median(first_audio)), "first_audio_p99_ms": _ms(percentile(first_audio, 99)),
+            "latency_p50_ms": median(lat), "latency_p99_ms": percentile(lat, 99),
+            "load_cpu_busy": load_busy,
+        }
+        fig["held"] = (
+            fig["failed"] <= 0.01 * n
+            and (fig["loss_mean"] is None or fig["loss_mean"] < 0.01)
+            and (fig["jitter_p50_ms"] is None or fig["jitter_p50_ms"] < 20)
+        )
+        return fig
+
+    def setup_rate(self, target: str, n: int) -> dict[str, Any]:
+        """Calls set up per second: ``n`` calls requested as fast as the caller can, held 2 s."""
+        self.step_no += 1
+        out = self.work / f"s{self.step_no:03d}-rate-{target}.jsonl"
+        url, dest = ((JANUS_WS, ["--uri", FAREND_URI, "--ice-host", self.args.ice_host]) if target == "janus"
+                     else (WS_URL, ["--dest", "bench", "--ice-host", "127.0.0.1"]))
+        cmd = [PY, str(HERE / "loadgen.py"), "--target", target, "--url", url, *dest, "--calls", str(n), "--rate", "200",
+               "--hold", "2", "--codec", "pcmu", "--out", str(out)]
+        p = subprocess.Popen(pinned(cmd, LOAD_CPU), stdout=subprocess.DEVNULL,
+                             stderr=open(self.work / f"rate-{target}.err", "w"), start_new_session=True)
+        self.procs.append(p)
+        try:
+            p.wait(120)
+        except subprocess.TimeoutExpired:
+            stop(p)
+        self.procs.remove(p)
+        recs = [r for r in read_jsonl(out) if not r.get("summary")]
+        ok = [r for r in recs if r.get("ok") and r.get("t_answered")]
+        if len(ok) < 2:
+            return {"target": target, "calls": n, "ok": len(ok), "calls_per_s": None}
+        span = max(r["t_answered"] for r in ok) - min(r["t_request"] for r in ok)
+        return {"target": target, "calls": n, "ok": len(ok), "calls_per_s": len(ok) / span if span > 0 else None}
+
+    @staticmethod
+    def _sleep_until(t: float) -> None:
+        while (d := t - time.monotonic()) > 0:
+            time.sleep(min(d, 0.5))
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    def steps(s: str) -> list[int]:
+        return [int(x) for x in s.split(",") if x]
+
+    out = [
+        Scenario("g711", "WebRTC G.711 pass-through (webgate)", "webrtc", "webgate", "pcmu", steps(args.steps)),
+        Scenario("janus", "WebRTC G.711 relay (Janus)", "webrtc", "janus", "pcmu", steps(args.steps)),
+        Scenario("opus", "WebRTC Opus<->G.711 (webgate)", "webrtc", "webgate", "opus", steps(args.opus_steps)),
+        Scenario("nelly", "RTMP Nellymoser<->G.711 (webgate)", "rtmp", "webgate", "nellymoser", steps(args.rtmp_steps)),
+        Scenario("aac", "RTMP AAC<->G.711 (webgate)", "rtmp", "webgate", "aac", steps(args.rtmp_steps)),
+    ]
+    only = set(args.only.split(",")) if args.only else None
+    return [s for s in out if (only is None or s.key in only) and not (s.target == "janus" and args.no_janus)]
+
+
+def codec_costs() -> dict[str, Any]:
+    """PyAV's own encode and decode cost per 20 ms frame (µs), and from it the physical floor of
+    each transcoded scenario in CPU seconds per call-minute (3000 frames a minute each way)."""
+    sys.path.insert(0, str(ROOT))
+    from codec_cost import codec_cost, resample_cost
+
+    us: dict[str, float] = {}
+    rows = []
+    for name, rate in (("PCMU", None), ("G722", None), ("opus", None), ("nellymoser", 8000), ("aac", 16000)):
+        try:
+            e, d = codec_cost(name, rate, 500)
+        except Exception:  # noqa: BLE001 - a codec this build lacks
+            continue
+        us[f"{name} enc"], us[f"{name} dec"] = e, d
+        rows.append((f"{name}" + (f"/{rate}" if rate else ""), e, d))
+    for src, dst in ((48000, 8000), (8000, 48000), (16000, 8000)):
+        us[f"rs {src}>{dst}"] = resample_cost(src, dst, 500)
+        rows.append((f"resample {src // 1000}k->{dst // 1000}k", us[f"rs {src}>{dst}"], 0.0))
+    paths = {
+        # browser Opus 48k -> G.711 8k, and back
+        "opus": ["opus dec", "rs 48000>8000", "PCMU enc", "PCMU dec", "rs 8000>48000", "opus enc"],
+        # Flash Nellymoser 8k -> G.711; the player takes the G.711 stream untouched (?codec=pcmu)
+        "nelly": ["nellymoser dec", "PCMU enc"],
+        # encoder AAC 16k -> G.711 8k; the player as above
+        "aac": ["aac dec", "rs 16000>8000", "PCMU enc"],
+    }
+    floor = {k: sum(us[x] for x in v) * 3000 / 1e6 for k, v in paths.items() if all(x in us for x in v)}
+    return {"rows": rows, "floor_cpu_s_per_call_min": floor, "paths": paths}
+
+
+def _f(x: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def report(results: dict[str, Any], scns: list[Scenario]) -> str:
+    lines = []
+    runs = results["runs"]
+    lines.append(f"webgate benchmark  {results['when']}  runs={len(runs)}  window={results['args']['window']} s")
+    lines.append("  " + "  ".join(f"{k}={v}" for k, v in results["versions"].items()))
+    lines.append("")
+    hdr = (f"{'scenario':<10}{'calls':>6}{'ok':>6}{'cpu%':>7}{'cpu s/call-min':>15}{'MB/call':>9}{'loss%':>7}"
+           f"{'jit50':>7}{'req>INV p50/p99':>17}{'200>audio p50/p99':>19}{'lat p50/p99':>13}{'load%':>7}")
+    lines.append(hdr)
+    best: dict[str, list[int]] = {}
+    for s in scns:
+        for n in sorted({f["calls"] for r in runs for f in r["steps"] if f["scenario"] == s.key}):
+            fs = [f for r in runs for f in r["steps"] if f["scenario"] == s.key and f["calls"] == n]
+            m = {k: median(f.get(k) for f in fs) for k in fs[0] if isinstance(fs[0].get(k), (int, float)) and not isinstance(fs[0].get(k), bool)}
+            lines.append(
+                f"{s.key:<10}{n:>6}{_f(m.get('ok'), '{:.0f}'):>6}{_f(m.get('cpu_pct')):>7}{_f(m.get('cpu_s_per_call_min'), '{:.3f}'):>15}"
+                f"{_f(m.get('mem_per_call_mb'), '{:.2f}'):>9}{_f(None if m.get('loss_mean') is None else 100 * m['loss_mean'], '{:.2f}'):>7}"
+                f"{_f(m.get('jitter_p50_ms')):>7}{_f(m.get('invite_p50_ms')) + '/' + _f(m.get('invite_p99_ms')):>17}"
+                f"{_f(m.get('first_audio_p50_ms')) + '/' + _f(m.get('first_audio_p99_ms')):>19}"
+                f"{_f(m.get('latency_p50_ms')) + '/' + _f(m.get('latency_p99_ms')):>13}{_f(100 * m['load_cpu_busy'] if m.get('load_cpu_busy') is not None else None, '{:.0f}'):>7}"
+            )
+        for r in runs:
+            held = [f["calls"] for f in r["steps"] if f["scenario"] == s.key and f["held"]]
+            best.setdefault(s.key, []).append(max(held) if held else 0)
+    lines.append("")
+    lines.append("most calls held (< 1 % loss, < 20 ms jitter), median over runs (a ramp that never broke says '>= N'):")
+    for s in scns:
+        if s.key in best:
+            broke = any(not f["held"] for r in runs for f in r["steps"] if f["scenario"] == s.key)
+            lines.append(f"  {s.label:<40} {'' if broke else '>= '}{median(best[s.key]):.0f}")
+    rate = results.get("setup_rate") or []
+    if rate:
+        lines.append("calls set up per second (median over runs):")
+        for t in ("webgate", "janus"):
+            xs = [x["calls_per_s"] for x in rate if x["target"] == t and x.get("calls_per_s")]
+            if xs:
+                lines.append(f"  {t:<10} {median(xs):.1f}")
+    # ratios webgate / Janus at the largest step both held
+    g = {f["calls"]: f for r in runs for f in r["steps"] if f["scenario"] == "g711"}
+    j = {f["calls"]: f for r in runs for f in r["steps"] if f["scenario"] == "janus"}
+    if g and j:
+        lines.append("")
+        lines.append("webgate / Janus (WebRTC G.711, same load, same far end), median over common steps:")
+        common = sorted(set(g) & set(j))
+
+        def ratio(key: str) -> float | None:
+            rs = []
+            for n in common:
+                a = median(f[key] for r in runs for f in r["steps"] if f["scenario"] == "g711" and f["calls"] == n and f.get(key))
+                b = median(f[key] for r in runs for f in r["steps"] if f["scenario"] == "janus" and f["calls"] == n and f.get(key))
+                if a and b:
+                    rs.append(a / b)
+            return median(rs)
+
+        lines.append(f"  CPU per call            {_f(ratio('cpu_s_per_call_min'), '{:.2f}')} x")
+        lines.append(f"  memory per call         {_f(ratio('mem_per_call_mb'), '{:.2f}')} x")
+        lines.append(f"  setup request->INVITE   {_f(ratio('invite_p50_ms'), '{:.2f}')} x (p50)")
+        if best.get("g711") and best.get("janus"):
+            bj = median(best["janus"]) or 0
+            lines.append(f"  most calls held         {median(best['g711']):.0f} vs {bj:.0f}")
+    cc = results.get("codec_cost")
+    if cc:
+        lines.append("")
+        lines.append("PyAV codec cost per 20 ms frame (µs): encode / decode (resample: one direction)")
+        for name, e, d in cc["rows"]:
+            lines.append(f"  {name:<18} {e:7.1f} / {d:7.1f}")
+        lines.append("transcoding: the codecs' own cost (floor) vs webgate's, CPU s per call-minute "
+                     "(webgate: median of the held steps)")
+        for k, fl in cc["floor_cpu_s_per_call_min"].items():
+            got = median(f["cpu_s_per_call_min"] for r in runs for f in r["steps"]
+                         if f["scenario"] == k and f["held"] and f.get("cpu_s_per_call_min"))
+            lines.append(f"  {k:<8} floor {fl:.3f}   webgate {_f(got, '{:.3f}')}   "
+                         f"({' + '.join(cc['paths'][k])})")
+    return "\n".join(lines)
+
+
+def in_own_netns(argv: list[str]) -> int:
+    """Re-run this command inside a network namespace made for it; remove the namespace after."""
+    name = f"webgate-bench-{os.getpid()}"
+    setup = [
+        ["ip", "netns", "add", name],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
+        ["ip", "-n", name, "link", "add", "wgb0", "type", "veth", "peer", "name", "wgb1"],
+        ["ip", "-n", name, "addr", "add", f"{NETNS_ADDR}/24", "dev", "wgb0"],
+        ["ip", "-n", name, "link", "set", "wgb0", "up"],
+        ["ip", "-n", name, "link", "set", "wgb1", "up"],
+    ]
+    try:
+        for c in setup:
+            subprocess.run(c, check=True, capture_output=True, text=True)
+        return subprocess.call(["ip", "netns", "exec", name, PY, *argv, "--in-netns", NETNS_ADDR])
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small steps, one run, short windows")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--steps", default="25,50,100,150,200,250", help="WebRTC G.711 steps (webgate and Janus)")
+    ap.add_argument("--opus-steps", default="20,40,60,80,100")
+    ap.add_argument("--rtmp-steps", default="10,20,40")
+    ap.add_argument("--rate", type=float, default=25.0, help="new calls per second during a ramp step")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds measured with every call up")
+    ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac")
+    ap.add_argument("--no-janus", action="store_true")
+    ap.add_argument("--no-setup-rate", action="store_true")
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, records)")
+    ap.add_argument("--out", default=str(HERE / "results" / "latest.json"))
+    ap.add_argument("--in-netns", default="", help=argparse.SUPPRESS)  # set by the re-run in the namespace
+    args = ap.parse_args()
+    args.ice_host = args.in_netns or "127.0.0.1"
+    if args.quick:
+        args.runs = 1
+        args.steps, args.opus_steps, args.rtmp_steps = "10,40", "10,20", "5"
+        args.window = 5.0
+    if args.no_janus is False and shutil.which("janus") is None:
+        print("janus is not installed (apt-get install janus): running without it", file=sys.stderr)
+        args.no_janus = True
+    if not args.no_janus and not args.in_netns and (args.only == "" or "janus" in args.only.split(",")):
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            print("Janus needs the run's own network namespace (root and iproute2): running without it",
+                  file=sys.stderr)
+            args.no_janus = True
+        else:
+            return in_own_netns(sys.argv)
+    busy = [p for p in (18080, 11935, 18088, 18188) if not port_free(p)]
+    if busy:
+        print(f"ports in use: {busy}; is another benchmark running?", file=sys.stderr)
+        return 2
+    scns = scenarios(args)
+    b = Bench(args)
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args), "versions": versions(),
+                               "runs": [], "setup_rate": []}
+    try:
+        b.start_farend()
+        b.start_webgate()
+        for run in range(args.runs):
+            steps: list[dict[str, Any]] = []
+            results["runs"].append({"steps": steps})
+            for s in scns:
+                if s.target == "janus":
+                    b.start_janus()
+                for n in s.steps:
+                    f = b.run_step(s, n, args.rate, args.window)
+                    steps.append(f)
+                    print(f"[run {run + 1}] {s.key:<6} {n:>4} calls: ok {f['ok']}, cpu {f['cpu_pct']:.0f}%, "
+                          f"loss {_f(None if f['loss_mean'] is None else 100 * f['loss_mean'], '{:.2f}')}%, "
+                          f"jitter p50 {_f(f['jitter_p50_ms'])} ms, latency p99 {_f(f['latency_p99_ms'])} ms, "
+                          f"load cpu {100 * f['load_cpu_busy']:.0f}%{'' if f['held'] else '  <- quality broke'}",
+                          flush=True)
+                    if not f["held"]:
+                        break
+                if s.target == "janus":
+                    if not args.no_setup_rate:
+                        results["setup_rate"].append(b.setup_rate("janus", 60))
+                    stop(b.janus)
+                    b.procs.remove(b.janus)
+                    b.janus = None
+            if not args.no_setup_rate:
+                results["setup_rate"].append(b.setup_rate("webgate", 60))
+        results["codec_cost"] = codec_costs()
+    finally:
+        b.stop_all()
+        if args.keep:
+            print(f"work directory kept: {b.work}", file=sys.stderr)
+        else:
+            shutil.rmtree(b.work, ignore_errors=True)
+    text = report(results, scns)
+    print()
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    out.with_suffix(".txt").write_text(text + "\n")
+    print(f"\nresults: {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
