@@ -145,6 +145,10 @@ class WebRtcConfig:
     idle_timeout_s: int = 60
     #: how much SIP audio may queue toward the browser before the oldest is dropped
     max_playout_ms: int = 200
+    #: once DTLS is up, send and receive the call's audio RTP in webgate itself (no pacing
+    #: queue, no aiortc jitter buffer or decoder thread; docs/performance.md); false keeps
+    #: all media on aiortc's own path
+    direct_audio: bool = True
     #: protocol errors tolerated on one connection before it is closed
     max_errors: int = 20
 
@@ -425,6 +429,7 @@ ice_timeout_s = 15
 max_message_size = 65536
 idle_timeout_s = 60
 max_playout_ms = 200
+direct_audio = true
 max_errors = 20
 
 [tokens]
@@ -824,6 +829,7 @@ class _Validator:
                 max_message_size=s.int("max_message_size", 1024, 1 << 24),
                 idle_timeout_s=s.int("idle_timeout_s", 1, 86400),
                 max_playout_ms=s.int("max_playout_ms", 20, 10000),
+                direct_audio=s.bool("direct_audio"),
                 max_errors=s.int("max_errors", 1, 100000),
             ),
         )

@@ -139,6 +139,31 @@ def test_audio_in_frame_path_pacing_exact() -> None:
     assert 50 * 60 - a.sent_frames <= a.prebuffer_ms // 20 + 1
 
 
+def test_audio_in_start_up_burst_is_drained_to_the_prebuffer() -> None:
+    """A publisher that bursts 360 ms at start (ffmpeg without -re, a reconnecting encoder) and then
+    sends in real time: the burst must not stay as a standing delay toward SIP."""
+    call = FakeCall()
+    a = AudioIn("t")
+    gen = ToneGenerator(800.0, 8000, 0.3)
+    for _ in range(18):
+        a.feed(call, _ulaw_tag(gen, 20))
+    depths = []
+    for i in range(50 * 10):
+        a.feed(call, _ulaw_tag(gen, 20))
+        a.tick(call, i * 0.02)
+        depths.append(a.queued_ms)
+    assert a.bad_tags == 0
+    assert max(depths[:50]) >= 340  # the burst queued first ...
+    assert max(depths[-100:]) <= a.prebuffer_ms + 20, (a.prebuffer_ms, max(depths[-100:]))  # ... and was drained
+    assert a.drained_ms == a.dropped_ms and 260 <= a.drained_ms <= 360, a.drained_ms
+    # after the drain: one frame per tick, nothing more dropped
+    sent, dropped = a.sent_frames, a.dropped_ms
+    for i in range(500, 1000):
+        a.feed(call, _ulaw_tag(gen, 20))
+        a.tick(call, i * 0.02)
+    assert a.sent_frames - sent == 500 and a.dropped_ms == dropped
+
+
 # ---- hostile FLV audio --------------------------------------------------------------------------
 
 _first_byte = st.integers(0, 255)

@@ -55,16 +55,22 @@ from av import AudioFrame
 from twisted.logger import Logger
 
 from webgate.adapters import aio
+from webgate.adapters.webrtc_direct import DirectAudio
 from webgate.calls.call import Call, CallState
 from webgate.config import WebRtcConfig
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
     OPUS_SILENCE,
+    Decoder,
+    Encoder,
+    create_decoder,
+    create_encoder,
     frame_to_mono,
     mono_frame,
     opus_packet_samples,
 )
 from webgate.proto.errors import RemoteProtocolError
+from webgate.proto import rtp
 from webgate.proto.rtp import DtmfReceiver
 
 log = Logger()
@@ -177,6 +183,9 @@ class SipAudioTrack(AudioStreamTrack):
         self.packet_codec: str | None = None
         self._payloads: collections.deque[tuple[bytes, int]] = collections.deque(maxlen=max(2, max_queue_ms // 20))
         self.payloads_sent = 0
+        # set by the leg when it sends the audio itself (webrtc_direct): aiortc's sender then
+        # gets no frame from this track (its recv waits until the track is stopped)
+        self.direct = False
 
     def set_rate(self, rate: int) -> None:
         """Fix the output rate (before the first frame is sent)."""
@@ -208,6 +217,8 @@ class SipAudioTrack(AudioStreamTrack):
     async def recv(self) -> Any:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.direct:
+            await asyncio.get_running_loop().create_future()  # cancelled when the sender stops
         if self._t0 is None:
             self._t0 = time.monotonic()
         else:
@@ -215,6 +226,8 @@ class SipAudioTrack(AudioStreamTrack):
             wait = self._t0 + self._ts / self.rate - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if self.direct:
+                await asyncio.get_running_loop().create_future()
         if self.packet_codec is not None:
             if self._payloads:
                 payload, self._last_samples = self._payloads.popleft()
@@ -288,6 +301,12 @@ class WebRtcLeg:
         self._codec = ""  # the browser codec, upper case (set once at answer)
         self._event_pt: int | None = None  # the negotiated telephone-event payload type
         self._dtmf_rx: DtmfReceiver | None = None
+        # direct audio (webrtc_direct), from DTLS connected on: the codec work done here
+        self._direct: DirectAudio | None = None
+        self._rx_decoder: Decoder | None = None
+        self._tx_encoder: Encoder | None = None
+        self._tx_resamplers: dict[int, Resampler] = {}
+        self._tx_step = 0  # RTP clock ticks per encoded frame toward the browser
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -467,8 +486,12 @@ class WebRtcLeg:
                 return
             if track.packet_codec is None:
                 track.packet_codec = codec
-            track.push_payload(payload, n)
             self.stats.frames_to_browser += 1
+            if self._direct is not None and self._audio_pt is not None:
+                self._direct.send(self._audio_pt, payload, n)
+                track.payloads_sent += 1
+                return
+            track.push_payload(payload, n)
 
     def media_path_changed(self, call: Call, old: str, new: str) -> None:
         """The SIP side moved to another codec mid-call (re-INVITE): the browser codec stays
@@ -479,6 +502,8 @@ class WebRtcLeg:
             track.packet_codec = None  # set again by the first payload on the packet path
             track._payloads.clear()
             track._queue.clear()
+        self._rx_decoder = self._tx_encoder = None
+        self._tx_resamplers.clear()
         self.stats.transcoded = new != "packet"
         log.info(
             "call {session_id}: browser {browser} <-> SIP {sip}: now {path} path",
@@ -518,6 +543,7 @@ class WebRtcLeg:
             if self._ice_timer is not None and self._ice_timer.active():
                 self._ice_timer.cancel()
             self._ice_timer = None
+            self._start_direct()
             self._start_watchdog()
         elif state == "failed":
             self._end_from_browser("ice_failed")
@@ -632,8 +658,76 @@ class WebRtcLeg:
         self.signal({"type": "dtmf", "digit": digit, "method": method})
 
     def audio_from_sip(self, call: Call, pcm: PCM, rate: int) -> None:
+        if self._direct is not None and self._audio_pt is not None:
+            self._send_pcm_direct(pcm, rate)
+            return
         if self.out_track is not None:
             self.out_track.push(pcm, rate)
+            self.stats.frames_to_browser += 1
+
+    # -- direct audio (webrtc_direct) --------------------------------------------------------
+    def _start_direct(self) -> None:
+        """DTLS is up: send and receive the call's audio RTP here instead of through aiortc."""
+        if self._direct is not None or self.closed or self.out_track is None or self._audio_pt is None:
+            return
+        if not self.settings.direct_audio:
+            return
+        tr = next((t for t in self.pc.getTransceivers() if t.sender.track is self.out_track), None)
+        if tr is None:
+            return
+        pts = {self._audio_pt} | ({self._event_pt} if self._event_pt is not None else set())
+        direct = DirectAudio(tr.sender, pts, self._direct_rtp)
+        if direct.start():
+            self._direct = direct
+            self.out_track.direct = True
+
+    def _direct_rtp(self, pt: int, seq: int, ts: int, marker: bool, payload: bytes) -> None:
+        """One audio RTP packet from the browser (already SRTP-unprotected)."""
+        self._rx_rtp += 1
+        if pt == self._event_pt:
+            if self._dtmf_rx is not None:
+                self._browser_event(rtp.RtpPacket(payload_type=pt, sequence=seq, timestamp=ts, ssrc=0,
+                                                  payload=payload, marker=marker))
+            return
+        call = self.call
+        if call is None or call.ended or not payload or call.stream is None:
+            return  # not answered yet (or over): nothing to send it to
+        if call.media_path == "packet":
+            try:
+                samples = packet_samples(self._codec, payload)
+            except RemoteProtocolError:
+                self.stats.bad_packets += 1
+                return
+            self.stats.packets_relayed += 1
+            self.stats.frames_from_browser += 1
+            call.send_payload(payload, samples)
+            return
+        dec = self._rx_decoder
+        if dec is None:
+            dec = self._rx_decoder = create_decoder(self._codec)
+        try:
+            pcm = dec.decode(payload)
+        except RemoteProtocolError:
+            self.stats.bad_packets += 1
+            return
+        self.stats.frames_from_browser += 1
+        call.send_audio(pcm, dec.sample_rate)
+
+    def _send_pcm_direct(self, pcm: PCM, rate: int) -> None:
+        """Frame path toward the browser: encode SIP's decoded audio and send it at once."""
+        assert self._direct is not None and self._audio_pt is not None
+        enc = self._tx_encoder
+        if enc is None:
+            enc = self._tx_encoder = create_encoder(self._codec)
+            info = enc.info
+            self._tx_step = info.frame_samples * info.rtp_clock_rate // info.sample_rate
+        if rate != enc.info.sample_rate:
+            rs = self._tx_resamplers.get(rate)
+            if rs is None:
+                rs = self._tx_resamplers[rate] = Resampler(rate, enc.info.sample_rate)
+            pcm = rs.resample(pcm)
+        for payload in enc.encode(pcm):
+            self._direct.send(self._audio_pt, payload, self._tx_step)
             self.stats.frames_to_browser += 1
 
     # -- teardown ---------------------------------------------------------------------------
@@ -651,6 +745,8 @@ class WebRtcLeg:
         for t in self._tasks:
             aio.cancel(t)
         self._tasks.clear()
+        if self._direct is not None:
+            self._direct.stop()
         if self.out_track is not None:
             self.out_track.stop()
         aio.spawn(self.pc.close(), "RTCPeerConnection.close", session_id=self.session_id)

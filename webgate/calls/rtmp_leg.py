@@ -59,6 +59,7 @@ _OUT_ALIASES = {
 
 FRAME_MS = 20
 MAX_QUEUE_MS = 400  # pacing queue toward SIP: older audio is dropped beyond this
+DRAIN_WINDOW_S = 2.0  # a queue that never fell below the prebuffer for this long is drained to it
 MIN_PREBUFFER_MS = 40
 MAX_PREBUFFER_MS = 300
 
@@ -133,6 +134,9 @@ class AudioIn:
         self.tags = 0
         self.bad_tags = 0
         self.dropped_ms = 0
+        self.drained_ms = 0  # of dropped_ms: standing delay removed (a burst that never drained)
+        self._win_min: int | None = None  # the queue's lowest depth (frames) in this drain window
+        self._win_end = 0.0
         self.sent_frames = 0
         self.passthrough_frames = 0  # G.711 relayed to SIP untranscoded
         self.codec: str | None = None
@@ -266,11 +270,32 @@ class AudioIn:
             self._next_due += FRAME_MS / 1000.0
         if now - self._next_due > 0.2:  # a long stall: resynchronise
             self._next_due = now
+        self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        """Standing delay: a burst (a publisher's start-up, a stalled network catching up) leaves
+        frames queued that the steady clock never removes, so every later frame reaches SIP that
+        much late.  When the queue stayed above the prebuffer for a whole window, the oldest
+        frames beyond it are dropped (once per window: a short cut, not a gap per frame)."""
+        depth = len(self._queue)
+        if self._win_min is None:
+            self._win_min, self._win_end = depth, now + DRAIN_WINDOW_S
+            return
+        self._win_min = min(self._win_min, depth)
+        if now < self._win_end:
+            return
+        excess = self._win_min - -(-self.prebuffer_ms // FRAME_MS)
+        for _ in range(max(0, excess)):
+            self._queue.popleft()
+            self.dropped_ms += FRAME_MS
+            self.drained_ms += FRAME_MS
+        self._win_min, self._win_end = None, 0.0
 
     def reset(self) -> None:
         self._queue.clear()
         self._g711.clear()
         self._started = False
+        self._win_min = None
         if self._framer is not None:
             self._framer.reset()
 

@@ -1,0 +1,108 @@
+"""Direct audio (webgate/adapters/webrtc_direct.py): once DTLS is up the leg sends and receives the
+audio RTP itself. An aiortc client calls the built-in echo on each media path, with direct audio on
+and off; the tone is measured where the client decodes it. Bytes the leg's hook cannot
+authenticate are dropped without harming the call."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import pytest_twisted
+
+from tests.adapters.webrtc_client import Browser, Gateway, close_all, complete_call, connect
+from tests.calls.gw import sleep, wait_for
+from webgate.adapters.webrtc import WebRtcSettings
+from webgate.adapters.webrtc_direct import parse_rtp
+
+
+def _rtp(pt: int, payload: bytes, *, seq: int = 7, ts: int = 1000, marker: bool = False, csrcs: int = 0,
+         ext_words: int | None = None, pad: int = 0) -> bytes:
+    b0 = 0x80 | csrcs | (0x10 if ext_words is not None else 0) | (0x20 if pad else 0)
+    out = struct.pack("!BBHII", b0, pt | (0x80 if marker else 0), seq, ts, 0x1234) + b"\x00\x00\x00\x01" * csrcs
+    if ext_words is not None:
+        out += struct.pack("!HH", 0xBEDE, ext_words) + b"\x11\x22\x33\x44" * ext_words
+    out += payload
+    if pad:
+        out += b"\x00" * (pad - 1) + bytes([pad])
+    return out
+
+
+def test_parse_rtp_header_forms() -> None:
+    assert parse_rtp(_rtp(0, b"abc")) == (0, 7, 1000, False, b"abc")
+    assert parse_rtp(_rtp(111, b"xyz", marker=True, seq=65535, ts=0xFFFFFFFF)) == (111, 65535, 0xFFFFFFFF, True, b"xyz")
+    assert parse_rtp(_rtp(8, b"pay", csrcs=2, ext_words=3, pad=4)) == (8, 7, 1000, False, b"pay")
+    assert parse_rtp(_rtp(0, b"")) == (0, 7, 1000, False, b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x00",
+        b"\x40" + b"\x00" * 20,  # RTP version 1
+        _rtp(0, b"")[:11],  # short header
+        bytes([0x90]) + _rtp(0, b"")[1:],  # X bit set, no room for the extension header
+        _rtp(0, b"", ext_words=200)[:40],  # extension longer than the packet
+        bytes([0xA0]) + _rtp(0, b"ab")[1:-1] + b"\xff",  # P bit: 255 octets of padding in a 14-octet packet
+    ],
+)
+def test_parse_rtp_rejects_garbage(data: bytes) -> None:
+    assert parse_rtp(data) is None
+
+
+@pytest.mark.parametrize(
+    ("codecs", "direct", "path"),
+    [
+        (None, True, "packet"),  # G.711 relayed, both ways direct
+        (None, False, "packet"),  # the same on aiortc's own media path
+        (["G722"], True, "frame"),  # transcoded: decoded and encoded in the leg, sent direct
+        (["opus"], True, "packet"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool, path: str) -> None:
+    gw = Gateway(settings=WebRtcSettings(direct_audio=direct))
+    browser = Browser(tone_hz=700.0, codecs=codecs)
+    ws = None
+    try:
+        ws = await connect(gw.url)
+        await complete_call(ws, browser, {"type": "call", "destination": "echo"})
+        (call,) = list(gw.svc.registry)
+        leg = call.leg
+        measured, level = await browser.heard()
+        print(f"\n[direct={direct} {call.codec} {call.media_path}] echo measured {measured:.1f} Hz, {level:.1f} dBFS")
+        assert abs(measured - 700.0) < 15 and level > -30
+        assert call.media_path == path
+        sender = next(t.sender for t in leg.pc.getTransceivers() if t.sender.track is leg.out_track)
+        if direct:
+            d = leg._direct
+            assert d is not None and d.active and leg.out_track.direct
+            assert d.packets_received > 50 and d.packets_sent > 50 and d.srtp_errors == 0
+            # aiortc's sender sent no audio of its own: its report counters are ours
+            assert sender._RTCRtpSender__packet_count == d.packets_sent
+            assert leg.stats.frames_from_browser > 50 and leg.stats.frames_to_browser > 50
+            if path == "frame":
+                assert leg._rx_decoder is not None and leg._tx_encoder is not None and leg.stats.packets_relayed == 0
+            else:
+                assert leg.stats.packets_relayed > 50
+            # bytes that look like the call's audio but fail SRTP authentication: dropped, counted
+            proto = leg.pc.getTransceivers()[0].sender.transport.transport._connection._nominated[1].protocol
+            before = d.packets_received
+            for junk in (_rtp(leg._audio_pt, b"\x00" * 170), _rtp(leg._audio_pt, b"\x01"), b"\x80" + bytes([leg._audio_pt]) + b"\xff" * 40):
+                proto.datagram_received(junk, ("127.0.0.1", 9))
+            assert d.srtp_errors == 3
+            await sleep(0.5)
+            assert d.packets_received > before and not call.ended
+            measured, _ = await browser.heard()
+            assert abs(measured - 700.0) < 15
+        else:
+            assert leg._direct is None and not leg.out_track.direct
+            assert sender._RTCRtpSender__packet_count > 50
+        ws.send({"type": "hangup"})
+        await ws.next("ended", cause="client_hangup")
+        assert await wait_for(lambda: len(gw.svc.registry) == 0, 5)
+        if direct:
+            assert "datagram_received" not in vars(proto)  # the hook is gone with the call
+    finally:
+        await close_all(gw, browser, ws)

@@ -1,0 +1,170 @@
+"""Direct audio RTP on a connected WebRTC peer connection (the leg's media fast path).
+
+aiortc negotiates the call (ICE, DTLS-SRTP, RTCP, video, data channels), but its audio media
+path costs a gateway that only relays or transcodes one voice stream a lot of CPU and delay:
+every received packet goes through two asyncio queues and tasks, a jitter buffer that holds
+four packets (80 ms) before it releases any, and a decoder thread; every sent packet through a
+coroutine per call woken by ``asyncio.sleep`` every 20 ms.  Once DTLS is connected, this class
+takes the audio RTP of one call off that path:
+
+- *receive*: the nominated ICE socket's ``datagram_received`` is shadowed on its protocol
+  instance.  A datagram that is RTP (RFC 7983: first byte 128..191, not an RTCP packet type)
+  with one of the leg's audio payload types is unprotected with aiortc's own SRTP session and
+  handed to ``on_rtp`` at once; everything else (STUN, DTLS, RTCP, video, data) goes on to
+  aioice and aiortc untouched.  The payload type is in the clear in SRTP, so a packet is
+  unprotected exactly once, by one of the two paths.
+- *send*: :meth:`send` writes one RTP packet (the sender's SSRC, its own sequence numbers and
+  timestamps) SRTP-protected with aiortc's tx session straight to the nominated pair, when the
+  payload arrives from SIP: no pacing queue, no added delay.  aiortc's sender keeps sending
+  RTCP; its sender-report counters are kept up to date here.
+
+aiortc 1.16 / aioice private internals used (re-checked by tests/test_webrtc_direct.py and the
+Chromium tests on an upgrade): ``RTCRtpSender._ssrc`` and ``.transport`` (the
+``RTCDtlsTransport``), its ``_tx_srtp`` / ``_rx_srtp`` (``pylibsrtp.Session``) and
+``.transport._connection`` (``aioice.Connection``) ``._nominated[1]`` (``CandidatePair``:
+``.protocol``, a ``StunProtocol`` with ``.transport``, and ``.remote_addr``), and the sender's
+report counters.  :meth:`DirectAudio.start` returns False when any is missing; the leg then
+stays on aiortc's path.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import clock
+from twisted.logger import Logger
+
+__all__ = ["DirectAudio", "parse_rtp"]
+
+log = Logger()
+
+_HDR = struct.Struct("!BBHII")
+_SEQ_TS = struct.Struct("!HI")
+_SR_EVERY = 25  # refresh the sender report's NTP/RTP timestamp pair every 25 packets (0.5 s)
+
+
+def parse_rtp(data: bytes) -> tuple[int, int, int, bool, bytes] | None:
+    """(payload type, sequence, timestamp, marker, payload) of a plain RTP packet, or None."""
+    n = len(data)
+    if n < 12:
+        return None
+    b0, b1 = data[0], data[1]
+    if b0 >> 6 != 2:
+        return None
+    off = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if n < off + 4:
+            return None
+        off += 4 + 4 * int.from_bytes(data[off + 2 : off + 4], "big")
+    end = n
+    if b0 & 0x20:
+        end -= data[-1]
+    if off > end:
+        return None
+    seq, ts = _SEQ_TS.unpack_from(data, 2)
+    return b1 & 0x7F, seq, ts, bool(b1 & 0x80), data[off:end]
+
+
+class DirectAudio:
+    """Audio RTP of one peer connection sent and received by webgate itself (see module doc)."""
+
+    def __init__(self, sender: Any, payload_types: set[int], on_rtp: Callable[[int, int, int, bool, bytes], None]) -> None:
+        self._sender = sender
+        self._pts = frozenset(payload_types)
+        self._on_rtp = on_rtp
+        self._seq = random.randint(0, 0xFFFF)
+        self._ts = random.randint(0, 0xFFFFFFFF)
+        self._ssrc = 0
+        self._protocol: Any = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._addr: Any = None
+        self._protect: Callable[[bytes], bytes] | None = None
+        self._unprotect: Callable[[bytes], bytes] | None = None
+        self.active = False
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.srtp_errors = 0
+        self.send_errors = 0
+        self._octets = 0
+
+    def start(self) -> bool:
+        """Take the audio over (the peer connection must be connected); False if it cannot."""
+        if self.active:
+            return True
+        try:
+            dtls = self._sender.transport
+            pair = dtls.transport._connection._nominated[1]
+            protocol = pair.protocol
+            self._sendto = protocol.transport.sendto
+            self._addr = pair.remote_addr
+            self._protect = dtls._tx_srtp.protect
+            self._unprotect = dtls._rx_srtp.unprotect
+            self._ssrc = int(self._sender._ssrc)
+        except (AttributeError, KeyError, TypeError) as e:
+            log.warn("WebRTC direct audio unavailable ({error}): staying on aiortc's media path", error=repr(e))
+            return False
+        original = protocol.datagram_received
+        pts = self._pts
+        unprotect = self._unprotect
+        on_rtp = self._on_rtp
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            # RFC 7983 demultiplexing: RTP/RTCP is 128..191; RTCP packet types 192..223 (RFC 5761)
+            if len(data) > 12 and 127 < data[0] < 192 and (data[1] & 0x7F) in pts and not 191 < data[1] < 224:
+                try:
+                    plain = unprotect(data)
+                except Exception:  # noqa: BLE001 - pylibsrtp raises on auth failure / replay
+                    self.srtp_errors += 1
+                    return
+                parsed = parse_rtp(plain)
+                if parsed is not None:
+                    self.packets_received += 1
+                    on_rtp(*parsed)
+                return
+            original(data, addr)
+
+        protocol.datagram_received = datagram_received  # asyncio looks it up on the instance
+        self._protocol = protocol
+        self._original = original
+        self.active = True
+        return True
+
+    def send(self, payload_type: int, payload: bytes, samples: int, marker: bool = False) -> None:
+        """Send one payload now; ``samples`` (RTP clock) advances the timestamp after it."""
+        if not self.active or self._sendto is None or self._protect is None:
+            return
+        pkt = _HDR.pack(0x80, payload_type | (0x80 if marker else 0), self._seq, self._ts, self._ssrc) + payload
+        try:
+            self._sendto(self._protect(pkt), self._addr)
+        except Exception as e:  # noqa: BLE001 - a closed socket or SRTP error must not end the call
+            self.send_errors += 1
+            if self.send_errors == 1:
+                log.warn("WebRTC direct audio: send failed: {error}", error=repr(e))
+            return
+        self._seq = (self._seq + 1) & 0xFFFF
+        self.packets_sent += 1
+        self._octets += len(payload)
+        s = self._sender
+        s._RTCRtpSender__packet_count = self.packets_sent
+        s._RTCRtpSender__octet_count = self._octets
+        if self.packets_sent % _SR_EVERY == 1:
+            s._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()
+            s._RTCRtpSender__rtp_timestamp = self._ts
+        self._ts = (self._ts + samples) & 0xFFFFFFFF
+
+    def skip(self, samples: int) -> None:
+        """Advance the timestamp over a gap (nothing to send for ``samples``)."""
+        self._ts = (self._ts + samples) & 0xFFFFFFFF
+
+    def stop(self) -> None:
+        if self._protocol is not None:
+            try:
+                del self._protocol.datagram_received  # back to the class's method
+            except AttributeError:
+                pass
+            self._protocol = None
+        self.active = False
+        self._sendto = None
