@@ -14,6 +14,7 @@ from tests.adapters.webrtc_client import Browser, Gateway, close_all, complete_c
 from tests.calls.gw import sleep, wait_for
 from webgate.adapters.webrtc import WebRtcSettings
 from webgate.adapters.webrtc_direct import parse_rtp
+from webgate.calls import dialplan
 
 
 def _rtp(pt: int, payload: bytes, *, seq: int = 7, ts: int = 1000, marker: bool = False, csrcs: int = 0,
@@ -52,16 +53,20 @@ def test_parse_rtp_rejects_garbage(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("codecs", "direct", "path"),
+    ("codecs", "direct", "path", "sip_codecs"),
     [
-        (None, True, "packet"),  # G.711 relayed, both ways direct
-        (None, False, "packet"),  # the same on aiortc's own media path
-        (["G722"], True, "frame"),  # transcoded: decoded and encoded in the leg, sent direct
-        (["opus"], True, "packet"),
+        (None, True, "packet", None),  # G.711 relayed, both ways direct
+        (None, False, "packet", None),  # the same on aiortc's own media path
+        (["G722"], True, "frame", None),  # transcoded: decoded and encoded in the leg, sent direct
+        (["opus"], True, "packet", None),
+        (["opus"], True, "frame", ["PCMU"]),  # Opus <-> G.711: Opus encoded from 8 kHz as it is
     ],
 )
 @pytest_twisted.ensureDeferred
-async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool, path: str) -> None:
+async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool, path: str, sip_codecs: list[str] | None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if sip_codecs:  # what the gateway offers the built-in echo (which answers in offer order)
+        monkeypatch.setattr(dialplan, "BUILTIN_ROUTE_CODECS", tuple(sip_codecs))
     gw = Gateway(settings=WebRtcSettings(direct_audio=direct))
     browser = Browser(tone_hz=700.0, codecs=codecs)
     ws = None
@@ -84,6 +89,8 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
             assert leg.stats.frames_from_browser > 50 and leg.stats.frames_to_browser > 50
             if path == "frame":
                 assert leg._rx_decoder is not None and leg._tx_encoder is not None and leg.stats.packets_relayed == 0
+                if sip_codecs == ["PCMU"]:
+                    assert call.codec == "PCMU" and leg._tx_encoder.info.sample_rate == 8000 and leg._tx_step == 960
             else:
                 assert leg.stats.packets_relayed > 50
             # bytes that look like the call's audio but fail SRTP authentication: dropped, counted

@@ -35,7 +35,7 @@ import collections
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any
 
@@ -65,6 +65,7 @@ from webgate.media.codecs import (
     Encoder,
     create_decoder,
     create_encoder,
+    get_codec,
     frame_to_mono,
     mono_frame,
     opus_packet_samples,
@@ -81,6 +82,7 @@ __all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcSettings", "ice_
 _AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
 # codecs whose payloads go between browser and SIP untouched when both sides use them
 PACKET_CODECS = ("PCMU", "PCMA", "OPUS")
+_OPUS_INPUT_RATES = (8000, 12000, 16000, 24000)  # what libopus encodes without resampling (besides 48 kHz)
 
 
 def _silence(codec: str, samples: int) -> bytes:
@@ -717,9 +719,14 @@ class WebRtcLeg:
         """Frame path toward the browser: encode SIP's decoded audio and send it at once."""
         assert self._direct is not None and self._audio_pt is not None
         enc = self._tx_encoder
-        if enc is None:
-            enc = self._tx_encoder = create_encoder(self._codec)
-            info = enc.info
+        if enc is None or (self._codec == "OPUS" and rate in _OPUS_INPUT_RATES and enc.info.sample_rate != rate):
+            info = get_codec(self._codec)
+            if self._codec == "OPUS" and rate in _OPUS_INPUT_RATES:
+                # libopus encodes narrow/wide band input at its own rate: no resampling up to
+                # 48 kHz and a cheaper encode (a phone's audio has no more band to lose); the
+                # RTP clock stays 48 kHz (RFC 7587), so the timestamp step stays 960
+                info = replace(info, sample_rate=rate, frame_samples=rate // 50, codec_frame_samples=rate // 50)
+            enc = self._tx_encoder = create_encoder(info)
             self._tx_step = info.frame_samples * info.rtp_clock_rate // info.sample_rate
         if rate != enc.info.sample_rate:
             rs = self._tx_resamplers.get(rate)
