@@ -88,6 +88,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 def port_free(port: int, kind: int = socket.SOCK_STREAM) -> bool:
     s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as twistd binds: TIME_WAIT is no owner
     try:
         s.bind(("127.0.0.1", port))
         return True

@@ -159,10 +159,12 @@ class Bench:
         hold = ramp + settle + window + 1.0
         nw = max(1, math.ceil(n / (CALLS_PER_WORKER if scn.kind == "webrtc" else 10**6)))
         # lead time before the first call: a worker imports aiortc/PyAV (about 1 s), the RTMP driver
-        # prespawns its ffmpegs (2.5 s), a Janus worker registers its SIP accounts first (0.12 s each)
+        # prespawns its ffmpegs (2.5 s), a Janus worker registers its SIP accounts first: Janus's
+        # SIP plugin handles requests one at a time and sleeps 100 ms after each REGISTER, so all
+        # workers' registrations take about 0.12 s each, one after another
         lead = 3.0 if scn.kind == "rtmp" else 2.0
         if scn.target == "janus":
-            lead += 1.0 + 0.12 * math.ceil(n / nw)
+            lead += 1.5 + 0.12 * n
         start_at = time.monotonic() + lead
         t_w0, t_w1 = start_at + ramp + settle, start_at + ramp + settle + window
         rss_idle = proc_rss_mb(gw.pid)
@@ -238,6 +240,7 @@ class Bench:
             "latency_p50_ms": median(lat), "latency_p99_ms": percentile(lat, 99),
             "load_cpu_busy": load_busy,
         }
+        fig["load_limited"] = load_busy > 0.9  # the callers' CPU, not the gateway, is the limit
         fig["held"] = (
             fig["failed"] <= 0.01 * n
             and (fig["loss_mean"] is None or fig["loss_mean"] < 0.01)
@@ -356,7 +359,9 @@ def report(results: dict[str, Any], scns: list[Scenario]) -> str:
     for s in scns:
         if s.key in best:
             broke = any(not f["held"] for r in runs for f in r["steps"] if f["scenario"] == s.key)
-            lines.append(f"  {s.label:<40} {'' if broke else '>= '}{median(best[s.key]):.0f}")
+            limited = any(f.get("load_limited") for r in runs for f in r["steps"] if f["scenario"] == s.key)
+            lines.append(f"  {s.label:<40} {'' if broke else '>= '}{median(best[s.key]):.0f}"
+                         f"{'  (ramp stopped: the load generators saturated their CPU)' if limited and not broke else ''}")
     rate = results.get("setup_rate") or []
     if rate:
         lines.append("calls set up per second (median over runs):")
@@ -370,7 +375,7 @@ def report(results: dict[str, Any], scns: list[Scenario]) -> str:
     if g and j:
         lines.append("")
         lines.append("webgate / Janus (WebRTC G.711, same load, same far end), median over common steps:")
-        common = sorted(set(g) & set(j))
+        common = sorted(n for n in set(g) & set(j) if g[n]["held"] and j[n]["held"])
 
         def ratio(key: str) -> float | None:
             rs = []
@@ -381,6 +386,7 @@ def report(results: dict[str, Any], scns: list[Scenario]) -> str:
                     rs.append(a / b)
             return median(rs)
 
+        lines.append(f"  (steps both held: {', '.join(map(str, common)) or 'none'})")
         lines.append(f"  CPU per call            {_f(ratio('cpu_s_per_call_min'), '{:.2f}')} x")
         lines.append(f"  memory per call         {_f(ratio('mem_per_call_mb'), '{:.2f}')} x")
         lines.append(f"  setup request->INVITE   {_f(ratio('invite_p50_ms'), '{:.2f}')} x (p50)")
@@ -480,6 +486,9 @@ def main() -> int:
                           f"load cpu {100 * f['load_cpu_busy']:.0f}%{'' if f['held'] else '  <- quality broke'}",
                           flush=True)
                     if not f["held"]:
+                        break
+                    if f["load_limited"]:
+                        print(f"[run {run + 1}] the load generators' CPU is saturated: ramp stopped", flush=True)
                         break
                 if s.target == "janus":
                     if not args.no_setup_rate:
