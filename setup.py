@@ -53,6 +53,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff"],
+        # bench/ (not the test suite): the load generator's WebSocket client and the profiler
+        "bench": ["websockets", "py-spy"],
     },
     entry_points={"console_scripts": ["webgate = webgate.cli:main"]},
     classifiers=[

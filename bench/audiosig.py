@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from webgate.media.codecs import ulaw_encode  # the gateway's own G.711 (the callers' encoder too)
+
 FRAMES_PER_LOOP = 25          # one mark every 25 frames = 500 ms
 FRAME_S = 0.02
 BASE_HZ, BASE_DBFS = 400.0, -20.0
@@ -65,16 +67,6 @@ def ulaw_code_above(level: int) -> int:
     """The largest magnitude code whose decoded |x| is <= level (codes above it exceed level)."""
     mags = [int(ULAW_ABS[(~c) & 0xFF]) for c in range(128)]   # code c = byte ~c (either sign)
     return max([c for c in range(128) if mags[c] <= level] or [-1])
-
-
-def ulaw_encode(pcm: np.ndarray) -> bytes:
-    x = (pcm.astype(np.int32) >> 2) << 2   # 14-bit, as G.711 (matches audioop)
-    sign = np.where(x < 0, 0x80, 0)
-    mag = np.minimum(np.abs(x), 32635) + 0x84
-    exp = np.floor(np.log2(mag)).astype(np.int32) - 7
-    exp = np.clip(exp, 0, 7)
-    mant = (mag >> (exp + 3)) & 0x0F
-    return (~(sign | (exp << 4) | mant) & 0xFF).astype(np.uint8).tobytes()
 
 
 # ---- Opus via PyAV ----

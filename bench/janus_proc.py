@@ -3,7 +3,7 @@
     start_janus(workdir, cpu=None) -> Popen   # writes configs into workdir, runs `janus -F workdir -o`
     stop_janus(proc)
 
-HTTP 127.0.0.1:18088 (/janus), WebSocket 127.0.0.1:18188, ICE/RTP 27000-27999, only the SIP plugin.
+HTTP 127.0.0.1:18088 (/janus), WebSocket 127.0.0.1:18188, ICE/RTP 16000-17999, SIP-side RTP 26000-29999, only the SIP plugin.
 Log: workdir/janus.log.  Manual use: python bench/janus_proc.py [--workdir DIR] [--cpu N]
 """
 

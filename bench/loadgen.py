@@ -394,8 +394,10 @@ class Call:
         try:
             # Janus's SIP plugin registers sessions one at a time (~100 ms each, see janus_sig):
             # the session is prepared ahead (as a browser registers at page load), the call
-            # itself starts on schedule.
-            await asyncio.wait_for(j.start(), max(args.timeout, 0.15 * args.calls + 10))
+            # itself starts on schedule.  Janus serialises every process's registrations, so
+            # the wait is bounded by the call's own start time (which the caller sets after them
+            # all), not by this process's share.
+            await asyncio.wait_for(j.start(), max(args.timeout, 0.15 * args.calls + 10, self.at - mono() + args.timeout))
             self.rec["t_ready"] = mono()
             if self.at > mono():
                 await asyncio.sleep(self.at - mono())

@@ -114,6 +114,8 @@ class Bench:
         self.janus: subprocess.Popen[Any] | None = None
         self.farend_out = self.work / "farend.jsonl"
         self.step_no = 0
+        self.starts = 0
+        self.rss_fresh = 0.0  # the gateway's RSS just after it started (before any call)
 
     # -- processes ------------------------------------------------------------------------
     def start_farend(self) -> None:
@@ -127,20 +129,37 @@ class Bench:
             raise RuntimeError(f"far end did not start: {line!r}; see {self.work / 'farend.err'}")
 
     def start_webgate(self) -> None:
+        """A fresh webgate for each scenario: memory per call is measured from its RSS at start."""
+        self.starts += 1
         cfg = self.work / "webgate.toml"
         cfg.write_text(CONFIG.format(log_level=self.args.log_level))
         cmd = pinned([PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                      "-l", str(self.work / "webgate.log"), "webgate", "--config", str(cfg)], GATEWAY_CPU)
+                      "-l", str(self.work / f"webgate-{self.starts}.log"), "webgate", "--config", str(cfg)], GATEWAY_CPU)
         self.webgate = subprocess.Popen(cmd, cwd=self.work, stdout=subprocess.DEVNULL,
-                                        stderr=open(self.work / "webgate.err", "w"), start_new_session=True)
+                                        stderr=open(self.work / f"webgate-{self.starts}.err", "w"), start_new_session=True)
         self.procs.append(self.webgate)
         wait_http("http://127.0.0.1:18080/health")
+        time.sleep(1.0)
+        self.rss_fresh = proc_rss_mb(self.webgate.pid)
 
     def start_janus(self) -> None:
         from janus_proc import start_janus
 
         self.janus = start_janus(self.work / "janus", cpu=GATEWAY_CPU)
         self.procs.append(self.janus)
+        time.sleep(1.0)
+        self.rss_fresh = proc_rss_mb(self.janus.pid)
+
+    def stop_gateway(self, which: str) -> None:
+        p = self.janus if which == "janus" else self.webgate
+        if p is not None:
+            stop(p)
+            if p in self.procs:
+                self.procs.remove(p)
+        if which == "janus":
+            self.janus = None
+        else:
+            self.webgate = None
 
     def stop_all(self) -> None:
         for p in reversed(self.procs):
@@ -167,7 +186,7 @@ class Bench:
             lead += 1.5 + 0.12 * n
         start_at = time.monotonic() + lead
         t_w0, t_w1 = start_at + ramp + settle, start_at + ramp + settle + window
-        rss_idle = proc_rss_mb(gw.pid)
+        rss_idle = self.rss_fresh
         outs: list[Path] = []
         workers: list[subprocess.Popen[Any]] = []
         for w in range(nw):
@@ -230,7 +249,7 @@ class Bench:
             "errors": sorted({str(c.get("error"))[:80] for c in calls if not c.get("ok")})[:5],
             "cpu_s": cpu, "window_s": wall, "cpu_pct": 100 * cpu / wall,
             "cpu_s_per_call_min": (cpu / (n * wall / 60)) if n else None,
-            "rss_idle_mb": rss_idle, "rss_peak_mb": rss_peak,
+            "rss_start_mb": rss_idle, "rss_peak_mb": rss_peak,
             "mem_per_call_mb": (rss_peak - rss_idle) / n if n else None,
             "loss_mean": (sum(loss) / len(loss)) if loss else None, "loss_max": max(loss) if loss else None,
             "farend_loss_mean": (sum(far_loss) / len(far_loss)) if far_loss else None,
@@ -432,9 +451,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small steps, one run, short windows")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--steps", default="25,50,100,150,200,250", help="WebRTC G.711 steps (webgate and Janus)")
-    ap.add_argument("--opus-steps", default="20,40,60,80,100")
-    ap.add_argument("--rtmp-steps", default="10,20,40")
+    ap.add_argument("--steps", default="100,200,300,400", help="WebRTC G.711 steps (webgate and Janus)")
+    ap.add_argument("--opus-steps", default="20,40,60,80")
+    ap.add_argument("--rtmp-steps", default="20,40,60")
     ap.add_argument("--rate", type=float, default=25.0, help="new calls per second during a ramp step")
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured with every call up")
     ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac")
@@ -470,13 +489,14 @@ def main() -> int:
                                "runs": [], "setup_rate": []}
     try:
         b.start_farend()
-        b.start_webgate()
         for run in range(args.runs):
             steps: list[dict[str, Any]] = []
             results["runs"].append({"steps": steps})
             for s in scns:
                 if s.target == "janus":
                     b.start_janus()
+                else:
+                    b.start_webgate()
                 for n in s.steps:
                     f = b.run_step(s, n, args.rate, args.window)
                     steps.append(f)
@@ -490,14 +510,13 @@ def main() -> int:
                     if f["load_limited"]:
                         print(f"[run {run + 1}] the load generators' CPU is saturated: ramp stopped", flush=True)
                         break
-                if s.target == "janus":
-                    if not args.no_setup_rate:
-                        results["setup_rate"].append(b.setup_rate("janus", 60))
-                    stop(b.janus)
-                    b.procs.remove(b.janus)
-                    b.janus = None
+                if s.target == "janus" and not args.no_setup_rate:
+                    results["setup_rate"].append(b.setup_rate("janus", 60))
+                b.stop_gateway(s.target)
             if not args.no_setup_rate:
+                b.start_webgate()
                 results["setup_rate"].append(b.setup_rate("webgate", 60))
+                b.stop_gateway("webgate")
         results["codec_cost"] = codec_costs()
     finally:
         b.stop_all()
