@@ -84,6 +84,18 @@ def start_janus(workdir: Path, cpu: int | None = None, debug_level: int = 3, tim
                                 cwd=str(workdir), start_new_session=True)
     proc.log_path = log  # type: ignore[attr-defined]
     proc.ws_url = ws_url(ws_port)  # type: ignore[attr-defined]
+    try:  # whatever interrupts the wait (an error, Ctrl-C, SIGTERM) stops what was started
+        ready = _wait_ready(proc, log, http_port, ws_port, timeout)
+    except BaseException:
+        stop_janus(proc)
+        raise
+    if ready:
+        return proc
+    stop_janus(proc)
+    raise RuntimeError(f"janus did not answer {info_url(http_port)} within {timeout} s:\n{_tail(log)}")
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, http_port: int, ws_port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -91,15 +103,11 @@ def start_janus(workdir: Path, cpu: int | None = None, debug_level: int = 3, tim
         info = _info(http_port)
         if info is not None:
             if "janus.plugin.sip" not in info.get("plugins", {}):
-                stop_janus(proc)
                 raise RuntimeError(f"janus is up but the SIP plugin is not loaded:\n{_tail(log)}")
-            if not _listening(ws_port):
-                time.sleep(0.1)
-                continue
-            return proc
+            if _listening(ws_port):
+                return True
         time.sleep(0.1)
-    stop_janus(proc)
-    raise RuntimeError(f"janus did not answer {info_url(http_port)} within {timeout} s:\n{_tail(log)}")
+    return False
 
 
 def _listening(port: int) -> bool:
@@ -139,18 +147,20 @@ def main() -> None:
     # SIGTERM too, and SIGINT explicitly (a background job of a non-interactive shell ignores it)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    proc = start_janus(Path(a.workdir), a.cpu, a.debug_level, http_port=a.http_port, ws_port=a.ws_port)
-    info = _info(a.http_port) or {}
-    print(f"janus pid {proc.pid} up: {info.get('version_string')} plugins={list(info.get('plugins', {}))} "
-          f"transports={list(info.get('transports', {}))} http={info_url(a.http_port)} ws={ws_url(a.ws_port)} log={proc.log_path}")  # type: ignore[attr-defined]
-    try:
+    proc: subprocess.Popen | None = None  # type: ignore[type-arg]
+    try:  # a signal during start-up must stop Janus too
+        proc = start_janus(Path(a.workdir), a.cpu, a.debug_level, http_port=a.http_port, ws_port=a.ws_port)
+        info = _info(a.http_port) or {}
+        print(f"janus pid {proc.pid} up: {info.get('version_string')} plugins={list(info.get('plugins', {}))} "
+              f"transports={list(info.get('transports', {}))} http={info_url(a.http_port)} ws={ws_url(a.ws_port)} log={proc.log_path}")  # type: ignore[attr-defined]
         while proc.poll() is None:
             time.sleep(1)
         print(f"janus exited rc {proc.returncode}")
     except KeyboardInterrupt:
         pass
     finally:
-        print(f"stopped rc {stop_janus(proc)}")
+        if proc is not None:
+            print(f"stopped rc {stop_janus(proc)}")
 
 
 if __name__ == "__main__":
