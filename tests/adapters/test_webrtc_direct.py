@@ -6,6 +6,7 @@ authenticate are dropped without harming the call."""
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
@@ -13,7 +14,7 @@ import pytest_twisted
 from tests.adapters.webrtc_client import Browser, Gateway, close_all, complete_call, connect
 from tests.calls.gw import sleep, wait_for
 from webgate.adapters.webrtc import WebRtcSettings
-from webgate.adapters.webrtc_direct import parse_rtp
+from webgate.adapters.webrtc_direct import DirectAudio, parse_rtp
 from webgate.calls import dialplan
 
 
@@ -113,3 +114,67 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
             assert "datagram_received" not in vars(proto)  # the hook is gone with the call
     finally:
         await close_all(gw, browser, ws)
+
+
+class _Proto:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+        self.passed: list[bytes] = []
+        self.transport = SimpleNamespace(sendto=lambda data, addr: self.sent.append((data, addr)))
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.passed.append(data)
+
+
+def _unprotect(data: bytes) -> bytes:
+    if data[-1:] != b"T":
+        raise ValueError("bad tag")
+    return data[:-1]
+
+
+def _fake_sender(proto: _Proto, sent_before: int = 0) -> SimpleNamespace:
+    pair = SimpleNamespace(protocol=proto, remote_addr=("127.0.0.1", 9))
+    dtls = SimpleNamespace(
+        transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})),
+        _tx_srtp=SimpleNamespace(protect=lambda b: b + b"T"),  # SRTP: the header stays clear, a tag follows
+        _rx_srtp=SimpleNamespace(unprotect=_unprotect),
+    )
+    sender = SimpleNamespace(transport=dtls, _ssrc=0xABCDEF)
+    setattr(sender, "_RTCRtpSender__packet_count", sent_before)
+    return sender
+
+
+def test_direct_audio_sends_numbered_packets_and_restores_the_socket() -> None:
+    proto = _Proto()
+    got: list[tuple[int, int, int, bool, bytes]] = []
+    sender = _fake_sender(proto)
+    d = DirectAudio(sender, {0, 101}, lambda *a: got.append(a))
+    assert d.start()
+    for _ in range(3):
+        d.send(0, b"\xff" * 160, 160)
+    pkts = [parse_rtp(data[:-1]) for data, addr in proto.sent]
+    assert [addr for _, addr in proto.sent] == [("127.0.0.1", 9)] * 3 and all(data[-1:] == b"T" for data, _ in proto.sent)
+    assert [p[0] for p in pkts] == [0, 0, 0]
+    assert [(p[1] - pkts[0][1]) % 65536 for p in pkts] == [0, 1, 2]
+    assert [(p[2] - pkts[0][2]) % 2**32 for p in pkts] == [0, 160, 320]
+    assert proto.sent[0][0][8:12] == (0xABCDEF).to_bytes(4, "big")
+    assert getattr(sender, "_RTCRtpSender__packet_count") == 3 and getattr(sender, "_RTCRtpSender__octet_count") == 480
+    # the socket: the call's audio (PT 0 / 101) comes here unprotected; RTCP, other PTs, STUN go on
+    proto.datagram_received(_rtp(0, b"abc") + b"T", ("127.0.0.1", 9))
+    proto.datagram_received(_rtp(0, b"forged"), ("127.0.0.1", 9))  # no tag: fails "authentication"
+    proto.datagram_received(_rtp(96, b"video"), ("127.0.0.1", 9))
+    proto.datagram_received(b"\x80\xc8" + b"\x00" * 26, ("127.0.0.1", 9))  # an RTCP sender report
+    proto.datagram_received(b"\x00\x01\x00\x00" + b"\x00" * 16, ("127.0.0.1", 9))  # STUN
+    assert got == [(0, 7, 1000, False, b"abc")] and d.srtp_errors == 1
+    assert len(proto.passed) == 3
+    d.stop()
+    assert "datagram_received" not in vars(proto) and not d.active
+    d.send(0, b"x", 160)  # after stop: nothing sent, nothing raised
+    assert len(proto.sent) == 3
+
+
+def test_direct_audio_stays_off_when_aiortc_already_sent_or_internals_differ() -> None:
+    proto = _Proto()
+    assert not DirectAudio(_fake_sender(proto, sent_before=5), {0}, lambda *a: None).start()
+    assert not DirectAudio(SimpleNamespace(transport=None, _ssrc=1), {0}, lambda *a: None).start()
+    assert "datagram_received" not in vars(proto)

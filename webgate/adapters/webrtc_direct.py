@@ -103,8 +103,14 @@ class DirectAudio:
             self._protect = dtls._tx_srtp.protect
             self._unprotect = dtls._rx_srtp.unprotect
             self._ssrc = int(self._sender._ssrc)
+            sent = int(self._sender._RTCRtpSender__packet_count)
         except (AttributeError, KeyError, TypeError) as e:
             log.warn("WebRTC direct audio unavailable ({error}): staying on aiortc's media path", error=repr(e))
+            return False
+        if sent:
+            # aiortc already sent RTP on this SSRC: a sequence number of our own would jump and
+            # could make the browser's SRTP guess the wrong rollover counter; stay on its path
+            log.info("WebRTC direct audio not started: aiortc already sent {n} packets", n=sent)
             return False
         original = protocol.datagram_received
         pts = self._pts
