@@ -367,12 +367,7 @@ class Call:
                 sdp = await asyncio.wait_for(answer, args.timeout)
             except TimeoutError:
                 raise RuntimeError(f"no answer within {args.timeout} s") from None
-            pt = self._answer_pt(sdp)
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))  # type: ignore[union-attr]
-            try:
-                await self._media(pt)
-            except TimeoutError:
-                raise RuntimeError(f"media not connected within {self.gen.args.timeout} s") from None
+            await self._apply_answer(sdp)
             if not self.ended.done():
                 await ws.send('{"type":"hangup"}')
                 try:
@@ -384,6 +379,15 @@ class Call:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(ws.close(), 2)
             rt.cancel()
+
+    async def _apply_answer(self, sdp: str) -> None:
+        """The gateway's answer: apply it and wait until media is up (ICE, DTLS, first packet path)."""
+        pt = self._answer_pt(sdp)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))  # type: ignore[union-attr]
+        try:
+            await self._media(pt)
+        except TimeoutError:
+            raise RuntimeError(f"media not connected within {self.gen.args.timeout} s") from None
 
     async def _run_janus(self) -> None:
         JanusSipCall = self.gen.janus_cls
@@ -416,12 +420,7 @@ class Call:
                 self._end(f"janus hangup {getattr(j, 'hangup_reason', '')}".strip())
 
             watch = asyncio.ensure_future(watch_hangup())
-            pt = self._answer_pt(sdp)
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))  # type: ignore[union-attr]
-            try:
-                await self._media(pt)
-            except TimeoutError:
-                raise RuntimeError(f"media not connected within {args.timeout} s") from None
+            await self._apply_answer(sdp)
         finally:
             if watch is not None:
                 watch.cancel()
