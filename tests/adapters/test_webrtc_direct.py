@@ -178,3 +178,17 @@ def test_direct_audio_stays_off_when_aiortc_already_sent_or_internals_differ() -
     assert not DirectAudio(_fake_sender(proto, sent_before=5), {0}, lambda *a: None).start()
     assert not DirectAudio(SimpleNamespace(transport=None, _ssrc=1), {0}, lambda *a: None).start()
     assert "datagram_received" not in vars(proto)
+
+
+def test_a_failing_packet_handler_is_counted_not_raised() -> None:
+    proto = _Proto()
+
+    def boom(*_: object) -> None:
+        raise ValueError("handler bug")
+
+    d = DirectAudio(_fake_sender(proto), {0}, boom)
+    assert d.start()
+    for _ in range(3):
+        proto.datagram_received(_rtp(0, b"abc") + b"T", ("127.0.0.1", 9))
+    assert d.handler_errors == 3 and d.packets_received == 3
+

@@ -88,6 +88,7 @@ class DirectAudio:
         self.packets_received = 0
         self.srtp_errors = 0
         self.send_errors = 0
+        self.handler_errors = 0
         self._octets = 0
 
     def start(self) -> bool:
@@ -128,7 +129,12 @@ class DirectAudio:
                 parsed = parse_rtp(plain)
                 if parsed is not None:
                     self.packets_received += 1
-                    on_rtp(*parsed)
+                    try:
+                        on_rtp(*parsed)
+                    except Exception:  # noqa: BLE001 - one bad packet must not reach the event loop
+                        self.handler_errors += 1
+                        if self.handler_errors in (1, 100, 10000):
+                            log.failure("WebRTC direct audio: packet handling failed ({n} so far)", n=self.handler_errors)
                 return
             original(data, addr)
 
