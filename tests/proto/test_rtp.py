@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.rtp import (
+    parse_payload,
     DtmfDigit,
     DtmfReceiver,
     DtmfSender,
@@ -568,3 +570,61 @@ def test_fuzz_jitter_buffer_and_dtmf(items: list[tuple[int, int, int, float]]) -
         assert len(jb) <= 8
     stats.report_block(now)
     rx.poll(now + 10)
+
+
+# ---- parse_payload: the relay's lean parser agrees with RtpPacket.parse ------------------------
+
+
+def _rtp_bytes(pt: int, payload: bytes, *, seq: int = 7, ts: int = 1000, marker: bool = False, csrcs: int = 0,
+               ext_words: int | None = None, pad: int = 0) -> bytes:
+    b0 = 0x80 | csrcs | (0x10 if ext_words is not None else 0) | (0x20 if pad else 0)
+    out = struct.pack("!BBHII", b0, pt | (0x80 if marker else 0), seq, ts, 0x1234) + b"\x00\x00\x00\x01" * csrcs
+    if ext_words is not None:
+        out += struct.pack("!HH", 0xBEDE, ext_words) + b"\x11\x22\x33\x44" * ext_words
+    out += payload
+    if pad:
+        out += b"\x00" * (pad - 1) + bytes([pad])
+    return out
+
+
+def test_parse_payload_header_forms() -> None:
+    assert parse_payload(_rtp_bytes(0, b"abc")) == (0, 7, 1000, False, b"abc")
+    assert parse_payload(_rtp_bytes(111, b"xyz", marker=True, seq=65535, ts=0xFFFFFFFF)) == (111, 65535, 0xFFFFFFFF, True, b"xyz")
+    assert parse_payload(_rtp_bytes(8, b"pay", csrcs=2, ext_words=3, pad=4)) == (8, 7, 1000, False, b"pay")
+    assert parse_payload(_rtp_bytes(0, b"")) == (0, 7, 1000, False, b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x00",
+        b"\x40" + b"\x00" * 20,  # RTP version 1
+        _rtp_bytes(0, b"")[:11],  # short header
+        bytes([0x90]) + _rtp_bytes(0, b"")[1:],  # X bit set, no room for the extension header
+        _rtp_bytes(0, b"", ext_words=200)[:40],  # extension longer than the packet
+        bytes([0xA0]) + _rtp_bytes(0, b"ab")[1:-1] + b"\xff",  # P bit: 255 octets of padding in 14
+        bytes([0xA0]) + _rtp_bytes(0, b"ab")[1:-1] + b"\x00",  # P bit with a zero padding count
+        bytes([0x8F]) + _rtp_bytes(0, b"")[1:],  # 15 CSRCs announced, none there
+    ],
+)
+def test_parse_payload_rejects_garbage(data: bytes) -> None:
+    assert parse_payload(data) is None
+    with pytest.raises(RemoteProtocolError):
+        RtpPacket.parse(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=80),
+    st.builds(lambda b0, rest: bytes([0x80 | (b0 & 0x3F)]) + rest, st.integers(0, 255), st.binary(min_size=11, max_size=80)),
+))
+def test_parse_payload_agrees_with_rtp_packet_parse(data: bytes) -> None:
+    fast = parse_payload(data)
+    try:
+        p = RtpPacket.parse(data)
+    except RemoteProtocolError:
+        assert fast is None
+        return
+    assert fast == (p.payload_type, p.sequence, p.timestamp, p.marker, p.payload)
+

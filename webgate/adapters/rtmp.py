@@ -131,7 +131,7 @@ class RtmpProtocol(protocol.Protocol):
             except OSError:
                 pass
         # plain TCP (not TLS): flush() may hand bytes to the socket at once (see _write)
-        self._write_through = isinstance(t, tcp.Connection) and hasattr(t, "socket")
+        self._write_through = isinstance(t, tcp.Connection)
         peer = self.transport.getPeer()
         self.client = f"{getattr(peer, 'host', self.peer_ip)}:{getattr(peer, 'port', 0)}"
         self._timeout = self.factory.reactor.callLater(self.factory.connect_timeout_s, self._connect_timeout)

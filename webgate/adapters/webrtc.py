@@ -428,16 +428,20 @@ class WebRtcLeg:
         call = self.call
         if pt == self._audio_pt and call is not None and call.media_path == "packet":
             if not call.ended and packet.payload:
-                try:
-                    samples = packet_samples(self._codec, packet.payload)
-                except RemoteProtocolError:
-                    self.stats.bad_packets += 1
-                    return True
-                self.stats.packets_relayed += 1
-                self.stats.frames_from_browser += 1
-                call.send_payload(packet.payload, samples)
+                self._relay_to_sip(call, packet.payload)
             return True
         return False  # frame path (or not answered yet): aiortc decodes
+
+    def _relay_to_sip(self, call: Call, payload: bytes) -> None:
+        """Packet path: one browser payload to SIP undecoded (its duration read from the payload)."""
+        try:
+            samples = packet_samples(self._codec, payload)
+        except RemoteProtocolError:
+            self.stats.bad_packets += 1
+            return
+        self.stats.packets_relayed += 1
+        self.stats.frames_from_browser += 1
+        call.send_payload(payload, samples)
 
     def _browser_event(self, packet: Any) -> None:
         assert self._dtmf_rx is not None
@@ -695,14 +699,7 @@ class WebRtcLeg:
         if call is None or call.ended or not payload or call.stream is None:
             return  # not answered yet (or over): nothing to send it to
         if call.media_path == "packet":
-            try:
-                samples = packet_samples(self._codec, payload)
-            except RemoteProtocolError:
-                self.stats.bad_packets += 1
-                return
-            self.stats.packets_relayed += 1
-            self.stats.frames_from_browser += 1
-            call.send_payload(payload, samples)
+            self._relay_to_sip(call, payload)
             return
         dec = self._rx_decoder
         if dec is None:

@@ -37,35 +37,14 @@ from typing import Any
 from aiortc import clock
 from twisted.logger import Logger
 
-__all__ = ["DirectAudio", "parse_rtp"]
+from webgate.proto.rtp import parse_payload
+
+__all__ = ["DirectAudio"]
 
 log = Logger()
 
 _HDR = struct.Struct("!BBHII")
-_SEQ_TS = struct.Struct("!HI")
 _SR_EVERY = 25  # refresh the sender report's NTP/RTP timestamp pair every 25 packets (0.5 s)
-
-
-def parse_rtp(data: bytes) -> tuple[int, int, int, bool, bytes] | None:
-    """(payload type, sequence, timestamp, marker, payload) of a plain RTP packet, or None."""
-    n = len(data)
-    if n < 12:
-        return None
-    b0, b1 = data[0], data[1]
-    if b0 >> 6 != 2:
-        return None
-    off = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10:
-        if n < off + 4:
-            return None
-        off += 4 + 4 * int.from_bytes(data[off + 2 : off + 4], "big")
-    end = n
-    if b0 & 0x20:
-        end -= data[-1]
-    if off > end:
-        return None
-    seq, ts = _SEQ_TS.unpack_from(data, 2)
-    return b1 & 0x7F, seq, ts, bool(b1 & 0x80), data[off:end]
 
 
 class DirectAudio:
@@ -126,7 +105,7 @@ class DirectAudio:
                 except Exception:  # noqa: BLE001 - pylibsrtp raises on auth failure / replay
                     self.srtp_errors += 1
                     return
-                parsed = parse_rtp(plain)
+                parsed = parse_payload(plain)
                 if parsed is not None:
                     self.packets_received += 1
                     try:

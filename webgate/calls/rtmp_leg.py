@@ -17,6 +17,7 @@ this module a small *sink* per RTMP stream (:class:`AudioSink`) to write FLV aud
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl
@@ -284,12 +285,12 @@ class AudioIn:
         self._win_min = min(self._win_min, depth)
         if now < self._win_end:
             return
-        excess = self._win_min - -(-self.prebuffer_ms // FRAME_MS)
-        for _ in range(max(0, excess)):
+        keep = math.ceil(self.prebuffer_ms / FRAME_MS)  # frames
+        for _ in range(self._win_min - keep):
             self._queue.popleft()
             self.dropped_ms += FRAME_MS
             self.drained_ms += FRAME_MS
-        self._win_min, self._win_end = None, 0.0
+        self._win_min = None
 
     def reset(self) -> None:
         self._queue.clear()

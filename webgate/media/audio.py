@@ -203,22 +203,22 @@ class Resampler:
         # Outputs whose newest input index (pos // up) falls inside this block.
         limit = n_in * up  # exclusive bound on pos
         n_out = max(0, -(-(limit - self._pos) // down))
-        positions = self._pos + down * np.arange(n_out, dtype=np.int64)
-        idx = positions // up  # index of the newest input sample, in the new block
         view = np.lib.stride_tricks.sliding_window_view(buf, self._taps)
         if n_out == 0:
             out = np.zeros(0, dtype=np.float32)
         elif up == 1:
             # down-sampling by an integer: one phase, every down-th window (a strided view)
             out = view[self._pos : self._pos + down * (n_out - 1) + 1 : down] @ self._bank[0]
-        elif up > down:
-            # up-sampling: every input window serves several outputs; one matrix product
-            # over the block's windows and all phases, then each output picks its phase
-            i0 = int(idx[0])
-            out = (view[i0 : int(idx[-1]) + 1] @ self._bank.T)[idx - i0, positions % up]
         else:
-            windows = view[idx]
-            out = np.einsum("nk,nk->n", windows, self._bank[positions % up])
+            positions = self._pos + down * np.arange(n_out, dtype=np.int64)
+            idx = positions // up  # index of the newest input sample, in the new block
+            if up > down:
+                # up-sampling: every input window serves several outputs; one matrix product
+                # over the block's windows and all phases, then each output picks its phase
+                i0 = int(idx[0])
+                out = (view[i0 : int(idx[-1]) + 1] @ self._bank.T)[idx - i0, positions % up]
+            else:
+                out = np.einsum("nk,nk->n", view[idx], self._bank[positions % up])
         self._pos = self._pos + n_out * down - limit
         self._history = buf[len(buf) - (self._taps - 1) :].copy()
         return as_pcm(out)

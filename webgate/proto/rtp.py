@@ -37,6 +37,7 @@ __all__ = [
     "is_rtcp",
     "ntp_from_unix",
     "ntp_middle32",
+    "parse_payload",
     "parse_rtcp",
     "seq_diff",
     "serialize_rtcp",
@@ -174,6 +175,36 @@ class RtpPacket:
 
     def __bytes__(self) -> bytes:
         return self.serialize()
+
+
+_SEQ_TS = struct.Struct("!HI")
+
+
+def parse_payload(data: bytes) -> tuple[int, int, int, bool, bytes] | None:
+    """(payload type, sequence, timestamp, marker, payload) of an RTP packet, without building an
+    :class:`RtpPacket` (a relay's per-packet path: about a fifth of :meth:`RtpPacket.parse`'s cost).
+    None exactly where :meth:`RtpPacket.parse` would raise."""
+    n = len(data)
+    if n < 12:
+        return None
+    b0, b1 = data[0], data[1]
+    if b0 >> 6 != RTP_VERSION:
+        return None
+    off = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if n < off + 4:
+            return None
+        off += 4 + 4 * int.from_bytes(data[off + 2 : off + 4], "big")
+    if n < off:
+        return None
+    end = n
+    if b0 & 0x20:
+        pad = data[-1]
+        if pad == 0 or end - pad < off:
+            return None
+        end -= pad
+    seq, ts = _SEQ_TS.unpack_from(data, 2)
+    return b1 & 0x7F, seq, ts, bool(b1 & 0x80), bytes(data[off:end])
 
 
 def is_rtcp(data: bytes) -> bool:
