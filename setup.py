@@ -44,7 +44,11 @@ setup(
     install_requires=[
         "twisted[tls,websocket]>=25.5",  # twisted.web.websocket
         "service_identity",
-        "aiortc>=1.9",
+        # The WebRTC packet paths (adapters/webrtc.py, webrtc_direct.py) use private names of
+        # aiortc and aioice: pinned to the tested minor versions; on an upgrade, re-run
+        # tests/adapters/test_webrtc_direct.py and the Chromium tests, then move the pins.
+        "aiortc>=1.16,<1.17",
+        "aioice>=0.13,<0.14",
         "av",
         "numpy",
         "py3amf",
@@ -55,6 +59,8 @@ setup(
         "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff"],
         # bench/ (not the test suite): the load generator's WebSocket client and the profiler
         "bench": ["websockets", "py-spy"],
+        # fuzz/ (not the test suite): the coverage-guided engine (a manylinux wheel for CPython 3.11)
+        "fuzz": ["atheris>=2.3"],
     },
     entry_points={"console_scripts": ["webgate = webgate.cli:main"]},
     classifiers=[

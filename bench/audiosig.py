@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from webgate.media.codecs import ulaw_encode  # the gateway's own G.711 (the callers' encoder too)
+from webgate.media.codecs import (
+    ulaw_encode,  # the gateway's own G.711 (the callers' encoder too)
+)
 
 FRAMES_PER_LOOP = 25          # one mark every 25 frames = 500 ms
 FRAME_S = 0.02

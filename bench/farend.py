@@ -72,7 +72,7 @@ def _alaw(s: int) -> int:
 def _tone(encode: Any, hz: float = 400.0, dbfs: float = -20.0) -> bytes:
     """One 20 ms frame (160 samples at 8 kHz) of a sine; 400 Hz fits exactly 8 periods, so it loops cleanly."""
     amp = 32767 * 10 ** (dbfs / 20)
-    return bytes(encode(int(round(amp * math.sin(2 * math.pi * hz * i / 8000)))) for i in range(160))
+    return bytes(encode(round(amp * math.sin(2 * math.pi * hz * i / 8000))) for i in range(160))
 
 
 TONE = {0: _tone(_ulaw), 8: _tone(_alaw)}
@@ -85,14 +85,14 @@ COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "
            "a": "accept-contact", "j": "reject-contact", "d": "request-disposition", "y": "identity"}
 CANON = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
          "record-route": "Record-Route"}
-RE_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
-RE_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.I)
+RE_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
+RE_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
 RE_REQ = re.compile(r"^([A-Za-z][A-Za-z0-9.!%*_+`'~-]*)\s+(\S+)\s+SIP/2\.0$")
 RE_RESP = re.compile(r"^SIP/2\.0\s+(\d{3})(?:\s+(.*))?$")
 
 
 class Msg:
-    __slots__ = ("method", "uri", "status", "hdrs", "body")
+    __slots__ = ("body", "hdrs", "method", "status", "uri")
 
     def __init__(self) -> None:
         self.method: str | None = None
@@ -190,7 +190,7 @@ def hostport_of(uri: str | None) -> tuple[str, int] | None:
     """host and port of a sip: URI (IPv4 / names only; default 5060)."""
     if not uri:
         return None
-    m = re.match(r"^sips?:(?:[^@]*@)?([^:;>?]+)(?::(\d+))?", uri, re.I)
+    m = re.match(r"^sips?:(?:[^@]*@)?([^:;>?]+)(?::(\d+))?", uri, re.IGNORECASE)
     if not m:
         return None
     return m.group(1), int(m.group(2) or 5060)
@@ -200,7 +200,7 @@ def hostport_of(uri: str | None) -> tuple[str, int] | None:
 
 
 class Offer:
-    __slots__ = ("ok", "pt", "law", "te", "addr", "port", "direction", "mlines", "idx")
+    __slots__ = ("addr", "direction", "idx", "law", "mlines", "ok", "port", "pt", "te")
 
     def __init__(self) -> None:
         self.ok = False
@@ -284,16 +284,70 @@ ANSWER_DIR = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendo
 
 class Call:
     __slots__ = (
-        "fe", "call_id", "bench_id", "session_id", "invite", "sip_addr", "local_tag", "invite_branch",
-        "invite_cseq", "state", "sock", "fd", "rtcp", "port", "sess_id", "sdp_ver", "pt", "law", "te",
-        "remote", "direction", "send_ok", "answered", "tone_on", "next_due", "delayed_offer", "local_cseq",
-        "t_invite", "t_200", "t_ack", "t_first_rtp", "t_end", "end_reason", "status", "rtp_src",
-        "tx_seq", "tx_ts", "ssrc", "tx_packets", "echoed", "tone_packets", "tx_errors", "dtmf",
-        "rx_packets", "rx_ssrc", "base_seq", "max_seq", "cycles", "bad_seq", "received", "prev_expected",
-        "prev_received", "jit", "j_ts", "j_arr", "jmax", "jsum", "jn", "jafter", "ring_handle", "rt_keys",
+        "answered",
+        "bad_seq",
+        "base_seq",
+        "bench_id",
+        "call_id",
+        "cycles",
+        "delayed_offer",
+        "direction",
+        "dtmf",
+        "echoed",
+        "end_reason",
+        "fd",
+        "fe",
+        "invite",
+        "invite_branch",
+        "invite_cseq",
+        "j_arr",
+        "j_ts",
+        "jafter",
+        "jit",
+        "jmax",
+        "jn",
+        "jsum",
+        "law",
+        "local_cseq",
+        "local_tag",
+        "max_seq",
+        "next_due",
+        "port",
+        "prev_expected",
+        "prev_received",
+        "pt",
+        "received",
+        "remote",
+        "ring_handle",
+        "rt_keys",
+        "rtcp",
+        "rtp_src",
+        "rx_packets",
+        "rx_ssrc",
+        "sdp_ver",
+        "send_ok",
+        "sess_id",
+        "session_id",
+        "sip_addr",
+        "sock",
+        "ssrc",
+        "state",
+        "status",
+        "t_200",
+        "t_ack",
+        "t_end",
+        "t_first_rtp",
+        "t_invite",
+        "te",
+        "tone_on",
+        "tone_packets",
+        "tx_errors",
+        "tx_packets",
+        "tx_seq",
+        "tx_ts",
     )
 
-    def __init__(self, fe: "FarEnd", msg: Msg, addr: tuple[str, int], sock: socket.socket,
+    def __init__(self, fe: FarEnd, msg: Msg, addr: tuple[str, int], sock: socket.socket,
                  rtcp: socket.socket | None, port: int) -> None:
         self.fe = fe
         self.call_id = msg.call_id or ""
@@ -302,7 +356,7 @@ class Call:
         self.bench_id: Any = (int(bid) if bid and bid.isdigit() else bid) if bid else None
         self.session_id = hv.get("x-session-id")
         self.invite, self.sip_addr = msg, addr
-        self.local_tag = "%08x" % random.getrandbits(32)
+        self.local_tag = f"{random.getrandbits(32):08x}"
         self.invite_branch = msg.branch()
         cs = msg.cseq()
         self.invite_cseq = cs[0] if cs else 0
@@ -448,8 +502,7 @@ class Call:
             self.j_ts = ts
             self.j_arr = now
             if now > self.jafter:
-                if j > self.jmax:
-                    self.jmax = j
+                self.jmax = max(self.jmax, j)
                 self.jsum += j
                 self.jn += 1
             if not (self.answered and self.send_ok):
@@ -510,7 +563,7 @@ class Call:
         if self.sock is not None:
             try:
                 self.fe.loop.remove_reader(self.fd)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - already removed
                 pass
             self.sock.close()
             self.fe.free_port(self.port)
@@ -550,7 +603,7 @@ class FarEnd:
         self.rtp_lo, self.rtp_hi = int(lo) + (int(lo) & 1), int(hi or lo)
         self.ring_ms = args.ring_ms
         self.bye_on_exit = args.bye_on_exit
-        self.out = open(args.out, "w", encoding="utf-8")
+        self.out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open for the process's life
         self.loop = asyncio.get_running_loop()
         self.calls: dict[str, Call] = {}
         self.tone_calls: set[Call] = set()
@@ -717,7 +770,7 @@ class FarEnd:
             self.on_cancel(call, msg, addr)
             return
         if method == "OPTIONS":
-            self.reply(msg, addr, 200, "OK", tag=call.local_tag if call else "%08x" % random.getrandbits(32))
+            self.reply(msg, addr, 200, "OK", tag=call.local_tag if call else f"{random.getrandbits(32):08x}")
             return
         in_dialog = call is not None and call.state != "ended" and to_tag == call.local_tag
         if method == "BYE":
@@ -847,7 +900,7 @@ class FarEnd:
     def send_bye(self, call: Call, retransmit: bool = True) -> None:
         inv = call.invite
         call.local_cseq += 1
-        branch = "z9hG4bK%016x" % random.getrandbits(64)
+        branch = f"z9hG4bK{random.getrandbits(64):016x}"
         target = uri_of(inv.get("contact")) or uri_of(inv.get("from")) or f"sip:{call.sip_addr[0]}"
         to = inv.get("to") or ""
         if tag_of(to) is None:
@@ -883,7 +936,7 @@ class FarEnd:
 
     def reject(self, msg: Msg, addr: tuple[str, int], code: int, reason: str, why: str) -> None:
         """Final non-2xx to a new INVITE, retransmitted until the ACK; writes a record for it."""
-        data = self.reply(msg, addr, code, reason, tag="%08x" % random.getrandbits(32))
+        data = self.reply(msg, addr, code, reason, tag=f"{random.getrandbits(32):08x}")
         cs = msg.cseq()
         self.start_retrans((msg.call_id, cs[0] if cs else 0), data, addr)
         self.write_record_rejected(msg, code, why)

@@ -80,7 +80,7 @@ class JanusSipCall:
                 if kind in want:
                     return reply
                 # e.g. an "ack" before the "success" we want: keep waiting
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"janus: no {'/'.join(want)} to {msg.get('janus')} within {timeout} s") from None
         finally:
             self._pending.pop(tx, None)
@@ -93,7 +93,7 @@ class JanusSipCall:
                 except ValueError:
                     continue
                 self._dispatch(msg)
-        except Exception:  # connection dropped
+        except Exception:  # noqa: BLE001, S110 - connection dropped: the finally below closes
             pass
         finally:
             self._closed = True
@@ -166,7 +166,7 @@ class JanusSipCall:
                     return
                 await self.ws.send(json.dumps({"janus": "keepalive", "session_id": self.session_id,
                                                "transaction": secrets.token_hex(6)}))
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - closed: nothing to keep alive
             pass
 
     @staticmethod
@@ -214,7 +214,7 @@ class JanusSipCall:
         # generous: registrations queue at ~100 ms each inside Janus (see above)
         try:
             ev = await self._wait_event({"registered", "registration_failed", "error"}, register_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"janus sip: not registered within {register_timeout} s") from None
         if ev["_name"] != "registered":
             raise RuntimeError(self._plugin_error(ev) if ev["_name"] == "error" else f"janus sip: {ev['_name']}")
@@ -230,7 +230,7 @@ class JanusSipCall:
         await self._message(body, jsep, tx=self._call_tx)
         try:
             ev = await self._wait_event({"accepted", "hangup", "error", "timeout", "detached"}, timeout, after=n)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"janus sip: no answer within {timeout} s") from None
         if ev["_name"] == "error":
             raise RuntimeError(self._plugin_error(ev))
@@ -253,7 +253,7 @@ class JanusSipCall:
                         n = len(self.events)
                         await self._message({"request": "hangup"})
                         await self._wait_event({"hangup", "error"}, timeout, after=n)
-                    except (RuntimeError, asyncio.TimeoutError):
+                    except (TimeoutError, RuntimeError):
                         pass
                 if self.session_id is not None:
                     try:
@@ -271,12 +271,12 @@ class JanusSipCall:
         if self.ws is not None:
             try:
                 await self.ws.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - already closed
                 pass
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, 2)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._reader.cancel()
 
 
@@ -291,7 +291,12 @@ async def _selfcheck_call(i: int, sig: JanusSipCall, uri: str, duration: float) 
     import random
 
     import numpy as np
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+    from aiortc import (
+        RTCConfiguration,
+        RTCPeerConnection,
+        RTCRtpSender,
+        RTCSessionDescription,
+    )
     from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
     from av import AudioFrame
 
@@ -405,7 +410,7 @@ async def _selfcheck() -> None:
     ok = [r for r in res if r["ok"]]
     print(f"calls {len(res)}, connected + audio back {len(ok)}; errors: {[r['error'] for r in res if not r['ok']]}")
     if ok:
-        med = lambda k: round(statistics.median(r[k] for r in ok), 1)  # noqa: E731
+        med = lambda k: round(statistics.median(r[k] for r in ok), 1)
         print(f"freq back (Hz) {sorted({r['freq'] for r in ok})}, level {sorted({r['dbfs'] for r in ok})} dBFS, "
               f"audio back min {min(r['rx_s'] for r in ok)} s")
         print(f"median ms: call->calling {med('setup_ms')}, call->accepted {med('answer_ms')}, "

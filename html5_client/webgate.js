@@ -69,7 +69,9 @@ export class WebGate extends EventTarget {
    * user fires an `invited` event: `ev.detail` = { sessionId, from, displayName, to,
    * accept(opts) -> Promise<WebGateCall>, reject(reason) }; `cancelled` fires when the caller gives
    * up first. `unregistered` fires when the registration ends (`detail.reason`: `replaced` by a
-   * newer registration of the same user, `connection_lost`). One incoming call at a time.
+   * newer registration of the same user, `token_expired` (the gateway ends a registration when
+   * its token expires: register again with a fresh token before then), `connection_lost`).
+   * One incoming call at a time.
    */
   register(user, opts = {}) {
     if (this._reg) this.unregister();
@@ -185,7 +187,8 @@ export class WebGate extends EventTarget {
    * @param {string} destination
    * @param {object} [opts]
    * @param {MediaStream} [opts.stream] microphone (and camera) to send; default: getUserMedia
-   * @param {boolean} [opts.video] also send/receive video (kept with the session, never sent to SIP)
+   * @param {boolean} [opts.video] offer video too (never sent to SIP; the gateway answers it
+   *   `inactive` until it forwards video, so none flows yet)
    * @param {string} [opts.sessionId] bring your own session ID (8-10 digits, not in use)
    * @param {string} [opts.displayName] caller display name for SIP
    * @param {string[]} [opts.audioCodecs] audio codecs to offer, in order (e.g. ['PCMU'] or ['opus']);
@@ -377,7 +380,8 @@ export class WebGateCall extends EventTarget {
           this._emit('error', { code: msg.code, message: msg.message, ref: msg.ref, status: msg.status });
           break;
         }
-        if (this._pending) this._fail(new WebGateError(msg.code, msg.message));
+        // a refused ICE candidate (ref 'candidate') is not the call's end: the others may connect
+        if (this._pending && msg.ref !== 'candidate') this._fail(new WebGateError(msg.code, msg.message));
         else this._emit('error', { code: msg.code, message: msg.message, ref: msg.ref });
         break;
       default:

@@ -8,19 +8,20 @@ switched to ``asyncio`` (unless given) and it installs the reactor instead.
 Most tests should not need the global reactor at all: inject ``task.Clock`` /
 ``MemoryReactor`` / ``StringTransport`` from ``twisted.internet.testing``.
 
-Real peers (sipp, baresip, ffmpeg, chromium, kamailio): use ``require_program``; it
-skips when the program is missing, unless WEBGATE_REQUIRE_PEERS=1 (set by .ci/run),
-where a missing peer fails the test instead.
+Real peers (sipp, baresip, ffmpeg, chromium, kamailio, libspeex): use ``require_program``
+(this fixture, or ``tests.require.require_program``/``require_library``/``require_module``,
+the one helper); it skips when the peer is missing, unless WEBGATE_REQUIRE_PEERS=1 (set by
+.ci/run), where a missing peer fails the test instead. No skipif markers for peers.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from collections.abc import Callable
 
 import pytest
+
+from tests import require
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -46,16 +47,14 @@ def free_port() -> Callable[..., int]:
 
 
 @pytest.fixture
-def require_program() -> Callable[[str], str]:
-    """``require_program("sipp")`` -> its path; skip (or fail under WEBGATE_REQUIRE_PEERS=1) if missing."""
+def require_program() -> Callable[..., str]:
+    """``require_program("sipp", "sip-tester")`` -> its path; skip (or fail under
+    WEBGATE_REQUIRE_PEERS=1) if missing. The same function as ``tests.require.require_program``."""
+    return require.require_program
 
-    def require(name: str) -> str:
-        path = shutil.which(name)
-        if path is None:
-            message = f"{name} is not installed (see README.md, second command)"
-            if os.environ.get("WEBGATE_REQUIRE_PEERS") == "1":
-                pytest.fail(message)
-            pytest.skip(message)
-        return path
 
-    return require
+@pytest.fixture
+def ffmpeg_program() -> str:
+    """The ffmpeg binary's path (skip, or fail under WEBGATE_REQUIRE_PEERS=1, if missing): for
+    tests and modules (``pytestmark = pytest.mark.usefixtures("ffmpeg_program")``) that run it."""
+    return require.require_program("ffmpeg")

@@ -200,6 +200,8 @@ BAD = [
     ("[rtp]\nport_max = 70000", "rtp.port_max: 70000 is out of range"),
     ("[rtp]\nbind = ''", "rtp.bind: invalid host"),
     ("[rtp]\njitter_min_ms = 300", "rtp.jitter_max_ms: 200 must be >= rtp.jitter_min_ms"),
+    ("[rtp]\nstrict_source = 'yes'", "rtp.strict_source: must be true or false"),
+    ("[rtp]\nrelearn_after_s = -1", "rtp.relearn_after_s: -1 is out of range"),
     ("[session_id]\nlength = 7", "session_id.length: 7 is out of range (8..10)"),
     ("[session_id]\nheader = 'X Session'", "session_id.header: 'X Session' is not a valid SIP header name"),
     ("[session_id]\nmode = 'cookie'", "session_id.mode: must be one of"),

@@ -21,5 +21,5 @@ def test_mypy_strict_on_proto_and_media() -> None:
 
 
 def test_ruff_pyflakes_rules() -> None:
-    r = _run("ruff", "check", "--no-cache", "--select", "F", "webgate", "tests", "twisted", "bench")
+    r = _run("ruff", "check", "--no-cache", "--select", "F", "webgate", "tests", "twisted", "bench", "fuzz")
     assert r.returncode == 0, r.stdout + r.stderr

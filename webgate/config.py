@@ -110,6 +110,12 @@ class HttpConfig:
     #: Origins allowed to open /ws ("https://shop.example.com"); empty = same origin as the
     #: Host header, or no Origin header at all (non-browser clients); "*" = any origin
     allowed_origins: tuple[str, ...] = ()
+    #: open HTTP connections (not yet WebSockets), in total and per client address (IPv6: per /64)
+    max_connections: int = 1024
+    max_connections_per_ip: int = 128
+    #: a request's headers (the WebSocket upgrade included) must be complete this long after the
+    #: connection opened or the previous response; else the connection is closed
+    request_timeout_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,27 @@ class RtmpConfig:
     max_message_size: int = 1048576
     max_streams_per_connection: int = 8
     max_connections_per_ip: int = 20
+    #: open RTMP/RTMPS connections in total
+    max_connections: int = 256
+    #: handshake + connect must be done this long after the connection opened
+    handshake_timeout_s: int = 10
+    #: nothing received for this long closes the connection (a ping is sent at half of it); 0 = off
+    idle_timeout_s: int = 60
+    #: a partly received message with no message completed for this long closes the connection
+    partial_timeout_s: int = 10
+    #: partly received (reassembled) message bytes held per connection, all chunk streams together
+    max_buffer_bytes: int = 2097152
+    #: a connection whose unsent data has waited this long gets no more audio until it drains
+    #: (its players' audio is dropped, not queued: a slow reader hears a gap, not a growing delay)
+    player_max_queue_ms: int = 1000
+    #: a connection whose unsent data has waited this long is closed (a player that stopped reading)
+    player_max_behind_s: int = 10
+    #: SO_SNDBUF of a connection once it plays (bytes; 0 = the kernel's own, autotuned up to
+    #: net.ipv4.tcp_wmem's maximum: minutes of audio that a stalled reader would get late)
+    player_send_buffer: int = 16384
+    #: failed plays (no such call, or not allowed) on one connection before it is closed; each
+    #: also counts toward [limits] max_attempts_per_ip_per_minute
+    play_failures_before_close: int = 3
     #: RTMPS (RTMP over TLS) listener ("" = off); needs tls_cert and tls_key
     tls_listen: HostPort | None = None
     tls_cert: str = ""
@@ -151,6 +178,16 @@ class WebRtcConfig:
     direct_audio: bool = True
     #: protocol errors tolerated on one connection before it is closed
     max_errors: int = 20
+    #: open signalling WebSockets in total and per client address (past a cap: HTTP 503)
+    max_connections: int = 512
+    max_connections_per_ip: int = 32
+    #: remote ICE candidates one call may give the gateway over its whole life (the offer's and
+    #: trickled ones together); more are refused (trickled: error ``too_many_candidates``)
+    max_remote_candidates: int = 64
+    #: accept remote ICE candidates whose address is loopback, link-local, multicast, broadcast or
+    #: unspecified, or an mDNS name (.local): the gateway would send ICE checks to itself or its
+    #: link. Private ranges (RFC 1918, ULA) are always accepted. true only for tests on one machine
+    allow_private_candidates: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +204,7 @@ class TokensConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    #: admin key for /api (sent as "Authorization: Bearer KEY" or "X-API-Key"); "" = /api is off
+    #: admin key for /api (sent as "Authorization: Bearer KEY", the only way); "" = /api is off
     admin_key: str = field(default="", repr=False)
     #: serve /metrics (Prometheus text) on the HTTP listener(s)
     metrics: bool = True
@@ -210,6 +247,15 @@ class SipConfig:
     from_domain: str = ""
     #: SIP sources that may call registered web users: IPs, CIDRs, "trunks", "loopback"
     inbound_from: tuple[str, ...] = ("trunks", "loopback")
+    #: send responses to a request's Via maddr (RFC 3261 18.2.2); false: always to the request's source
+    honour_maddr: bool = False
+    #: accepted SIP TCP/TLS connections, in total and per peer address (IPv6: per /64)
+    max_connections: int = 256
+    max_connections_per_ip: int = 32
+    #: an accepted connection with nothing received for this long is closed; 0 = off
+    idle_timeout_s: int = 120
+    #: a partly received SIP message with no message completed for this long closes the connection
+    partial_timeout_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -220,6 +266,13 @@ class RtpConfig:
     port_max: int = 20999
     jitter_min_ms: int = 20
     jitter_max_ms: int = 200
+    #: accept RTP/RTCP only from the far end's learnt source (the SDP's address, or a short
+    #: in-sequence run from one address); packets from elsewhere are dropped and counted.
+    #: false: any source is accepted (the address sent to follows the first one)
+    strict_source: bool = True
+    #: > 0: a learnt source silent this long is learnt again (probation again); 0 = only when a
+    #: re-INVITE/UPDATE moves the far end's media
+    relearn_after_s: int = 0
 
     @property
     def port_pairs(self) -> int:
@@ -243,6 +296,9 @@ class BuiltinConfig:
     tone: str = "tone"
     #: callable without a token (the embedded default: yes, and nothing else is)
     public: bool = True
+    #: SIP sources (IPs, CIDRs, "trunks", "loopback") that may call echo/tone directly over SIP;
+    #: the gateway's own calls (from web clients) are not affected
+    sip_from: tuple[str, ...] = ("loopback",)
 
 
 @dataclass(frozen=True)
@@ -363,6 +419,9 @@ tls_listen = ""
 tls_cert = ""
 tls_key = ""
 allowed_origins = []
+max_connections = 1024
+max_connections_per_ip = 128
+request_timeout_s = 10
 
 [rtmp]
 listen = "127.0.0.1:1935"
@@ -370,6 +429,15 @@ max_chunk_size = 65536
 max_message_size = 1048576
 max_streams_per_connection = 8
 max_connections_per_ip = 20
+max_connections = 256
+handshake_timeout_s = 10
+idle_timeout_s = 60
+partial_timeout_s = 10
+max_buffer_bytes = 2097152
+player_max_queue_ms = 1000
+player_max_behind_s = 10
+player_send_buffer = 16384
+play_failures_before_close = 3
 tls_listen = ""
 tls_cert = ""
 tls_key = ""
@@ -390,6 +458,11 @@ max_message_size = 65535
 outbound_proxy = ""
 from_domain = ""
 inbound_from = ["trunks", "loopback"]
+honour_maddr = false
+max_connections = 256
+max_connections_per_ip = 32
+idle_timeout_s = 120
+partial_timeout_s = 10
 
 [rtp]
 bind = "127.0.0.1"
@@ -398,6 +471,8 @@ port_min = 20000
 port_max = 20999
 jitter_min_ms = 20
 jitter_max_ms = 200
+strict_source = true
+relearn_after_s = 0
 
 [session_id]
 length = 10
@@ -411,6 +486,7 @@ tone_hz = 1000
 echo = "echo"
 tone = "tone"
 public = true
+sip_from = ["loopback"]
 
 [limits]
 max_calls = 100
@@ -431,6 +507,10 @@ idle_timeout_s = 60
 max_playout_ms = 200
 direct_audio = true
 max_errors = 20
+max_connections = 512
+max_connections_per_ip = 32
+max_remote_candidates = 64
+allow_private_candidates = false
 
 [tokens]
 key = ""
@@ -751,6 +831,9 @@ class _Validator:
                 listen=s.listen("listen"),
                 **self.tls_listener(s),
                 allowed_origins=self.origins(s),
+                max_connections=s.int("max_connections", 0, 1000000),
+                max_connections_per_ip=s.int("max_connections_per_ip", 0, 1000000),
+                request_timeout_s=s.int("request_timeout_s", 1, 3600),
             ),
         )
         s.finish()
@@ -764,10 +847,21 @@ class _Validator:
                 max_message_size=s.int("max_message_size", 128, 0xFFFFFF),
                 max_streams_per_connection=s.int("max_streams_per_connection", 1, 1000),
                 max_connections_per_ip=s.int("max_connections_per_ip", 1, 100000),
+                max_connections=s.int("max_connections", 0, 1000000),
+                handshake_timeout_s=s.int("handshake_timeout_s", 1, 3600),
+                idle_timeout_s=s.int("idle_timeout_s", 0, 86400),
+                partial_timeout_s=s.int("partial_timeout_s", 1, 3600),
+                max_buffer_bytes=s.int("max_buffer_bytes", 128, 1 << 30),
+                player_max_queue_ms=s.int("player_max_queue_ms", 20, 60000),
+                player_max_behind_s=s.int("player_max_behind_s", 1, 3600),
+                player_send_buffer=s.int("player_send_buffer", 0, 1 << 26),
+                play_failures_before_close=s.int("play_failures_before_close", 1, 1000),
                 **self.tls_listener(s),
             ),
         )
         s.finish()
+        if rtmp is not _MISSING and rtmp.max_buffer_bytes < rtmp.max_message_size:
+            self.err("rtmp.max_buffer_bytes", f"{rtmp.max_buffer_bytes} must be >= rtmp.max_message_size ({rtmp.max_message_size})")
 
         sip = self.sip(data.get("sip", {}))
         rtp = self.rtp(data.get("rtp", {}))
@@ -793,6 +887,7 @@ class _Validator:
                 echo=s.str("echo", check=_check_dest_name),
                 tone=s.str("tone", check=_check_dest_name),
                 public=s.bool("public"),
+                sip_from=self.source_list(s, "sip_from"),
             ),
         )
         s.finish()
@@ -831,6 +926,10 @@ class _Validator:
                 max_playout_ms=s.int("max_playout_ms", 20, 10000),
                 direct_audio=s.bool("direct_audio"),
                 max_errors=s.int("max_errors", 1, 100000),
+                max_connections=s.int("max_connections", 0, 1000000),
+                max_connections_per_ip=s.int("max_connections_per_ip", 0, 1000000),
+                max_remote_candidates=s.int("max_remote_candidates", 1, 1000),
+                allow_private_candidates=s.bool("allow_private_candidates"),
             ),
         )
         s.finish()
@@ -904,13 +1003,15 @@ class _Validator:
                     self.err(s.key(k), "is required when tls_listen is set")
         return values
 
-    def inbound_from(self, s: _Section) -> Any:
-        s.known.add("inbound_from")
-        if "inbound_from" not in s.table:
-            return s.defaults.inbound_from
-        value = s.table["inbound_from"]
+    def source_list(self, s: _Section, key: str) -> Any:
+        """An allow-list of SIP sources (``[sip] inbound_from``, ``[builtin] sip_from``): IP
+        addresses, CIDR networks, "trunks", "loopback"."""
+        s.known.add(key)
+        if key not in s.table:
+            return getattr(s.defaults, key)
+        value = s.table[key]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.err(s.key("inbound_from"), f"must be an array of strings, not {value!r}")
+            self.err(s.key(key), f"must be an array of strings, not {value!r}")
             return _MISSING
         out: list[str] = []
         for v in value:
@@ -919,7 +1020,7 @@ class _Validator:
                 try:
                     ipaddress.ip_network(word.strip("[]"), strict=False)
                 except ValueError:
-                    self.err(s.key("inbound_from"), f"{v!r} is not an IP address, a network (CIDR), \"trunks\" or \"loopback\"")
+                    self.err(s.key(key), f"{v!r} is not an IP address, a network (CIDR), \"trunks\" or \"loopback\"")
                     return _MISSING
             out.append(word)
         return tuple(out)
@@ -993,7 +1094,12 @@ class _Validator:
             max_message_size=s.int("max_message_size", 1500, 1 << 20),
             outbound_proxy=s.str("outbound_proxy"),
             from_domain=s.str("from_domain", check=_check_optional_host),
-            inbound_from=self.inbound_from(s),
+            inbound_from=self.source_list(s, "inbound_from"),
+            honour_maddr=s.bool("honour_maddr"),
+            max_connections=s.int("max_connections", 0, 1000000),
+            max_connections_per_ip=s.int("max_connections_per_ip", 0, 1000000),
+            idle_timeout_s=s.int("idle_timeout_s", 0, 86400),
+            partial_timeout_s=s.int("partial_timeout_s", 1, 3600),
         )
         s.finish()
         if isinstance(values["outbound_proxy"], str):
@@ -1018,6 +1124,8 @@ class _Validator:
             port_max=s.int("port_max", 1025, 65535),
             jitter_min_ms=s.int("jitter_min_ms", 0, 10000),
             jitter_max_ms=s.int("jitter_max_ms", 1, 10000),
+            strict_source=s.bool("strict_source"),
+            relearn_after_s=s.int("relearn_after_s", 0, 86400),
         )
         s.finish()
         for k in ("bind", "advertised_address"):
@@ -1215,7 +1323,7 @@ OVERRIDABLE = frozenset(
         ("shutdown", ShutdownConfig),
     )
     for f in fields(cls)
-    if f.name not in ("ice_servers", "allowed_origins", "inbound_from")
+    if f.name not in ("ice_servers", "allowed_origins", "inbound_from", "sip_from")
 )
 
 
@@ -1247,6 +1355,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError([f"cannot read: {e.strerror or e}"], source) from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError([f"invalid TOML: {e}"], source) from None
+        except UnicodeDecodeError as e:  # tomllib.load decodes the file as UTF-8 first
+            raise ConfigError([f"invalid TOML: not UTF-8 (byte {e.start})"], source) from None
     for key, value in (overrides or {}).items():
         if key not in OVERRIDABLE:
             raise ConfigError([f"{key}: cannot be overridden"], source)

@@ -31,6 +31,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from webgate import __version__
+from webgate.adapters.guard import listen_tls
 from webgate.config import Config, HostPort
 from webgate.web.site import make_site
 
@@ -42,7 +43,15 @@ ListenerKind = Literal["tcp", "udp", "tls"]
 
 
 class ListenError(RuntimeError):
-    """A listener could not open its socket (address in use, not local, no permission)."""
+    """A listener could not open its socket (address in use, not local, no permission).
+
+    Its text is the one line twistd prints before exiting 1 (webgate.tap), e.g.
+    ``http: cannot listen on 127.0.0.1:8080: address already in use``."""
+
+    @classmethod
+    def from_cannot_listen(cls, name: str, address: object, error: CannotListenError) -> ListenError:
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return cls(f"{name}: cannot listen on {address}: {reason[:1].lower()}{reason[1:]}")
 
 
 class Listener(service.Service):
@@ -74,12 +83,12 @@ class Listener(service.Service):
             elif self.kind == "udp":
                 self.port = self.reactor.listenUDP(port, self.target, interface=host)
             elif self.kind == "tls":
-                self.port = self.reactor.listenSSL(port, self.target, self.tls_context, interface=host)
+                # like listenSSL, but a factory may refuse a connection at accept (connection caps)
+                self.port = listen_tls(self.reactor, port, self.target, self.tls_context, interface=host)
             else:
                 raise ValueError(f"unknown listener kind {self.kind!r}")
         except CannotListenError as e:
-            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            raise ListenError(f"{self.name}: cannot listen on {self.kind} {self.address}: {reason}") from e
+            raise ListenError.from_cannot_listen(str(self.name), self.address, e) from e
         log.info("{name} listening on {kind} {address}", name=self.name, kind=self.kind, address=self.bound)
 
     def privilegedStartService(self) -> None:
@@ -253,7 +262,8 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     from webgate.web.static import add_static
     from webgate.web.ws import make_ws_resource
 
-    gateway.site.resource.putChild(b"ws", make_ws_resource(telephony, config, reactor))
+    ws_resource = make_ws_resource(telephony, config, reactor)
+    gateway.site.resource.putChild(b"ws", ws_resource)
     add_static(gateway.site.resource)
     # operations: /api (admin key), /metrics, CDRs (see docs/operations.md)
     from webgate.ops.api import ApiResource
@@ -261,6 +271,7 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     from webgate.ops.metrics import GatewayMetrics, MetricsResource
 
     gateway.metrics = GatewayMetrics(telephony)
+    gateway.metrics.limiters += [gateway.site.limiter, ws_resource.signalling.limiter]  # type: ignore[attr-defined]
     if config.api.metrics:
         gateway.site.resource.putChild(b"metrics", MetricsResource(gateway.metrics))
     if config.api.admin_key:
@@ -276,6 +287,7 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
         from webgate.adapters.rtmp import RtmpFactory
 
         rtmp_factory = RtmpFactory(telephony, config.rtmp, reactor)
+        gateway.metrics.limiters.append(rtmp_factory.limiter)
         if config.rtmp.listen is not None:
             gateway.add_listener("rtmp", "tcp", config.rtmp.listen, rtmp_factory)
         if config.rtmp.tls_listen is not None:

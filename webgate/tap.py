@@ -37,6 +37,7 @@ from twisted.python import usage
 
 from webgate import __version__
 from webgate.config import Config, ConfigError, LogConfig, load_config
+from webgate.logsafe import safe
 
 log = Logger()
 
@@ -149,6 +150,8 @@ class Options(usage.Options):
                 # say it on stderr too, where an operator (and systemd) looks.
                 print(f"twistd webgate: {e}", file=sys.stderr)
             raise
+        if parent is not None:
+            install_listen_error_hook()
         if parent is not None and not parent.get("logger") and not parent.get("syslog"):
             # Replace twistd's default observer through its own --logger mechanism
             # (twistd resolves the name after this method returns): same destination
@@ -158,6 +161,34 @@ class Options(usage.Options):
                 self.config.log, parent.get("logfile") or "", bool(parent.get("nodaemon"))
             )
             parent["logger"] = f"{__name__}.twistd_log_observer"
+
+
+def install_listen_error_hook() -> None:
+    """Under twistd: a listener that cannot bind (``webgate.gateway.ListenError``, raised from
+    ``privilegedStartService``) ends the process with its one line on stderr and in the log,
+    ``http: cannot listen on 127.0.0.1:8080: address already in use``, and exit status 1,
+    instead of a chained traceback. twistd itself still removes its PID file and, daemonizing,
+    reports the failure to its parent first. Any other uncaught exception is left to the
+    previous hook. Idempotent."""
+    previous = sys.excepthook
+    if getattr(previous, "webgate_listen_errors", False):
+        return
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        gateway = sys.modules.get("webgate.gateway")
+        if gateway is None or not isinstance(exc, gateway.ListenError):
+            previous(exc_type, exc, tb)
+            return
+        try:
+            log.critical("{error}", error=str(exc))
+        finally:
+            stderr = sys.__stderr__
+            if stderr is not None:
+                stderr.write(f"{exc}\n")
+                stderr.flush()
+
+    hook.webgate_listen_errors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _explain(e: ConfigError, overrides: dict[str, Any]) -> str:
@@ -275,7 +306,8 @@ class _ToTwistedLogger(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = next((tw for lv, tw in self._levels if record.levelno >= lv), LogLevel.debug)
-            text = record.getMessage()
+            # aiortc/aioice messages quote what the browser sent (candidates, SDP): escaped
+            text = safe(record.getMessage(), 2000)
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
             Logger(namespace=record.name).emit(level, "{stdlib_message}", stdlib_message=text)

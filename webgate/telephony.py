@@ -61,7 +61,7 @@ class TelephonyService(service.Service):
         cfg = self.config
         sip = cfg.sip
         timers = TimerConfig(t1=sip.t1_ms / 1000.0, t2=sip.t2_ms / 1000.0, t4=sip.t4_ms / 1000.0)
-        ua_cfg = UAConfig(endpoints={}, user_agent=sip.user_agent, timers=timers)
+        ua_cfg = UAConfig(endpoints={}, user_agent=sip.user_agent, timers=timers, honour_maddr=sip.honour_maddr)
         if sip.outbound_proxy is not None:
             ua_cfg.outbound_proxy = SipURI.parse(sip.outbound_proxy.text)
         self.ua = UserAgent(ua_cfg)
@@ -73,6 +73,10 @@ class TelephonyService(service.Service):
             max_message_size=sip.max_message_size,
             tls_server_context=tls_ctx,
             tls_client_options=_tls_client_options(sip.tls_ca),
+            max_connections=sip.max_connections,
+            max_connections_per_ip=sip.max_connections_per_ip,
+            idle_timeout_s=sip.idle_timeout_s,
+            partial_timeout_s=sip.partial_timeout_s,
         )
         # listen now (before anything else) so that port 0 resolves for the advertised address
         adv = sip.advertised_address
@@ -84,8 +88,7 @@ class TelephonyService(service.Service):
             try:
                 port = listen(hp.host, hp.port)
             except CannotListenError as e:
-                reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-                raise ListenError(f"sip.{name}: cannot listen on {hp}: {reason}") from None
+                raise ListenError.from_cannot_listen(f"sip.{name}", hp, e) from None
             self.bound[name] = (hp.host, port)
             host = adv or hp.host
             if host in ("0.0.0.0", "::"):
@@ -93,7 +96,8 @@ class TelephonyService(service.Service):
             ua_cfg.endpoints[name] = LocalEndpoint(name, host, port)
             log.info("SIP listening on {transport} {host}:{port} (advertised {adv})", transport=name, host=hp.host, port=port, adv=host)
         rtp = cfg.rtp
-        self.rtp_pool = RtpPortPool(self.reactor, rtp.bind, rtp.port_min, rtp.port_max)
+        self.rtp_pool = RtpPortPool(self.reactor, rtp.bind, rtp.port_min, rtp.port_max,
+                                    strict_source=rtp.strict_source, relearn_after_s=rtp.relearn_after_s)
         rtp_adv = rtp.advertised_address or rtp.bind
         if rtp_adv in ("0.0.0.0", "::"):
             rtp_adv = "127.0.0.1"
@@ -108,6 +112,7 @@ class TelephonyService(service.Service):
             if t != "udp":
                 builtin_target.params["transport"] = t
         dialplan = DialPlan(cfg, builtin=builtin, builtin_target=builtin_target)
+        trunk_hosts = [t.target.host for t in cfg.trunks]
         sids = SessionIdAllocator(cfg.session_id.length, float(cfg.session_id.reuse_after_s), clock=self.reactor.seconds)
         self.manager = CallManager(
             self.reactor,
@@ -129,7 +134,8 @@ class TelephonyService(service.Service):
             jitter_max_ms=rtp.jitter_max_ms,
             policy=CallPolicy.from_config(cfg.limits, clock=self.reactor.seconds),
             tokens=cfg.tokens,
-            inbound_from=InboundAllowList(sip.inbound_from, [t.target.host for t in cfg.trunks]),
+            inbound_from=InboundAllowList(sip.inbound_from, trunk_hosts),
+            builtin_sip_from=InboundAllowList(cfg.builtin.sip_from, trunk_hosts),
         )
         # REGISTER for trunks that require it
         now = self.reactor.seconds()

@@ -216,8 +216,10 @@ class RtmpClient(protocol.Protocol):
         return int(c.args[0])
 
 
-async def open_client(port: int, digest: bool = True) -> RtmpClient:
-    ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+async def open_client(port: int, digest: bool = True, source: str | None = None) -> RtmpClient:
+    """A scripted client connected to 127.0.0.1:``port``, from the loopback address ``source``
+    (e.g. ``127.0.0.2``: another client address on Linux loopback) when given."""
+    ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0) if source else None)
     client: RtmpClient = await endpoints.connectProtocol(ep, RtmpClient(digest))
     return client
 
@@ -231,9 +233,10 @@ async def flash_client(port: int, user: str, *args: Any, flash_ver: str = "WIN 1
     return c
 
 
-async def play_status(port: int, app: str, name: str) -> str:
-    """Play ``name`` on ``app`` (e.g. ``session``/ID) on a new connection: the final onStatus code."""
-    c = await open_client(port)
+async def play_status(port: int, app: str, name: str, source: str | None = None) -> str:
+    """Play ``name`` on ``app`` (e.g. ``session``/ID) on a new connection (from ``source``, see
+    :func:`open_client`): the final onStatus code."""
+    c = await open_client(port, source=source)
     await c.connect(app, port=port)
     sid = await c.create_stream()
     c.command("play", name, stream_id=sid)

@@ -11,7 +11,7 @@ from tests.adapters.webrtc_client import Browser, Gateway, connect
 from tests.calls.gw import sleep, wait_for
 from webgate.adapters.webrtc import WebRtcSettings
 
-SETTINGS = WebRtcSettings(max_message_size=4096, max_errors=40)
+SETTINGS = WebRtcSettings(max_message_size=4096, max_errors=40, allow_private_candidates=True)
 
 
 @pytest_twisted.ensureDeferred

@@ -38,7 +38,7 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     if sip_codecs:  # what the gateway offers the built-in echo (which answers in offer order)
         monkeypatch.setattr(dialplan, "BUILTIN_ROUTE_CODECS", tuple(sip_codecs))
-    gw = Gateway(settings=WebRtcSettings(direct_audio=direct))
+    gw = Gateway(settings=WebRtcSettings(direct_audio=direct, allow_private_candidates=True))
     browser = Browser(tone_hz=700.0, codecs=codecs)
     ws = None
     try:

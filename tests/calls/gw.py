@@ -40,6 +40,9 @@ def make_config(extra: dict[str, Any] | None = None, **sip: Any) -> Any:
         "rtmp": {"listen": ""},
         "sip": {"udp": "127.0.0.1:0", "tcp": "127.0.0.1:0", "t1_ms": 100, **sip},
         "rtp": {"port_min": lo, "port_max": hi},
+        # every peer of the suite runs on this machine: Chromium offers loopback candidates
+        # (--allow-loopback-in-peer-connection), which the default refuses (docs/security.md)
+        "webrtc": {"allow_private_candidates": True},
     }
     for k, v in (extra or {}).items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):

@@ -1,30 +1,23 @@
 """Fixtures that run real peers (SIPp, baresip, Kamailio) on 127.0.0.1, see README.md in this directory.
 
-A missing program skips the test, unless WEBGATE_REQUIRE_PEERS is set (CI sets it): then it fails.
+A missing program skips the test, unless WEBGATE_REQUIRE_PEERS=1 (CI sets it): then it fails (tests/require.py).
 Every process a fixture starts is stopped (by PID) at teardown, and its logs are kept in tmp_path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import require
+
 from . import peers
 
-
-def require_program(program: str, package: str) -> str:
-    """Path of ``program``; skip (or fail when WEBGATE_REQUIRE_PEERS is set) when it is not installed."""
-    path = peers.which(program)
-    if path is None:
-        msg = f"{program} is not installed (apt-get install {package})"
-        if os.environ.get("WEBGATE_REQUIRE_PEERS"):
-            pytest.fail(msg + " and WEBGATE_REQUIRE_PEERS is set", pytrace=False)
-        pytest.skip(msg)
-    return path
+# The one helper (tests/require.py), re-exported for the interop modules that import it from here.
+require_program = require.require_program
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from tests.interop.test_baresip import (
     rtp_events,
 )
 from tests.interop.test_chromium_webrtc import _chromium_args
+from tests.require import require_program
 from webgate.media.analysis import write_wav
 from webgate.media.tones import ToneGenerator
 
@@ -217,12 +218,8 @@ def measured_hz(m: dict[str, Any]) -> float:
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One headless Chromium for the module (startup is the slow part)."""
-    for prog in ("chromium", "chromedriver"):
-        if shutil.which(prog) is None:
-            msg = f"{prog} is not installed (apt-get install chromium chromium-driver)"
-            if os.environ.get("WEBGATE_REQUIRE_PEERS"):
-                pytest.fail(msg)
-            pytest.skip(msg)
+    require_program("chromium", "chromium")
+    require_program("chromedriver", "chromium-driver")
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never download anything
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +23,7 @@ import pytest_twisted
 
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from tests.interop import peers
+from tests.require import require_program
 from webgate.calls.call import CallState
 from webgate.calls.local import LocalLeg
 
@@ -101,11 +101,7 @@ class Linphonec:
 
 @pytest.fixture
 def linphone(tmp_path: Path) -> Iterator[Linphonec]:
-    if shutil.which("linphonec") is None:
-        msg = "linphonec is not installed (apt-get install linphone-cli)"
-        if os.environ.get("WEBGATE_REQUIRE_PEERS"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_program("linphonec", "linphone-cli")
     lin = Linphonec(tmp_path)
     yield lin
     lin.stop()

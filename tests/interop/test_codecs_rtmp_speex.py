@@ -5,7 +5,6 @@ ffmpeg is the only decoder on the path; the tone is measured in what it recorded
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from tests.interop.test_rtmp_ffmpeg import (
 from webgate.ops.metrics import GatewayMetrics
 from webgate.proto.flv import SOUND_AAC, SOUND_SPEEX, parse_audio_tag
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+pytestmark = pytest.mark.usefixtures("ffmpeg_program")  # fails under WEBGATE_REQUIRE_PEERS=1
 
 
 def speex_gateway() -> Gateway:

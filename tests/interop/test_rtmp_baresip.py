@@ -10,7 +10,6 @@ frequency of what baresip heard (must be ffmpeg's 800 Hz) and of what ffmpeg rec
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,8 +39,7 @@ CODECS = {
 @pytest.fixture(scope="module")
 def bob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.Baresip]:
     """One baresip for the module; its microphone is a 60 s 440 Hz tone (aufile restarts per call)."""
-    if shutil.which("ffmpeg") is None:
-        require_program("ffmpeg", "ffmpeg")
+    require_program("ffmpeg", "ffmpeg")
     with tone_baresip(tmp_path_factory.mktemp("rtmp_baresip"), BARESIP_HZ) as b:
         yield b
 

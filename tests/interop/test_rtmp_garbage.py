@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
 import struct
 import time
@@ -31,7 +30,7 @@ from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
 from webgate.proto.rtmp import amf
 from webgate.proto.rtmp.chunk import ChunkWriter
 
-pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+pytestmark = pytest.mark.usefixtures("ffmpeg_program")  # fails under WEBGATE_REQUIRE_PEERS=1
 
 TONE_HZ = 800.0
 

@@ -8,7 +8,6 @@ JSON event per line; the test reads them while the gateway keeps running on the 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import threading
@@ -25,16 +24,12 @@ from tests.adapters.rtmp_helpers import Gateway, Process
 from tests.calls.gw import sleep, wait_for
 from tests.interop import peers
 from tests.interop.conftest import require_program, tone_baresip
+from tests.require import require_module
 from webgate.calls.call import CallState
 from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
 from webgate.proto.flv import TAG_AUDIO, read_flv
 
-try:
-    import librtmp  # type: ignore[import-untyped]  # noqa: F401
-except ImportError:  # pragma: no cover - the dev venv and CI install python-librtmp
-    if os.environ.get("WEBGATE_REQUIRE_PEERS"):
-        raise
-    pytest.skip("python-librtmp is not installed", allow_module_level=True)
+require_module("librtmp", "python-librtmp")  # skip, or fail under WEBGATE_REQUIRE_PEERS=1
 
 CLIENT = Path(__file__).with_name("librtmp_client.py")
 SWF = {"swfhash": "00" * 32, "swfsize": 12345}  # makes librtmp do (and check) the digest handshake
@@ -157,7 +152,7 @@ async def test_librtmp_flash_rpc_call_to_baresip(bob: peers.Baresip) -> None:
         await client.wait(event="waited", name="accepted")
         call = gw.manager.registry.by_session_id(session_id)
         assert call is not None and call.state is CallState.ANSWERED
-        assert call.identity == "alice"
+        assert call.identity is None  # a password, no token: no identity (not the URL's user)
         assert call.ingress_kind == "rtmp"
         await deferToThread(bob.wait_event, "CALL_ESTABLISHED", 5)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -90,6 +92,25 @@ def test_resampler_chunking_is_seamless(src: int, dst: int) -> None:
     odd = np.concatenate([r2.resample(pcm[i : i + 37]) for i in range(0, len(pcm), 37)])
     assert np.array_equal(whole, framed)
     assert np.array_equal(whole, odd)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(RATE_PAIRS + [(8000, 32000), (32000, 48000), (11025, 8000)]),
+    st.lists(st.integers(0, 1500), min_size=1, max_size=12),
+    st.integers(0, 2**32 - 1),
+)
+def test_resampler_output_is_exact_whatever_the_blocks(pair: tuple[int, int], sizes: list[int], seed: int) -> None:
+    """Full-scale noise in random block sizes (each BLAS/einsum call sees another shape, so
+    another kernel and summation order): bit-identical to one block. The sums are exact
+    integers in float64 (audio._COEF_BITS), so no tolerance is needed on any CPU."""
+    src, dst = pair
+    x = np.random.default_rng(seed).integers(-32768, 32768, sum(sizes), dtype=np.int16)
+    whole = Resampler(src, dst).resample(x)
+    r = Resampler(src, dst)
+    bounds = np.cumsum([0, *sizes])
+    parts = [r.resample(x[a:b]) for a, b in itertools.pairwise(bounds)]
+    assert np.array_equal(np.concatenate(parts), whole)
 
 
 @pytest.mark.parametrize(("src", "dst"), RATE_PAIRS)

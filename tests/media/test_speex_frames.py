@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,16 +10,21 @@ import av
 import numpy as np
 import pytest
 
+from tests.require import require_library
 from webgate.media import _native
 from webgate.media.codecs import create_decoder
 from webgate.media.speex import split_frames
 from webgate.media.tones import ToneGenerator
 from webgate.proto.errors import RemoteProtocolError
 
-needs_libspeex = pytest.mark.skipif(not _native.speex_available(), reason="libspeex1 not installed")
+
+@pytest.fixture
+def libspeex() -> None:
+    """libspeex (Debian libspeex1) for the encoder: skip, or fail under WEBGATE_REQUIRE_PEERS=1."""
+    require_library("libspeex", _native.speex_available(), "libspeex1")
 
 
-@needs_libspeex
+@pytest.mark.usefixtures("libspeex")
 @pytest.mark.parametrize("rate", [8000, 16000])
 @pytest.mark.parametrize("quality", range(11))
 def test_one_frame_packets_come_back_byte_identical(rate: int, quality: int) -> None:
@@ -32,7 +36,7 @@ def test_one_frame_packets_come_back_byte_identical(rate: int, quality: int) -> 
         assert split_frames(packet, rate) == [packet]
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+@pytest.mark.usefixtures("ffmpeg_program")
 @pytest.mark.parametrize("per_packet", [2, 3, 5])
 def test_multi_frame_packets_decode_the_same_when_split(per_packet: int, tmp_path: Path) -> None:
     """ffmpeg's libspeex packs several frames per FLV tag: decoding the split frames one by one

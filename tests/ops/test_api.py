@@ -46,6 +46,9 @@ async def test_auth_is_required_and_checked() -> None:
         # another scheme is refused too
         status, _h, _b = await http("GET", gw.url("/api/stats"), headers={"authorization": f"Basic {ADMIN_KEY}"})
         assert status == 401
+        # Authorization: Bearer is the only way to send the key (no X-API-Key; docs/decisions.md)
+        status, _h, _b = await http("GET", gw.url("/api/stats"), key=None, headers={"x-api-key": ADMIN_KEY})
+        assert status == 401
         status, body = await api("GET", gw.url("/api/calls"))
         assert status == 200 and body == {"calls": []}
         # the document needs no key

@@ -6,7 +6,6 @@ process exits within ``[shutdown] timeout_s``."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -34,7 +33,7 @@ def silent_uas(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+@pytest.mark.usefixtures("ffmpeg_program")
 @pytest.mark.parametrize("far_end", ["answers_bye", "ignores_bye"])
 @pytest_twisted.ensureDeferred
 async def test_sigterm_byes_every_call_writes_cdrs_and_exits_in_time(

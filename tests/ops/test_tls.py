@@ -4,7 +4,6 @@ WSS (aiortc client, tone measured), ffmpeg publishing and playing over rtmps:// 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ async def test_https_and_wss_call(tmp_path: Path) -> None:
         await close_all(gw, browser, ws)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+@pytest.mark.usefixtures("ffmpeg_program")
 @pytest_twisted.ensureDeferred
 async def test_rtmps_publish_and_play(tmp_path: Path) -> None:
     gw, _trust = tls_gateway(tmp_path)

@@ -86,6 +86,22 @@ def test_attempts_sliding_window() -> None:
         p.attempt("1.1.1.1")
 
 
+def test_check_attempts_refuses_at_the_limit_without_counting() -> None:
+    clock = Clock()
+    p = CallPolicy(max_attempts_per_ip_per_minute=2, clock=clock)
+    for _ in range(5):
+        p.check_attempts("1.1.1.1")  # counts nothing
+    assert p.tracked_ips == 0
+    p.attempt("1.1.1.1")
+    p.check_attempts("1.1.1.1")
+    p.attempt("1.1.1.1")
+    assert refused(p.check_attempts, "1.1.1.1") == "rate_limited"
+    p.check_attempts("2.2.2.2")
+    clock.t += 60  # both attempts age out
+    p.check_attempts("1.1.1.1")
+    assert CallPolicy(max_attempts_per_ip_per_minute=0).check_attempts("1.1.1.1") is None  # no limit
+
+
 def test_refusal_message_says_when_to_retry() -> None:
     clock = Clock()
     p = CallPolicy(max_attempts_per_ip_per_minute=1, clock=clock)

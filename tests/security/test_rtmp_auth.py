@@ -4,7 +4,6 @@ connect URL) with real ffmpeg; who may listen to a call by session ID or destina
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
@@ -88,7 +87,7 @@ def _publish(gw: SecureGateway, path: str, seconds: float = 6.0) -> Any:
     )
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+@pytest.mark.usefixtures("ffmpeg_program")
 @pytest_twisted.ensureDeferred
 async def test_encoder_style_tokens_with_ffmpeg() -> None:
     gw = SecureGateway()

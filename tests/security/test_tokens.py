@@ -192,6 +192,7 @@ def test_unknown_claims_are_ignored() -> None:
 class FakeCall:
     session_id: str
     grant: object
+    source_ip: str = "192.0.2.1"
 
 
 def test_call_access() -> None:
@@ -210,6 +211,29 @@ def test_call_access() -> None:
         call_access_allowed(call, mint_token("y" * 32, sub="alice", now=NOW), Cfg(), now=NOW)
     # a call placed without a token (public destination): the session ID is enough
     assert call_access_allowed(FakeCall("1234567890", None), None, Cfg(), now=NOW)
+
+
+def test_call_access_by_destination() -> None:
+    """``call/DESTINATION`` names no secret: a call placed without a token is open only to the
+    address that placed it; everyone else needs a token naming the call (its session ID)."""
+    public = FakeCall("1234567890", None, "192.0.2.1")
+    by_session = mint_token(KEY, session_id="1234567890", now=NOW)
+
+    def allowed(call: FakeCall, tok: str | None, ip: str | None) -> bool:
+        return call_access_allowed(call, tok, Cfg(), now=NOW, by_destination=True, client_ip=ip)
+
+    assert allowed(public, None, "192.0.2.1")
+    assert not allowed(public, None, "192.0.2.2")
+    assert not allowed(public, None, None)
+    assert allowed(public, by_session, "192.0.2.2")
+    assert not allowed(public, mint_token(KEY, sub="alice", now=NOW), "192.0.2.2")  # the call has no sub to match
+    assert not allowed(public, mint_token(KEY, session_id="1234567891", now=NOW), "192.0.2.2")
+    # a call placed with a token: the same rule as by session ID, whatever the address
+    placed = verify_token(mint_token(KEY, dest="1234", sub="alice", now=NOW), Cfg(), now=NOW)
+    private = FakeCall("1234567890", placed, "192.0.2.1")
+    assert not allowed(private, None, "192.0.2.1")
+    assert allowed(private, mint_token(KEY, sub="alice", now=NOW), "192.0.2.2")
+    assert allowed(private, by_session, "192.0.2.2")
 
 
 def test_looks_like_jwt() -> None:

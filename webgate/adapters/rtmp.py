@@ -15,13 +15,26 @@ if the core is ``closed``. A failure while handling one connection closes that c
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol, tcp
+from twisted.internet import protocol
+from twisted.internet.interfaces import (
+    INegotiated,
+    IPullProducer,
+    IPushProducer,
+    ISSLTransport,
+    ISystemHandle,
+    ITCPTransport,
+)
 from twisted.logger import Logger
+from zope.interface import implementer  # type: ignore[import-untyped]
 
+from webgate.adapters.guard import DeadlineTimer
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
+from webgate.calls.policy import client_ip
 from webgate.calls.rtmp_leg import (
     Player,
     RtmpLeg,
@@ -29,7 +42,8 @@ from webgate.calls.rtmp_leg import (
     normalise_codec,
     split_stream_name,
 )
-from webgate.calls.users import check_registration, party
+from webgate.calls.users import check_registration, party, registration_expires
+from webgate.logsafe import safe
 from webgate.ops.metrics import count_error
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
@@ -48,11 +62,11 @@ from webgate.proto.rtmp import (
     VideoReceived,
 )
 from webgate.proto.rtmp.amf import Undefined
+from webgate.security.connlimit import PROBE, ConnectionLimiter, StreamDeadlines
 from webgate.security.tokens import TokenError, call_access_allowed, looks_like_jwt
 
 log = Logger()
 
-CONNECT_TIMEOUT_S = 10.0  # handshake + connect must be done by then
 APP_CALL = "call"
 APP_SESSION = "session"
 APP_SIP = "sip"
@@ -66,6 +80,114 @@ def _call_failed(description: str, **extra: Any) -> dict[str, Any]:
     info = {"level": "error", "code": "NetConnection.Call.Failed", "description": description}
     info.update(extra)
     return info
+
+
+def _essential(tag: bytes) -> bool:
+    """An FLV audio tag a player cannot do without (the AAC sequence header): never dropped."""
+    return len(tag) > 1 and tag[0] >> 4 == 10 and tag[1] == 0
+
+
+def _plain_tcp(transport: Any) -> bool:
+    """A TCP transport whose socket carries our bytes as they are. Twisted's TLS wrapper claims the
+    interfaces of the transport it wraps (ITCPTransport too) but is INegotiated and its handle is the
+    OpenSSL connection; a connection after startTLS provides ISSLTransport."""
+    return (
+        ITCPTransport.providedBy(transport)
+        and ISystemHandle.providedBy(transport)
+        and not ISSLTransport.providedBy(transport)
+        and not INegotiated.providedBy(transport)
+        and isinstance(transport.getHandle(), socket.socket)
+    )
+
+
+@implementer(IPullProducer, IPushProducer)
+class _Outbox:
+    """What one connection has handed to Twisted that Twisted has not sent yet, followed through
+    public API only (``IConsumer.registerProducer``, ``ISystemHandle.getHandle``).
+
+    * **Plain TCP**: registered as a pull producer. Twisted calls :meth:`resumeProducing` each time
+      its write buffer runs empty (IConsumer's contract), so from a write it had to queue until that
+      call, bytes wait. While nothing waits, :meth:`write` first offers the bytes to the socket itself
+      and hands Twisted only what the kernel did not take: Twisted queues every write and sends it on
+      the next writable event, registering and unregistering the socket with the selector each time --
+      for a player that gets one small audio message every 20 ms, two epoll_ctl calls and a loop turn
+      per message (a quarter of an RTMP call's CPU, docs/performance.md). Order, flow control and error
+      handling stay Twisted's.
+    * **TLS** (the socket carries records, not our bytes): registered as a push producer. Twisted pauses
+      it when its buffer passes its high-water mark and resumes it once the buffer is empty, so bytes
+      count as waiting from the pause on (a coarser measure than plain TCP's).
+
+    ``waited(now)`` (seconds the oldest unsent byte has waited, 0 when none) and ``queued_bytes`` (an
+    upper bound of what Twisted holds for this connection) are what the players' back-pressure reads.
+    """
+
+    def __init__(self, transport: Any, clock: Callable[[], float]) -> None:
+        self.transport = transport
+        self.clock = clock
+        self.sock: Any = None  # plain TCP: the socket, for writes while nothing waits
+        self.waiting_since: float | None = None
+        self.queued_bytes = 0
+        self.peak_bytes = 0
+        self.registered = False
+        if _plain_tcp(transport):
+            self.sock = transport.getHandle()
+        plain_tcp = self.sock is not None
+        try:
+            transport.registerProducer(self, not plain_tcp)  # a pull producer is resumed at once
+        except RuntimeError:  # a producer is already registered (not by this class): plain writes
+            self.sock = None
+            return
+        self.registered = True
+
+    def waited(self, now: float) -> float:
+        return 0.0 if self.waiting_since is None else now - self.waiting_since
+
+    def write(self, data: bytes) -> None:
+        if self.waiting_since is None and self.sock is not None:
+            try:
+                n = self.sock.send(data)
+            except OSError:  # EAGAIN, or an error Twisted's own write path will report
+                n = 0
+            if n >= len(data):
+                return
+            data = data[n:]
+            self.waiting_since = self.clock()
+        if self.waiting_since is not None:
+            self.queued_bytes += len(data)
+            self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
+        self.transport.write(data)
+
+    def limit_kernel_buffer(self, size: int) -> None:
+        """SO_SNDBUF of a plain TCP connection (0: leave the kernel's autotuning)."""
+        if size and self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Before ``loseConnection``/``abortConnection``: Twisted closes a connection only once no
+        producer is registered."""
+        self.sock = None
+        if self.registered:
+            self.registered = False
+            self.transport.unregisterProducer()
+
+    # IPullProducer / IPushProducer (called by Twisted)
+    def resumeProducing(self) -> None:
+        """Twisted's buffer is empty."""
+        self.waiting_since = None
+        self.queued_bytes = 0
+
+    def pauseProducing(self) -> None:
+        """(TLS) Twisted's buffer passed its high-water mark."""
+        if self.waiting_since is None:
+            self.waiting_since = self.clock()
+
+    def stopProducing(self) -> None:
+        """The connection is gone."""
+        self.sock = None
+        self.registered = False
 
 
 class _StreamSink:
@@ -83,6 +205,8 @@ class _StreamSink:
     def send_audio_tag(self, timestamp_ms: int, data: bytes) -> None:
         if not self.open:
             return
+        if not self.conn.audio_wanted(data):
+            return  # the client does not read in time (back-pressure): a gap, not a delay
         try:
             self.conn.core.send_audio(self.stream_id, timestamp_ms, data)
         except LocalProtocolError:
@@ -116,10 +240,14 @@ class RtmpProtocol(protocol.Protocol):
         self.destination_by_stream: dict[int, str] = {}
         self.lost = False
         self._timeout: Any = None
+        self.deadlines: DeadlineTimer | None = None  # idle / partial-message / ping (factory settings)
         self.media_dropped = 0
         self.registered_user: str | None = None  # the web user this connection receives calls for
         self.grant: Any = None  # the registration token's grant
-        self._write_through = False
+        self.outbox: _Outbox | None = None
+        self._linger: Any = None  # aborts a closed connection whose peer reads nothing
+        self.play_failures = 0
+        self.audio_dropped = 0  # audio tags not sent to this client's players (back-pressure)
 
     # ---- Twisted
     def connectionMade(self) -> None:
@@ -130,16 +258,21 @@ class RtmpProtocol(protocol.Protocol):
                 t.setTcpNoDelay(True)
             except OSError:
                 pass
-        # plain TCP (not TLS): flush() may hand bytes to the socket at once (see _write)
-        self._write_through = isinstance(t, tcp.Connection)
+        self.outbox = _Outbox(t, self.factory.reactor.seconds)
         peer = self.transport.getPeer()
         self.client = f"{getattr(peer, 'host', self.peer_ip)}:{getattr(peer, 'port', 0)}"
         self._timeout = self.factory.reactor.callLater(self.factory.connect_timeout_s, self._connect_timeout)
+        f = self.factory
+        self.deadlines = DeadlineTimer(
+            f.reactor, StreamDeadlines(f.reactor.seconds(), f.idle_timeout_s, f.partial_timeout_s, f.idle_timeout_s / 2), self._deadline
+        )
 
     def dataReceived(self, data: bytes) -> None:
         if self.lost or self.core.closed:
             return
         events = self.core.receive_data(data, self.factory.reactor.seconds())
+        if self.deadlines is not None:
+            self.deadlines.received(progress=bool(events), pending=self.core.pending_input > 0)
         for ev in events:
             if self.core.closed and not isinstance(ev, ProtocolViolation):
                 # bad input later in this same read closed the core: act on nothing before it (no call
@@ -162,6 +295,11 @@ class RtmpProtocol(protocol.Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+        if self.deadlines is not None:
+            self.deadlines.cancel()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         for sid in list(self.players):
             self._drop_player(sid)
         for sid in list(self.publishes):
@@ -183,36 +321,58 @@ class RtmpProtocol(protocol.Protocol):
             return
         out = self.core.data_to_send()
         if out:
-            self._write(out)
+            if self.outbox is not None:
+                self.outbox.write(out)
+            else:
+                self.transport.write(out)
         if self.core.closed:
+            outbox = self.outbox
+            if outbox is not None:
+                if outbox.waiting_since is not None and self._linger is None:
+                    # loseConnection waits for the bytes to go: not forever for a peer that reads nothing
+                    self._linger = self.factory.reactor.callLater(self.factory.player_max_behind_s, self._abort_lingering)
+                outbox.close()
             self.transport.loseConnection()
 
-    def _write(self, data: bytes) -> None:
-        """``transport.write``, but straight to the socket when nothing is queued before it.
+    def _abort_lingering(self) -> None:
+        self._linger = None
+        if not self.lost:
+            log.info("RTMP {client}: closed, but its peer read nothing for {s} s: aborting", client=self.client, s=self.factory.player_max_behind_s)
+            self.transport.abortConnection()
 
-        Twisted queues every write and sends it on the next writable event, registering and
-        unregistering the socket with the selector each time: for a player that gets one small
-        audio message every 20 ms that is two epoll_ctl calls and a loop turn per message (a
-        quarter of an RTMP call's CPU).  Like asyncio's own transports, try the send first; what
-        the kernel does not take goes to Twisted's buffer as before (so order, flow control and
-        error handling stay Twisted's)."""
-        t = self.transport
-        if (
-            self._write_through
-            and not t.TLS
-            and t.connected
-            and not t.disconnecting
-            and not t._tempDataLen
-            and len(t.dataBuffer) == t.offset
-        ):
-            try:
-                n = t.socket.send(data)
-            except OSError:  # EAGAIN, or an error Twisted's own write path will report
-                n = 0
-            if n >= len(data):
-                return
-            data = data[n:]
-        t.write(data)
+    def audio_wanted(self, tag: bytes) -> bool:
+        """Back-pressure for this connection's players: False (drop the tag) once its unsent data
+        has waited ``[rtmp] player_max_queue_ms``; past ``player_max_behind_s`` the connection is
+        closed. The AAC sequence header is never dropped."""
+        outbox = self.outbox
+        if outbox is None or outbox.waiting_since is None:
+            return True
+        waited = outbox.waited(self.factory.reactor.seconds())
+        if waited > self.factory.player_max_behind_s:
+            self._abort_slow(waited)
+            return False
+        if waited * 1000.0 <= self.factory.player_max_queue_ms or _essential(tag):
+            return True
+        self.audio_dropped += 1
+        self.factory.player_audio_dropped += 1
+        if self.audio_dropped in (1, 100, 10000):
+            log.info(
+                "RTMP {client}: slow player, {n} audio messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
+                client=self.client, n=self.audio_dropped, waited=waited, queued=outbox.queued_bytes,
+            )
+        return False
+
+    def _abort_slow(self, waited: float) -> None:
+        log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+            "RTMP {client}: player {waited:.1f} s behind ({queued} bytes queued), closing the connection",
+            client=self.client, waited=waited, queued=self.outbox.queued_bytes if self.outbox else 0,
+        )
+        self.factory.slow_players_closed += 1
+        count_error("rtmp_slow_player")
+        self.core.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        self.transport.abortConnection()  # loseConnection would wait for a reader that does not read
 
     def close(self) -> None:
         self.core.close()
@@ -222,7 +382,25 @@ class RtmpProtocol(protocol.Protocol):
         self._timeout = None
         if not self.core.connected and not self.lost:
             log.info("RTMP {client}: no connect within {s} s, closing", client=self.client, s=self.factory.connect_timeout_s)
+            self.factory.limiter.note_closed("handshake")
             self.close()
+
+    def _deadline(self, reason: str) -> None:
+        """Idle: nothing received for ``[rtmp] idle_timeout_s`` (a ping went out at half of it);
+        partial: a message started and nothing completed for ``partial_timeout_s``."""
+        if self.lost:
+            return
+        if reason == PROBE:
+            if self.core.connected:
+                self.core.send_ping(int(self.factory.reactor.seconds() * 1000) & 0xFFFFFFFF)
+                self.flush()
+            return
+        log.info("RTMP {client}: {reason} timeout, closing", client=self.client, reason=reason)
+        self.factory.limiter.note_closed(reason)
+        if self.deadlines is not None:
+            self.deadlines.cancel()
+        self.core.close()
+        self.transport.abortConnection()  # the peer may not be reading either
 
     @property
     def manager(self) -> Any:
@@ -245,7 +423,7 @@ class RtmpProtocol(protocol.Protocol):
         elif isinstance(ev, StreamClosed):
             self._on_stream_closed(ev.stream_id)
         elif isinstance(ev, ProtocolViolation):
-            log.info("RTMP {client}: protocol violation: {message}", client=self.client, message=ev.message)
+            log.info("RTMP {client}: protocol violation: {message}", client=self.client, message=safe(ev.message))
             count_error("rtmp_protocol")
 
     # ---- connect
@@ -287,7 +465,9 @@ class RtmpProtocol(protocol.Protocol):
             self.flash_leg = leg
             self.core.accept_connect()
             if looks_like_jwt(self.conn_token):
-                self._register(user.split("@", 1)[0])
+                refused = self._register(user.split("@", 1)[0], self.conn_token)
+                if refused is not None:
+                    self.rpc_callback("unregistered", refused.code)
         else:
             self.core.reject_connect(
                 "NetConnection.Connect.InvalidApp", f"unknown application {base!r}: use call, session or sip"
@@ -296,23 +476,45 @@ class RtmpProtocol(protocol.Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        log.info("RTMP {client}: connected to {app} ({codec})", client=self.client, app=app, codec=self.conn_codec)
+        log.info("RTMP {client}: connected to {app} ({codec})", client=self.client, app=safe(app), codec=self.conn_codec)
 
     # ---- registration as a web user (calls toward this client)
-    def _register(self, user: str) -> None:
-        """Register ``user`` for this connection: the connect's token must have ``sub`` == user.
-        The client hears ``registered(user)`` or ``unregistered(code)`` (docs/protocol.md)."""
+    def _register(self, user: str, token: str | None) -> CallRefused | None:
+        """Register ``user`` for this connection until ``token`` expires: the token must have
+        ``sub`` == user. On success the client hears ``registered(user)``; a refusal is returned
+        (an existing registration is then left as it was)."""
         manager = self.manager
         try:
-            self.grant = check_registration(user, self.conn_token, manager.tokens, manager.wall_clock())
+            grant = check_registration(user, token, manager.tokens, manager.wall_clock())
         except CallRefused as e:
-            log.info("RTMP {client}: registration of {user!r} refused: {code}", client=self.client, user=user[:64], code=e.code)
-            self.rpc_callback("unregistered", e.code)
-            return
+            log.info("RTMP {client}: registration of {user} refused: {code}", client=self.client, user=safe(user, 64), code=e.code)
+            return e
+        self.grant = grant
         self.registered_user = user
-        manager.web_users.register(user, self)
-        log.info("RTMP {client}: registered web user {user}", client=self.client, user=user)
+        manager.web_users.register(user, self, expires=registration_expires(grant, manager.tokens))
+        log.info("RTMP {client}: registered web user {user}", client=self.client, user=safe(user))
         self.rpc_callback("registered", user)
+        return None
+
+    def _rpc_register(self, tid: float, args: list[Any]) -> None:
+        """``register(token)``: register the connect URL's user again with a fresh call token,
+        before the connect's (or the last) token expires -- at its expiry the registration ends
+        with ``unregistered("token_expired")``. The token also becomes the connection's call token.
+        ``_result`` = the user (and ``registered(user)``); ``_error`` with the refusal ``reason``
+        (``token_required``, ``invalid_token``, ``token_expired``, ``user_not_allowed``), the
+        current registration unchanged."""
+        if self.mode != APP_SIP or self.flash_leg is None:
+            self.core.send_error(tid, _call_failed("register needs rtmp://HOST/sip/USER", reason="not_sip"))
+            return
+        token = args[0] if args and isinstance(args[0], str) and args[0] else None
+        refused = self._register(self.flash_user.split("@", 1)[0], token)
+        if refused is not None:
+            if tid:
+                self.core.send_error(tid, _call_failed(refused.message, reason=refused.code))
+            return
+        self.conn_token = token
+        if tid:
+            self.core.send_result(tid, self.registered_user)
 
     def _unregister(self) -> None:
         user, self.registered_user = self.registered_user, None
@@ -340,7 +542,7 @@ class RtmpProtocol(protocol.Protocol):
     def unregistered(self, user: str, reason: str) -> None:
         if self.registered_user == user:
             self.registered_user = None
-            log.info("RTMP {client}: registration of {user} ended: {reason}", client=self.client, user=user, reason=reason)
+            log.info("RTMP {client}: registration of {user} ended: {reason}", client=self.client, user=safe(user), reason=reason)
             self.rpc_callback("unregistered", reason)
 
     # ---- publish
@@ -370,7 +572,7 @@ class RtmpProtocol(protocol.Protocol):
                 source_ip=self.peer_ip,
             )
         except CallRefused as e:
-            log.info("RTMP {client}: publish to {dest!r} refused: {code}", client=self.client, dest=name, code=e.code)
+            log.info("RTMP {client}: publish to {dest} refused: {code}", client=self.client, dest=safe(name), code=e.code)
             code = "NetStream.Publish.BadName" if e.code in _REFUSED_BAD_NAME else "NetStream.Publish.Failed"
             self.core.reject_publish(ev.stream_id, code, f"{e.code}: {e.message}")
             self.close()  # an encoder has nothing else to do on this connection
@@ -421,26 +623,35 @@ class RtmpProtocol(protocol.Protocol):
             return
         leg: RtmpLeg | None = None
         if self.mode == APP_SIP:
-            leg = self.flash_leg
+            leg = self.flash_leg  # the connection's own call: nothing to find, nothing to guess
             codec = codec or self.conn_codec or "nellymoser"
-        elif self.mode == APP_CALL:
-            leg = self.factory.live_leg(name)
+            if leg is None:
+                self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
+                return
+        else:
+            # a call found by name: a guess that fails counts (docs/security.md, "Session IDs and RTMP play")
+            if not self._may_try_play(ev.stream_id):
+                return
             codec = codec or self.conn_codec or "aac"
-        elif self.mode == APP_SESSION:
-            call = self.manager.registry.by_session_id(name) if name.isdigit() else None
-            if call is not None and isinstance(call.leg, RtmpLeg) and not call.ended:
-                leg = call.leg
-            codec = codec or self.conn_codec or "aac"
-        if leg is None:
-            self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
-            return
-        if self.mode != APP_SIP and leg.call is not None and not self._may_listen(leg.call, opts.get(TOKEN_OPTION) or self.conn_token):
-            # the same answer as for a call that does not exist: no oracle for live session IDs
-            log.info("RTMP {client}: play of {name} refused (token)", client=self.client, name=name)
-            self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
-            return
+            if self.mode == APP_CALL:
+                leg = self.factory.live_leg(name)
+            elif self.mode == APP_SESSION:
+                call = self.manager.registry.by_session_id(name) if name.isdigit() else None
+                if call is not None and isinstance(call.leg, RtmpLeg) and not call.ended:
+                    leg = call.leg
+            if leg is not None and leg.call is not None and not self._may_listen(
+                leg.call, opts.get(TOKEN_OPTION) or self.conn_token, by_destination=self.mode == APP_CALL
+            ):
+                log.info("RTMP {client}: play of {name} refused (not the publisher, no valid token)", client=self.client, name=safe(name))
+                leg = None  # the same answer as for a call that does not exist: no oracle for live calls
+            if leg is None:
+                self._play_failed(ev.stream_id, name)
+                return
         if ev.stream_id in self.players:
             self._drop_player(ev.stream_id)
+        elif not self.players and self.outbox is not None:
+            # what the kernel holds for a reader that stalls is delay nobody can drop (docs/security.md)
+            self.outbox.limit_kernel_buffer(self.factory.player_send_buffer)
         sink = _StreamSink(self, ev.stream_id)
         player = Player(sink, codec or "aac", owner=self)
         sip_codec = leg.call.codec if leg.call is not None else None
@@ -448,14 +659,51 @@ class RtmpProtocol(protocol.Protocol):
         self.core.accept_play(ev.stream_id, metadata=player.metadata(sip_codec), info=info)
         leg.add_player(player)
         self.players[ev.stream_id] = (player, sink, leg)
-        log.info("RTMP {client}: playing {name} as {codec}", client=self.client, name=name, codec=player.choice)
+        log.info("RTMP {client}: playing {name} as {codec}", client=self.client, name=safe(name), codec=player.choice)
 
-    def _may_listen(self, call: Call, token: str | None) -> bool:
-        """Listening to a call placed with a token needs a valid token of the same identity
-        (``sub``) or naming the call's ``session_id`` (docs/protocol.md, "Who may listen")."""
+    def _may_try_play(self, stream_id: int) -> bool:
+        """An address at its attempt limit (``[limits] max_attempts_per_ip_per_minute``, which
+        failed plays count toward) may not play at all: a success would tell it what it guessed.
+        It gets ``NetStream.Play.Failed`` and the connection is closed."""
+        try:
+            self.manager.policy.check_attempts(client_ip(self.peer_ip))
+        except CallRefused as e:
+            self._refuse_play(stream_id, "NetStream.Play.Failed", f"{e.code}: {e.message}", close=True)
+            return False
+        return True
+
+    def _play_failed(self, stream_id: int, name: str) -> None:
+        """A play of a call that does not exist or may not be heard: StreamNotFound, one attempt
+        for the address's rate, and after ``[rtmp] play_failures_before_close`` of them (or at the
+        address's limit) the connection is closed."""
+        self.play_failures += 1
+        close = self.play_failures >= self.factory.play_failures_before_close
+        try:
+            self.manager.policy.attempt(client_ip(self.peer_ip))
+        except CallRefused:
+            close = True
+        self._refuse_play(stream_id, "NetStream.Play.StreamNotFound", f"no live call {name[:64]!r}", close=close)
+
+    def _refuse_play(self, stream_id: int, code: str, description: str, *, close: bool) -> None:
+        self.factory.plays_refused += 1
+        count_error("rtmp_play_refused")
+        self.core.reject_play(stream_id, code, description)
+        if close:
+            log.info("RTMP {client}: play refused ({code}) after {n} failed plays, closing",
+                     client=self.client, code=code, n=self.play_failures)
+            self.close()
+
+    def _may_listen(self, call: Call, token: str | None, *, by_destination: bool) -> bool:
+        """``webgate.security.tokens.call_access_allowed`` (docs/protocol.md, "Who may listen"):
+        by session ID, a call placed without a token is open; by destination, only to the address
+        that placed it; anything else needs a valid token naming the call (its ``session_id``) or,
+        for a call placed with a token, of the same identity (``sub``)."""
         manager = self.manager
         try:
-            return call_access_allowed(call, token, manager.tokens, now=manager.wall_clock())
+            return call_access_allowed(
+                call, token, manager.tokens, now=manager.wall_clock(),
+                by_destination=by_destination, client_ip=client_ip(self.peer_ip),
+            )
         except TokenError:
             return False
 
@@ -523,6 +771,7 @@ class RtmpProtocol(protocol.Protocol):
             "bye": self._rpc_bye,
             "sendDTMF": self._rpc_send_dtmf,
             "hold": self._rpc_hold,
+            "register": self._rpc_register,
         }.get(name)
         if handler is not None:
             handler(tid, args)
@@ -559,7 +808,7 @@ class RtmpProtocol(protocol.Protocol):
                 destination,
                 session_id=session_id,
                 display_name=self.display_name,
-                identity=self.flash_user,
+                # the URL's USER is a name the client chose: the identity is the token's sub or none
                 token=self.conn_token,
                 source_ip=self.peer_ip,
             )
@@ -686,14 +935,24 @@ class RtmpFactory(protocol.Factory):
                 max_chunk_size=rtmp_config.max_chunk_size,
                 max_message_length=rtmp_config.max_message_size,
                 max_streams=rtmp_config.max_streams_per_connection,
+                max_buffered_bytes=rtmp_config.max_buffer_bytes,
             )
         )
-        self.max_per_ip = rtmp_config.max_connections_per_ip
-        self.by_ip: dict[str, int] = {}
+        # connection caps and deadlines (webgate/security/connlimit.py; counted in /metrics)
+        self.limiter = ConnectionLimiter("rtmp", rtmp_config.max_connections, rtmp_config.max_connections_per_ip)
+        self.idle_timeout_s = float(rtmp_config.idle_timeout_s)
+        self.partial_timeout_s = float(rtmp_config.partial_timeout_s)
         self.connections: set[RtmpProtocol] = set()
         self.live: dict[str, list[RtmpLeg]] = {}  # destination -> encoder-style legs, oldest first
-        self.refused_connections = 0
-        self.connect_timeout_s = CONNECT_TIMEOUT_S
+        self.connect_timeout_s = float(rtmp_config.handshake_timeout_s)
+        # players' back-pressure and play guessing (docs/security.md)
+        self.player_max_queue_ms = rtmp_config.player_max_queue_ms
+        self.player_max_behind_s = rtmp_config.player_max_behind_s
+        self.player_send_buffer = rtmp_config.player_send_buffer
+        self.play_failures_before_close = rtmp_config.play_failures_before_close
+        self.player_audio_dropped = 0
+        self.slow_players_closed = 0
+        self.plays_refused = 0
 
     @property
     def manager(self) -> Any:
@@ -705,14 +964,22 @@ class RtmpFactory(protocol.Factory):
             raise CallRefused("shutting_down", "telephony is not running", 503)
         return mgr
 
+    @property
+    def by_ip(self) -> dict[str, int]:
+        """Open connections per address (IPv6: per /64)."""
+        return self.limiter.by_key
+
+    @property
+    def refused_connections(self) -> int:
+        return sum(self.limiter.refused.values())
+
     def buildProtocol(self, addr: Any) -> RtmpProtocol | None:
         ip = getattr(addr, "host", str(addr))
-        if self.by_ip.get(ip, 0) >= self.max_per_ip:
-            self.refused_connections += 1
+        refused = self.limiter.admit(ip)
+        if refused is not None:  # closed at accept; counted for /metrics
             log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
-                "RTMP: connection limit for {ip} reached ({n})", ip=ip, n=self.max_per_ip)
+                "RTMP: connection from {ip} refused: {reason} connection cap", ip=ip, reason=refused)
             return None
-        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
         p = RtmpProtocol(self, ip)
         self.connections.add(p)
         return p
@@ -720,11 +987,7 @@ class RtmpFactory(protocol.Factory):
     def connection_lost(self, p: RtmpProtocol) -> None:
         if p in self.connections:
             self.connections.discard(p)
-            n = self.by_ip.get(p.peer_ip, 0) - 1
-            if n > 0:
-                self.by_ip[p.peer_ip] = n
-            else:
-                self.by_ip.pop(p.peer_ip, None)
+            self.limiter.release(p.peer_ip)
 
     # ---- live encoder-style calls by destination (for play rtmp://HOST/call/DESTINATION)
     def add_live(self, destination: str, leg: RtmpLeg) -> None:

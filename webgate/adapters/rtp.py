@@ -77,6 +77,8 @@ class RtpEndpoint:
                 log.debug("RTCP send to {dest} failed: {e}", dest=dest, e=e)
 
     def make_stream(self, **kwargs: Any) -> RtpAudioStream:
+        kwargs.setdefault("strict_source", self.pool.strict_source)
+        kwargs.setdefault("relearn_after_s", self.pool.relearn_after_s)
         self.stream = RtpAudioStream(self.send_rtp, self.send_rtcp, **kwargs)
         self.pool.clock.add(self.stream)
         return self.stream
@@ -144,8 +146,19 @@ class MediaClock:
         self._maybe_stop()
 
 
+#: (kind, reason) of packets a stream's strict source dropped (webgate/proto/rtp_source.py)
+SOURCE_DROPS = (("rtp", "foreign"), ("rtp", "learning"), ("rtcp", "foreign"))
+
+
+def source_drops(stream: RtpAudioStream) -> tuple[int, int, int]:
+    """A stream's packets dropped by its strict source, in :data:`SOURCE_DROPS` order."""
+    g = stream.source_guard
+    return g.dropped_foreign, g.dropped_learning, g.rtcp_dropped
+
+
 class RtpPortPool:
-    def __init__(self, reactor: Any, bind_host: str, port_min: int, port_max: int) -> None:
+    def __init__(self, reactor: Any, bind_host: str, port_min: int, port_max: int, *,
+                 strict_source: bool = True, relearn_after_s: float = 0.0) -> None:
         if port_min % 2:
             port_min += 1
         self.reactor = reactor
@@ -155,6 +168,11 @@ class RtpPortPool:
         self.in_use: dict[int, RtpEndpoint] = {}
         self._cursor = port_min
         self.clock = MediaClock(reactor)
+        #: [rtp] strict_source / relearn_after_s for every stream made on this pool's ports
+        self.strict_source = strict_source
+        self.relearn_after_s = relearn_after_s
+        #: packets dropped by the strict source of streams already released (SOURCE_DROPS order)
+        self._drops_done = [0, 0, 0]
 
     @property
     def capacity(self) -> int:
@@ -178,11 +196,23 @@ class RtpPortPool:
             return ep
         raise NoPortsAvailable(f"no free RTP port pair in {self.port_min}-{self.port_max}")
 
+    def dropped_by_source(self) -> dict[tuple[str, str], int]:
+        """Packets the strict source dropped on every stream of this pool, live and released
+        (calls and built-in destinations alike), by (kind, reason)."""
+        totals = list(self._drops_done)
+        for ep in self.in_use.values():
+            if ep.stream is not None:
+                for i, n in enumerate(source_drops(ep.stream)):
+                    totals[i] += n
+        return dict(zip(SOURCE_DROPS, totals))
+
     def release(self, ep: RtpEndpoint) -> None:
         if ep.released:
             return
         ep.released = True
         if ep.stream is not None:
+            for i, n in enumerate(source_drops(ep.stream)):
+                self._drops_done[i] += n
             ep.stream.close()
             self.clock.remove(ep.stream)
             ep.stream = None

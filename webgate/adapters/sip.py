@@ -15,10 +15,13 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
+from webgate.adapters.guard import DeadlineTimer, listen_tls
+from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.sip.message import SipMessage, SipRequest, StreamFramer, parse_message, stateless_error_response
 from webgate.proto.sip.transaction import Addr
 from webgate.proto.sip.useragent import Event, UserAgent
+from webgate.security.connlimit import ConnectionLimiter, StreamDeadlines
 
 log = Logger()
 
@@ -56,10 +59,18 @@ class _StreamProtocol(protocol.Protocol):
         self.peer: Addr = (transport_name, "", 0)
         self.client = client  # set for connections we opened
         self.keys: list[Addr] = []  # every address this connection is known under
+        self.admitted: str | None = None  # the host holding a slot of the listener's ConnectionLimiter
+        self.timer: DeadlineTimer | None = None
 
     def connectionMade(self) -> None:  # noqa: N802
         p = _iface(self.transport).getPeer()
         self.peer = (self.name, p.host, p.port)
+        owner = self.owner
+        # idle: accepted connections only (the peer reconnects when it has something to send);
+        # partial: every connection
+        idle = owner.idle_timeout_s if self.client is None else 0
+        deadlines = StreamDeadlines(owner.reactor.seconds(), idle, owner.partial_timeout_s)
+        self.timer = DeadlineTimer(owner.reactor, deadlines, self._deadline)
         self._register(self.peer)
         if self.client is not None:
             # also reachable under the name we dialled; send what waited for the connection
@@ -74,15 +85,30 @@ class _StreamProtocol(protocol.Protocol):
         self.keys.append(key)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        for item in self.framer.feed(data):
+        items = self.framer.feed(data)
+        if self.timer is not None:
+            self.timer.received(progress=bool(items), pending=self.framer.pending > 0)
+        for item in items:
             if isinstance(item, RemoteProtocolError):
-                log.warn("SIP {transport} framing error from {peer}: {error}", transport=self.name, peer=self.peer, error=item.message)
+                log.warn("SIP {transport} framing error from {peer}: {error}", transport=self.name, peer=self.peer, error=safe(item.message))
                 continue
             self.owner.message_received(item, self.peer)
         if self.framer.broken:
             _iface(self.transport).loseConnection()
 
+    def _deadline(self, reason: str) -> None:
+        log.info("SIP {transport} connection from {peer} closed: {reason} timeout", transport=self.name, peer=self.peer, reason=reason)
+        self.owner.limiters[self.name].note_closed(reason)
+        if self.timer is not None:
+            self.timer.cancel()
+        _iface(self.transport).abortConnection()  # the peer may not be reading either
+
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.admitted is not None:
+            self.owner.limiters[self.name].release(self.admitted)
+            self.admitted = None
         for key in self.keys:
             if self.owner.connections.get(key) is self:
                 del self.owner.connections[key]
@@ -101,8 +127,17 @@ class _StreamFactory(protocol.Factory):
         self.owner = owner
         self.name = transport_name
 
-    def buildProtocol(self, addr: IAddress | None) -> _StreamProtocol:  # noqa: N802
-        return _StreamProtocol(self.owner, self.name)
+    def buildProtocol(self, addr: IAddress | None) -> _StreamProtocol | None:  # noqa: N802
+        host = str(getattr(addr, "host", "?"))
+        limiter = self.owner.limiters[self.name]
+        refused = limiter.admit(host)
+        if refused is not None:
+            # closed at accept (no SIP answer: nothing was read); counted for /metrics
+            log.info("SIP {transport} connection from {host} refused: {reason} connection cap", transport=self.name, host=host, reason=refused)
+            return None
+        p = _StreamProtocol(self.owner, self.name)
+        p.admitted = host
+        return p
 
 
 class _ClientFactory(protocol.ClientFactory):
@@ -118,7 +153,7 @@ class _ClientFactory(protocol.ClientFactory):
         return _StreamProtocol(self.owner, self.name, client=self)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
-        log.warn("SIP {transport} connection to {dest} failed: {reason}", transport=self.name, dest=self.key, reason=reason.getErrorMessage())
+        log.warn("SIP {transport} connection to {dest} failed: {reason}", transport=self.name, dest=safe(self.key), reason=safe(reason.getErrorMessage()))
         self.owner.pending.pop(self.key, None)
         self.owner.connection_failed(self.key)
 
@@ -135,8 +170,19 @@ class SipTransport:
         max_message_size: int = 65535,
         tls_server_context: Any = None,
         tls_client_options: Callable[[str], Any] | None = None,
+        max_connections: int = 256,
+        max_connections_per_ip: int = 32,
+        idle_timeout_s: float = 120.0,
+        partial_timeout_s: float = 10.0,
     ) -> None:
         self.reactor = reactor
+        # caps on accepted TCP/TLS connections and the deadlines of every stream connection
+        # (webgate/security/connlimit.py); the limiters also count refusals for /metrics
+        self.limiters = {
+            name: ConnectionLimiter(f"sip_{name}", max_connections, max_connections_per_ip) for name in ("tcp", "tls")
+        }
+        self.idle_timeout_s = idle_timeout_s
+        self.partial_timeout_s = partial_timeout_s
         self.ua = ua
         self.handler = handler
         self.max_message_size = max_message_size
@@ -166,7 +212,7 @@ class SipTransport:
     def listen_tls(self, host: str, port: int) -> int:
         if self.tls_server_context is None:
             raise ValueError("SIP TLS listener needs a certificate and key")
-        lp = self.reactor.listenSSL(port, _StreamFactory(self, "tls"), self.tls_server_context, interface=host)
+        lp = listen_tls(self.reactor, port, _StreamFactory(self, "tls"), self.tls_server_context, interface=host)
         self.listeners.append(lp)
         return int(lp.getHost().port)
 
@@ -189,7 +235,7 @@ class SipTransport:
             message = parse_message(data, self.max_message_size, datagram=True)
         except RemoteProtocolError as e:
             self.stats["bad"] += 1
-            log.debug("bad SIP datagram from {source}: {error}", source=source, error=e.message)
+            log.debug("bad SIP datagram from {source}: {error}", source=source, error=safe(e.message))
             reply = stateless_error_response(data, e.message, 513 if e.status_hint == 513 else 400)
             if reply is not None and proto.transport is not None:
                 _iface(proto.transport).write(reply, (source[1], source[2]))
@@ -211,7 +257,7 @@ class SipTransport:
             events = self.ua.receive(message, source, self.reactor.seconds())
         except (RemoteProtocolError, LocalProtocolError) as e:
             self.stats["bad"] += 1
-            log.warn("SIP message from {source} refused: {error}", source=source, error=e.message)
+            log.warn("SIP message from {source} refused: {error}", source=source, error=safe(e.message))
             events = []
         except Exception:
             self.stats["bad"] += 1
@@ -276,7 +322,7 @@ class SipTransport:
         if not is_ip(host):
             d = self.reactor.resolve(host)
             d.addCallback(lambda ip: self._send_raw(data, (transport, ip, port)))
-            d.addErrback(lambda f: log.warn("cannot resolve {host}: {err}", host=host, err=f.getErrorMessage()))
+            d.addErrback(lambda f: log.warn("cannot resolve {host}: {err}", host=safe(host), err=safe(f.getErrorMessage())))
             return
         self._send_raw(data, dest)
 
@@ -285,7 +331,7 @@ class SipTransport:
         self.stats["sent"] += 1
         if transport == "udp":
             if self.udp_protocol is None or self.udp_protocol.transport is None:
-                log.warn("no UDP listener to send SIP to {dest}", dest=dest)
+                log.warn("no UDP listener to send SIP to {dest}", dest=safe(dest))
                 return
             _iface(self.udp_protocol.transport).write(data, (host, port))
             return
@@ -299,7 +345,7 @@ class SipTransport:
             self.pending[dest] = pend
             if transport == "tls":
                 if self.tls_client_options is None:
-                    log.warn("no TLS client options; cannot reach {dest}", dest=dest)
+                    log.warn("no TLS client options; cannot reach {dest}", dest=safe(dest))
                     self.pending.pop(dest, None)
                     return
                 self.reactor.connectSSL(host, port, pend, self.tls_client_options(host), timeout=10)

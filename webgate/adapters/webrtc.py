@@ -21,9 +21,18 @@ browser's ``RTCDTMFSender`` then works, and its RFC 4733 packets are taken off t
 ``dtmf`` signalling message (webgate/web/ws.py) does the same. Digits from SIP go to the
 browser as ``dtmf`` signalling events (browsers do not surface received RFC 4733).
 
-Video and data channels are accepted and kept alive; video is read and dropped, data
-channel messages are counted and dropped (never sent to SIP) until the session hub gives
-them a viewer.
+Video: until the session hub forwards video somewhere, the gateway receives none. The answer
+makes every video section ``inactive`` (:meth:`WebRtcLeg._refuse_video`), so aiortc never starts
+the video receiver: no decoder thread, no jitter buffer, and video RTP that arrives anyway (a
+peer ignoring the answer) is discarded by aiortc's RTP router, which has no receiver for it.
+``stats.video_frames_decoded`` counts any frame that still came out of aiortc's video decoder
+(it stays 0; ``webgate_webrtc_video_frames_decoded_total`` in /metrics). Data channels are
+accepted and kept alive; their messages are counted and dropped (never sent to SIP).
+
+Remote ICE candidates (the offer's and trickled ones) pass the call's
+:class:`~webgate.security.candidates.CandidateGate` first: a cap for the call's life and no
+address of the gateway's own host or link (``[webrtc] max_remote_candidates`` /
+``allow_private_candidates``).
 
 All asyncio work is started through :mod:`webgate.adapters.aio`.
 """
@@ -58,6 +67,7 @@ from webgate.adapters import aio
 from webgate.adapters.webrtc_direct import DirectAudio
 from webgate.calls.call import Call, CallState
 from webgate.config import WebRtcConfig
+from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
     OPUS_SILENCE,
@@ -73,6 +83,7 @@ from webgate.media.codecs import (
 from webgate.proto.errors import RemoteProtocolError
 from webgate.proto import rtp
 from webgate.proto.rtp import DtmfReceiver
+from webgate.security.candidates import CandidateGate
 
 log = Logger()
 
@@ -254,7 +265,7 @@ class SipAudioTrack(AudioStreamTrack):
 class LegStats:
     frames_from_browser: int = 0
     frames_to_browser: int = 0
-    video_frames_dropped: int = 0
+    video_frames_decoded: int = 0  # frames aiortc's video decoder produced: stays 0 (video is not received)
     data_messages_dropped: int = 0
     data_channels: int = 0
     video_tracks: int = 0
@@ -290,6 +301,8 @@ class WebRtcLeg:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_for_aiortc(settings.ice_servers)))
         self.out_track: SipAudioTrack | None = None
         self.stats = LegStats()
+        #: the call's remote ICE candidates: capped for the call's life, no loopback/link-local/...
+        self.candidates = CandidateGate(settings.max_remote_candidates, settings.allow_private_candidates)
         self.closed = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._channels: list[Any] = []
@@ -336,6 +349,9 @@ class WebRtcLeg:
         self.out_track = SipAudioTrack(48000, self.settings.max_playout_ms)
         main = self.pc.addTransceiver(self.out_track, direction="sendrecv")
         main.setCodecPreferences(prefs)
+        offer_sdp, refused = self.candidates.filter_sdp(offer_sdp)
+        for r in refused:
+            log.info("WebRTC {client}: offer candidate dropped: {reason}", client=self.client, reason=safe(r.message))
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as e:  # noqa: BLE001 - aiortc raises ValueError, KeyError, IndexError... on garbage
@@ -345,6 +361,7 @@ class WebRtcLeg:
         if main._codecs:  # aiortc has no public API for the negotiated codecs
             self._audio_pt = main._codecs[0].payloadType
             self._add_telephone_event(main, offer_sdp)
+        self._refuse_video()
         try:
             self._answer = await self.pc.createAnswer()
         except Exception as e:  # noqa: BLE001 - any aiortc failure on a remote offer is the offer's fault
@@ -357,6 +374,15 @@ class WebRtcLeg:
         # play out at the browser codec's own rate so aiortc's encoder never resamples
         self.out_track.set_rate({"PCMU": 8000, "PCMA": 8000, "G722": 16000}.get(codec.upper(), 48000))
         return codec
+
+    def _refuse_video(self) -> None:
+        """Answer every video section ``inactive`` (before ``createAnswer``): the browser then
+        sends no video, and aiortc, which starts a receiver (and its decoder thread) only for a
+        direction that receives, never decodes any. The section stays in the answer (same
+        transport, bundle intact), so the offer needs no change when video is forwarded later."""
+        for tr in self.pc.getTransceivers():
+            if tr.kind == "video":
+                tr.direction = "inactive"
 
     def _add_telephone_event(self, main: Any, offer_sdp: str) -> None:
         """Answer the offer's telephone-event (RFC 4733) too, at the audio codec's clock rate
@@ -456,8 +482,16 @@ class WebRtcLeg:
             if call is not None and not call.ended:
                 call.send_dtmf(d.digit, max(40, min(d.duration_ms, 2000)))
 
+    def admit_candidate(self, candidate: str) -> None:
+        """Count one trickled candidate (its attribute value) against the call's cap and address
+        rules, when it arrives (before or after the answer); raises
+        :class:`~webgate.security.candidates.CandidateRefused`. Only admitted candidates go on
+        to :meth:`add_candidate`."""
+        self.candidates.check(candidate)
+
     async def add_candidate(self, cand: dict[str, Any] | None) -> None:
-        """A trickled browser candidate (``None`` or an empty candidate: end of candidates)."""
+        """A trickled browser candidate, admitted by :meth:`admit_candidate` (``None`` or an
+        empty candidate: end of candidates)."""
         if not cand or not cand.get("candidate"):
             await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
             return
@@ -525,13 +559,13 @@ class WebRtcLeg:
             self._tasks.append(aio.spawn(self._consume_audio(track), "webrtc audio consumer", session_id=self.session_id))
         else:
             self.stats.video_tracks += 1
-            self._tasks.append(aio.spawn(self._drain_video(track), "webrtc video drain", session_id=self.session_id))
+            self._tasks.append(aio.spawn(self._count_video(track), "webrtc video check", session_id=self.session_id))
 
     def _on_datachannel(self, channel: Any) -> None:
         """Data channels stay open with the session; their messages are counted and dropped."""
         self._channels.append(channel)
         self.stats.data_channels += 1
-        log.debug("call {session_id}: data channel {label!r} accepted", session_id=self.session_id, label=str(channel.label)[:64])
+        log.debug("call {session_id}: data channel {label} accepted", session_id=self.session_id, label=safe(channel.label, 64))
 
         @channel.on("message")
         def _dropped(message: Any) -> None:
@@ -631,13 +665,17 @@ class WebRtcLeg:
             self.stats.frames_from_browser += 1
             call.send_audio(frame_to_mono(frame), int(frame.sample_rate))
 
-    async def _drain_video(self, track: MediaStreamTrack) -> None:
+    async def _count_video(self, track: MediaStreamTrack) -> None:
+        """Video is answered ``inactive`` (:meth:`_refuse_video`), so this track never yields a
+        frame; should aiortc decode one anyway it is counted (and dropped, so nothing queues)."""
         while True:
             try:
                 await track.recv()
             except MediaStreamError:
                 return
-            self.stats.video_frames_dropped += 1
+            self.stats.video_frames_decoded += 1
+            if self.stats.video_frames_decoded == 1:
+                log.warn("call {session_id}: aiortc decoded browser video (it should not receive any)", session_id=self.session_id)
 
     # -- IngressLeg -------------------------------------------------------------------------
     def call_progress(self, call: Call, state: CallState) -> None:

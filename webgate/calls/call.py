@@ -151,7 +151,8 @@ class Call:
 
         ``to_sip``: RTP the gateway sent toward SIP (``lost``/``fraction_lost`` as the far end
         reported them in RTCP, ``None`` until a report came); ``from_sip``: RTP received from
-        SIP (``lost`` and ``jitter_ms`` measured here)."""
+        SIP (``lost`` and ``jitter_ms`` measured here; ``dropped``/``rtcp_dropped``: RTP/RTCP
+        from another address than the far end's learnt source, dropped by [rtp] strict_source)."""
         stream = self.stream
         st = stream.stats if stream is not None else None
         now = time.time()
@@ -191,6 +192,8 @@ class Call:
                 "bytes": st.bytes_received if st else 0,
                 "lost": max(0, stream.packets_lost) if stream is not None else 0,
                 "jitter_ms": round(stream.jitter_ms, 3) if stream is not None else 0.0,
+                "dropped": stream.source_guard.dropped_foreign if stream is not None else 0,
+                "rtcp_dropped": stream.source_guard.rtcp_dropped if stream is not None else 0,
             },
             "dtmf_sent": len(self.dtmf_sent),
             "dtmf_received": len(self.dtmf_received),

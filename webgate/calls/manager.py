@@ -26,6 +26,7 @@ from webgate.calls.session_id import (
     is_valid_session_id,
 )
 from webgate.calls.users import InboundAllowList, WebUsers
+from webgate.logsafe import safe
 from webgate.media.codecs import get_codec
 from webgate.media.tones import ToneGenerator
 from webgate.proto import sdp
@@ -124,15 +125,10 @@ BUILTIN_KINDS = ("echo", "tone")
 _INBOUND_CODECS = (sdp.PCMU, sdp.PCMA, sdp.G722, sdp.OPUS)
 
 
-def _request_source(req: Any) -> str:
-    """The IP address a request came from: the transaction layer stamps ``received=`` on the
-    top Via whenever the source differs from the Via host (RFC 3261 18.2.1)."""
-    try:
-        via = req.vias[0]
-    except (IndexError, AttributeError, RemoteProtocolError):
-        return ""
-    received = via.params.get("received")
-    return str(received or via.host).strip("[]")
+def _caller_ip(ev: IncomingCall) -> str:
+    """The IP address an INVITE came from: the transport's peer address, never the request's
+    own Via (whose ``received``/``sent-by`` the sender writes)."""
+    return client_ip(ev.source[1])
 
 
 class _PendingLeg:
@@ -172,15 +168,20 @@ class Admission:
 
 
 class BuiltinCall:
-    """A call answered by the gateway itself (echo or tone)."""
+    """A call answered by the gateway itself (echo or tone). ``source`` is the caller's IP
+    address for a SIP caller, None for the gateway's own call (a web client's ``echo``): only
+    SIP callers pass the built-in admission and count as calls of their own."""
 
-    def __init__(self, kind: str, session: InviteSession, endpoint: RtpEndpoint, sdp_session_id: int) -> None:
+    def __init__(self, kind: str, session: InviteSession, endpoint: RtpEndpoint, sdp_session_id: int,
+                 source: str | None = None) -> None:
         self.kind = kind
         self.session = session
         self.endpoint = endpoint
         self.sdp_session_id = sdp_session_id
         self.sdp_version = 1
+        self.source = source
         self.ticker: Callable[[float], None] | None = None
+        self.duration_timer: Any = None
 
 
 class CallManager:
@@ -209,6 +210,7 @@ class CallManager:
         wall_clock: Callable[[], float] = time.time,
         web_users: WebUsers | None = None,
         inbound_from: InboundAllowList | None = None,
+        builtin_sip_from: InboundAllowList | None = None,
     ) -> None:
         self.reactor = reactor
         self.ua = ua
@@ -239,10 +241,12 @@ class CallManager:
         #: call_refused(code, ingress, client). A failing observer is logged, never fatal.
         self.observers: list[Any] = []
         #: registered web users (calls from SIP toward web clients, docs/protocol.md)
-        self.web_users = web_users if web_users is not None else WebUsers()
+        self.web_users = web_users if web_users is not None else WebUsers(reactor, wall_clock)  # (expiry timers)
         #: SIP sources that may call web users ([sip] inbound_from; default here: loopback only)
         self.inbound_from = inbound_from if inbound_from is not None else InboundAllowList(("loopback",))
-        self.counters.update({"inbound_offered": 0, "inbound_refused": 0})
+        #: SIP sources that may call echo/tone directly ([builtin] sip_from; default loopback only)
+        self.builtin_sip_from = builtin_sip_from if builtin_sip_from is not None else InboundAllowList(("loopback",))
+        self.counters.update({"inbound_offered": 0, "inbound_refused": 0, "builtin_refused": 0})
 
     def _emit(self, event: str, *args: Any) -> None:
         for obs in list(self.observers):
@@ -375,14 +379,19 @@ class CallManager:
         log.info(
             "call refused: {ingress} {client} -> {destination}: {code}",
             ingress=getattr(leg, "kind", "?"),
-            client=getattr(leg, "client", "?"),
-            destination=repr(destination)[:80],
+            client=safe(getattr(leg, "client", "?")),
+            destination=safe(destination, 80),
             code=e.code,
         )
         self._emit("call_refused", e.code, getattr(leg, "kind", "?"), getattr(leg, "client", "?"))
 
+    def live_calls(self) -> int:
+        """Calls that count toward ``[limits] max_calls``: the registry's, and built-in calls
+        from SIP callers (a web client's echo call is in the registry already)."""
+        return len(self.registry) + sum(1 for bc in self.builtin_calls.values() if bc.source is not None)
+
     def _check_limits(self, ip: str, identity: str | None) -> None:
-        if len(self.registry) >= self.max_calls:
+        if self.live_calls() >= self.max_calls:
             raise CallRefused(errors.TOO_MANY_CALLS, "the gateway is at its call limit", 503)
         self.policy.check(ip, identity)
 
@@ -454,11 +463,11 @@ class CallManager:
             "call {session_id}: {ingress} {client} -> {destination} ({target}){identity_text}",
             session_id=sid,
             ingress=leg.kind,
-            client=leg.client,
-            destination=route.destination,
-            target=str(route.target),
+            client=safe(leg.client),
+            destination=safe(route.destination),
+            target=safe(route.target),
             identity=admission.identity,
-            identity_text=f", identity {admission.identity!r}" if admission.identity else "",
+            identity_text=f", identity {safe(admission.identity)}" if admission.identity else "",
             token=admission.grant is not None,
         )
         self.transport.flush()
@@ -527,7 +536,7 @@ class CallManager:
         try:
             nm = sdp.apply_answer(offer, sdp.parse_sdp(answer or b""))
         except (RemoteProtocolError, LocalProtocolError) as e:
-            log.warn("call {session_id}: unusable answer to our re-INVITE: {e}", session_id=call.session_id, e=e.message)
+            log.warn("call {session_id}: unusable answer to our re-INVITE: {e}", session_id=call.session_id, e=safe(e.message))
         if nm is None:
             self._hold_done(done, False, None)
             return
@@ -555,7 +564,7 @@ class CallManager:
             return
         if status is not None:
             log.info("call {session_id}: re-INVITE refused: {status} {reason}", session_id=call.session_id,
-                     status=status, reason=reason)
+                     status=status, reason=safe(reason))
         self._hold_done(req[2], False, status)
 
     @staticmethod
@@ -591,7 +600,7 @@ class CallManager:
                 try:
                     call.sip.send_info_dtmf(d, duration_ms)
                 except LocalProtocolError as e:
-                    log.warn("call {session_id}: INFO DTMF failed: {e}", session_id=call.session_id, e=e.message)
+                    log.warn("call {session_id}: INFO DTMF failed: {e}", session_id=call.session_id, e=safe(e.message))
         self.transport.flush()
 
     # ------------------------------------------------------------------------------------
@@ -615,7 +624,7 @@ class CallManager:
 
     def _dtmf_to_leg(self, call: Call, digit: str, method: str) -> None:
         call.dtmf_received.append(digit)
-        log.info("call {session_id}: DTMF {digit} from SIP ({method})", session_id=call.session_id, digit=digit, method=method)
+        log.info("call {session_id}: DTMF {digit} from SIP ({method})", session_id=call.session_id, digit=safe(digit), method=method)
         try:
             call.leg.dtmf_received(call, digit, method)
         except Exception:
@@ -627,7 +636,7 @@ class CallManager:
         try:
             nm = sdp.apply_answer(call.offer_sdp, sdp.parse_sdp(body))
         except (RemoteProtocolError, LocalProtocolError) as e:
-            log.warn("call {session_id}: unusable SDP answer: {e}", session_id=call.session_id, e=e.message)
+            log.warn("call {session_id}: unusable SDP answer: {e}", session_id=call.session_id, e=safe(e.message))
             return False
         call.stream.configure(nm)
         call.codec = nm.codec.name
@@ -683,7 +692,7 @@ class CallManager:
             if isinstance(ev, Registered):
                 log.info("registered {aor} for {expires} s", aor=str(ev.registration.aor), expires=ev.expires)
             else:
-                log.warn("registration of {aor} failed: {status} {reason}", aor=str(ev.registration.aor), status=ev.status, reason=ev.reason)
+                log.warn("registration of {aor} failed: {status} {reason}", aor=str(ev.registration.aor), status=ev.status, reason=safe(ev.reason))
             return
         session = ev.session
         owner = session.user_data
@@ -793,7 +802,7 @@ class CallManager:
 
     def _reject_incoming(self, session: InviteSession, status: int, reason: str | None, why: str, source: str, user: str) -> None:
         self.counters["inbound_refused"] += 1
-        log.info("incoming call from {source} to {user!r} refused: {status} ({why})", source=source, user=user[:64], status=status, why=why)
+        log.info("incoming call from {source} to {user} refused: {status} ({why})", source=source, user=safe(user, 64), status=status, why=safe(why))
         try:
             session.reject(status, reason)
         except LocalProtocolError:
@@ -808,7 +817,7 @@ class CallManager:
         offer 488, gateway at its call limit 503."""
         session = ev.session
         req = ev.request
-        source = _request_source(req)
+        source = _caller_ip(ev)
         if not self.accepting:
             self._reject_incoming(session, 503, None, "shutting down", source, user)
             return
@@ -833,7 +842,7 @@ class CallManager:
             status = getattr(e, "status_hint", None) or 488
             self._reject_incoming(session, status, None, f"unusable offer: {e.message}", source, user)
             return
-        if len(self.registry) >= self.max_calls:
+        if self.live_calls() >= self.max_calls:
             self._reject_incoming(session, 503, None, "at the call limit", source, user)
             return
         requested = req.headers.get(self.session_header) if self.session_header else None
@@ -874,7 +883,7 @@ class CallManager:
         if self.max_call_duration_s:
             call.duration_timer = self.reactor.callLater(self.max_call_duration_s, self.hangup, call, "max_duration")
         log.info("call {session_id}: incoming from {source} ({caller}) to web user {user} ({kind} {client})",
-                 session_id=sid, source=source, caller=caller, user=user, kind=endpoint.kind, client=endpoint.client)
+                 session_id=sid, source=source, caller=safe(caller), user=safe(user), kind=endpoint.kind, client=safe(endpoint.client))
         self._emit("call_placed", call)
         try:
             leg = endpoint.invited(call, caller, caller_display)
@@ -923,7 +932,7 @@ class CallManager:
         call.sip.answer(answer.serialize())
         self.transport.flush()
         log.info("call {session_id}: web user {user} accepted, codec {codec}, {path} path",
-                 session_id=call.session_id, user=call.destination, codec=call.codec, path=call.media_path)
+                 session_id=call.session_id, user=safe(call.destination), codec=call.codec, path=call.media_path)
         return call.codec
 
     def reject_inbound(self, call: Call, status: int = 486, reason: str | None = None) -> None:
@@ -962,7 +971,19 @@ class CallManager:
                 ev.session.reject(404, "Not Found")
                 self.transport.flush()
                 return
-            self._answer_builtin(kind, ev.session, ev.offer)
+            source: str | None = None
+            if self._own_call(ev.session) is None:
+                source = _caller_ip(ev)
+                refusal = self._builtin_refusal(source)
+                if refusal is not None:
+                    status, why = refusal
+                    self.counters["builtin_refused"] += 1
+                    log.info("built-in {kind} call from {source} refused: {status} ({why})", kind=kind, source=source,
+                             status=status, why=why)
+                    ev.session.reject(status)
+                    self.transport.flush()
+                    return
+            self._answer_builtin(kind, ev.session, ev.offer, source)
             return
         if isinstance(ev, (Registered, RegistrationFailed)):
             return  # registration events have no session (handle_sip_event never sends them here)
@@ -983,7 +1004,35 @@ class CallManager:
         elif isinstance(ev, Confirmed):
             pass
 
-    def _answer_builtin(self, kind: str, session: InviteSession, offer: bytes | None) -> None:
+    def _own_call(self, session: InviteSession) -> Call | None:
+        """The gateway's own outbound call that this INVITE belongs to, if any: a web client's
+        ``echo``/``tone``, or a call through a trunk that leads back to the gateway. Its Call-ID
+        is the one our UAC chose (80 random bits). Such a call was admitted (and is counted)
+        on the client's side already."""
+        call = self.registry.by_sip_call_id(session.call_id)
+        if call is None or call.direction != "outbound" or call.sip is None or call.sip.role != "uac":
+            return None
+        return call
+
+    def _builtin_refusal(self, source: str) -> tuple[int, str] | None:
+        """The built-in admission of a SIP caller (docs/security.md), checked before anything is
+        allocated: (SIP status, why) to refuse, or None. Order: shutting down 503, source not in
+        ``[builtin] sip_from`` 403, the per-source attempt rate and concurrent calls
+        (``[limits]``) 403, the gateway's call limit 503."""
+        if not self.accepting:
+            return 503, "shutting down"
+        if not self.builtin_sip_from.allows(source):
+            return 403, "source not in builtin.sip_from"
+        try:
+            self.policy.attempt(source)
+            self.policy.check(source, None)
+        except CallRefused as e:
+            return 403, e.code
+        if self.live_calls() >= self.max_calls:
+            return 503, "at the call limit"
+        return None
+
+    def _answer_builtin(self, kind: str, session: InviteSession, offer: bytes | None, source: str | None = None) -> None:
         if not offer:
             session.reject(488, "Not Acceptable Here")
             self.transport.flush()
@@ -1009,9 +1058,14 @@ class CallManager:
             return
         stream = endpoint.make_stream(jitter_min_ms=self.jitter[0], jitter_max_ms=self.jitter[1], label=f"builtin-{kind}")
         stream.configure(nm)
-        bc = BuiltinCall(kind, session, endpoint, bc_sdp_id)
+        bc = BuiltinCall(kind, session, endpoint, bc_sdp_id, source)
         session.user_data = bc
         self.builtin_calls[session.call_id] = bc
+        if source is not None:
+            # a SIP caller's call: its own slot in the per-IP limit and its own duration limit
+            self.policy.acquire(bc, source, None)
+            if self.max_call_duration_s:
+                bc.duration_timer = self.reactor.callLater(self.max_call_duration_s, self._hangup_builtin, bc)
         if kind == "echo":
             # the caller's audio goes straight back (packet path) and so do its digits
             stream.on_payload = lambda payload, samples, pkt: stream.send_payload(payload, samples)
@@ -1033,10 +1087,23 @@ class CallManager:
         session.answer(answer.serialize())
         self.transport.flush()
         ours = self.registry.by_sip_call_id(session.call_id)  # a call of ours to ourselves: same Call-ID
-        log.info("built-in {kind} answered {call_id} ({codec})", kind=kind, call_id=session.call_id, codec=nm.codec.name,
-                 session_id=ours.session_id if ours is not None else None)
+        log.info("built-in {kind} answered {call_id} ({codec}) for {caller}", kind=kind, call_id=safe(session.call_id), codec=nm.codec.name,
+                 caller=source or "the gateway", session_id=ours.session_id if ours is not None else None)
+
+    def _hangup_builtin(self, bc: BuiltinCall) -> None:
+        """``[limits] max_call_duration_s`` reached: BYE."""
+        bc.duration_timer = None
+        log.info("built-in {kind} call {call_id}: max_duration, hanging up", kind=bc.kind, call_id=safe(bc.session.call_id))
+        self._sync_ua_clock()
+        bc.session.hangup()
+        self._end_builtin(bc)
+        self.transport.flush()
 
     def _end_builtin(self, bc: BuiltinCall) -> None:
+        if bc.duration_timer is not None and bc.duration_timer.active():
+            bc.duration_timer.cancel()
+        bc.duration_timer = None
+        self.policy.release(bc)
         if bc.ticker is not None:
             self.rtp_pool.clock.remove_ticker(bc.ticker)
             bc.ticker = None

@@ -89,6 +89,18 @@ class CallPolicy:
         if window is None:
             window = self._attempts[ip] = deque(maxlen=self.max_attempts)
         self._attempts.move_to_end(ip)
+        self._refuse_if_full(window, now)
+        window.append(now)
+
+    def check_attempts(self, ip: str, now: float | None = None) -> None:
+        """Raise ``rate_limited`` (429) if ``ip`` is at its attempt limit, without counting an
+        attempt: for requests that count only when they fail (RTMP ``play``), which a client at
+        its limit must not make at all (a success would tell it what it guessed)."""
+        window = self._attempts.get(ip) if self.max_attempts > 0 else None
+        if window is not None:
+            self._refuse_if_full(window, self.clock() if now is None else now)
+
+    def _refuse_if_full(self, window: deque[float], now: float) -> None:
         while window and now - window[0] >= WINDOW_S:
             window.popleft()
         if len(window) >= self.max_attempts:
@@ -98,7 +110,6 @@ class CallPolicy:
                 f"too many call attempts from this address (limit {self.max_attempts} per minute); retry in {retry} s",
                 429,
             )
-        window.append(now)
 
     def _prune(self, now: float) -> None:
         # least recently active first: stop at the first IP with an attempt in the window

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from twisted.logger import Logger
 
 from webgate.calls.call import Call, CallState
+from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
     Decoder,
@@ -155,7 +156,7 @@ class AudioIn:
                     "call {session_id}: RTMP audio dropped ({n} so far): {e}",
                     session_id=call.session_id,
                     n=self.bad_tags,
-                    e=exc.message,
+                    e=safe(exc.message),
                 )
 
     def _feed(self, call: Call, tag: bytes) -> None:

@@ -10,22 +10,28 @@ Rules (docs/decisions.md):
   (:func:`check_registration`): nobody can receive somebody else's calls;
 - one registration per user: the most recent one wins; the replaced client is told
   (``replaced``) and no longer rings;
-- a registration ends when its connection closes (or the client unregisters).
+- a registration ends when its connection closes (or the client unregisters), and when its
+  token expires (``exp`` plus ``[tokens] leeway_s``): the client is told ``token_expired``,
+  unless it registered again with a fresh token first (which moves the end to that token's
+  expiry). A call already offered or in progress is not touched; only new calls stop ringing.
 
-Sans-IO: no sockets, no reactor. Interface-shaped like :class:`~webgate.calls.registry.CallRegistry`
-so a shared registry can replace it.
+No sockets; time is injected (an ``IReactorTime`` for the expiry timers, a wall clock for the
+tokens' ``exp``). Interface-shaped like :class:`~webgate.calls.registry.CallRegistry` so a
+shared registry can replace it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
 from webgate.calls import errors
 from webgate.calls.errors import CallRefused
+from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.sip.message import NameAddr, check_user
 from webgate.security.tokens import Grant, verify_token
@@ -41,6 +47,7 @@ __all__ = [
     "WebUsers",
     "check_registration",
     "party",
+    "registration_expires",
     "validate_user",
 ]
 
@@ -48,6 +55,11 @@ __all__ = [
 USER_NOT_ALLOWED = "user_not_allowed"  # 403: the token's sub is not this user
 INVALID_USER = "invalid_user"  # 400: not a SIP user part
 MAX_USER_LENGTH = 64
+#: ``unregistered`` reason when a registration's token expired (docs/protocol.md)
+TOKEN_EXPIRED = errors.TOKEN_EXPIRED
+#: longest single wait of an expiry timer: a later deadline is re-armed when it fires (the wall
+#: clock is read again then, so a wall-clock step is caught within this long)
+_MAX_TIMER_S = 3600.0
 
 
 class WebUserEndpoint(Protocol):
@@ -67,7 +79,7 @@ class WebUserEndpoint(Protocol):
         ...
 
     def unregistered(self, user: str, reason: str) -> None:
-        """The registration ended without the client asking (``replaced``)."""
+        """The registration ended without the client asking (``replaced``, ``token_expired``)."""
         ...
 
 
@@ -104,21 +116,45 @@ def check_registration(user: object, token: str | None, tokens_config: Any, now:
     return grant
 
 
+def registration_expires(grant: Grant, tokens_config: Any) -> float | None:
+    """When a registration made with ``grant`` ends (wall clock, seconds since the epoch): the
+    token's ``exp`` plus ``[tokens] leeway_s`` -- the last moment :func:`verify_token` would
+    still accept it. None for a grant without an expiry."""
+    if not grant.expires:
+        return None
+    return float(grant.expires) + float(getattr(tokens_config, "leeway_s", 0) or 0)
+
+
 class WebUsers:
-    """User name -> the endpoint that receives its calls (the most recent registration)."""
+    """User name -> the endpoint that receives its calls (the most recent registration).
 
-    def __init__(self) -> None:
+    ``clock`` (an ``IReactorTime``) runs the expiry timers and ``wall_clock`` reads the time the
+    tokens' ``exp`` is in; without a clock registrations never expire (sans-IO use)."""
+
+    def __init__(self, clock: Any = None, wall_clock: Callable[[], float] = time.time) -> None:
         self._by_user: dict[str, WebUserEndpoint] = {}
+        self._timers: dict[str, Any] = {}  # user -> the DelayedCall that ends its registration
+        self._expires: dict[str, float] = {}  # user -> wall-clock end of its registration
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.expired = 0  # registrations ended by their token's expiry
 
-    def register(self, user: str, endpoint: WebUserEndpoint) -> WebUserEndpoint | None:
-        """Register ``endpoint`` for ``user``; returns the endpoint it replaced (already told)."""
+    def register(self, user: str, endpoint: WebUserEndpoint, expires: float | None = None) -> WebUserEndpoint | None:
+        """Register ``endpoint`` for ``user`` until ``expires`` (wall clock; see
+        :func:`registration_expires`; None: until it unregisters). Registering again -- the same
+        endpoint with a fresh token, or another one -- replaces the deadline. Returns the endpoint
+        it replaced (already told ``replaced``)."""
         old = self._by_user.get(user)
         self._by_user[user] = endpoint
+        self._clear_expiry(user)
+        if expires is not None:
+            self._expires[user] = expires
+            self._arm(user, endpoint)
         if old is not None and old is not endpoint:
             try:
                 old.unregistered(user, "replaced")
             except Exception:  # noqa: BLE001 - one client's failure never blocks a registration
-                log.failure("telling the replaced registration of {user} failed", user=user)
+                log.failure("telling the replaced registration of {user} failed", user=safe(user))
             return old
         return None
 
@@ -126,8 +162,42 @@ class WebUsers:
         """Drop ``user``'s registration if ``endpoint`` still holds it."""
         if self._by_user.get(user) is endpoint:
             del self._by_user[user]
+            self._clear_expiry(user)
             return True
         return False
+
+    def expires(self, user: str) -> float | None:
+        """When ``user``'s registration ends (wall clock), None if it has no expiry."""
+        return self._expires.get(user) if user in self._by_user else None
+
+    # -- expiry ---------------------------------------------------------------------------
+    def _arm(self, user: str, endpoint: WebUserEndpoint) -> None:
+        if self.clock is None:
+            return
+        delay = self._expires[user] - self.wall_clock()
+        self._timers[user] = self.clock.callLater(min(max(0.0, delay), _MAX_TIMER_S), self._expire, user, endpoint)
+
+    def _clear_expiry(self, user: str) -> None:
+        self._expires.pop(user, None)
+        timer = self._timers.pop(user, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expire(self, user: str, endpoint: WebUserEndpoint) -> None:
+        self._timers.pop(user, None)
+        if self._by_user.get(user) is not endpoint or user not in self._expires:
+            return
+        if self.wall_clock() < self._expires[user]:
+            self._arm(user, endpoint)  # a far deadline (or the wall clock was stepped back)
+            return
+        del self._by_user[user]
+        self._expires.pop(user, None)
+        self.expired += 1
+        log.info("registration of web user {user} ended: its token expired", user=safe(user))
+        try:
+            endpoint.unregistered(user, TOKEN_EXPIRED)
+        except Exception:  # noqa: BLE001 - one client's failure never reaches the reactor
+            log.failure("telling the expired registration of {user} failed", user=safe(user))
 
     def lookup(self, user: str) -> WebUserEndpoint | None:
         return self._by_user.get(user)

@@ -3,7 +3,8 @@
 The internal audio format is PCM signed 16-bit mono as ``numpy.int16`` arrays at
 the codec's native rate.  Everything here is pure numpy (no PyAV), streaming and
 stateful where it must be, so a call's bridge can feed 20 ms frames one at a time
-and get output that is bit-identical to processing the whole signal at once.
+and get output that is bit-identical to processing the whole signal at once
+(the resampler's sums are exact integer arithmetic, see :class:`Resampler`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = [
 PCM = npt.NDArray[np.int16]
 """One block of PCM: 1-D ``int16`` samples, mono."""
 
-_FloatArray = npt.NDArray[np.float32]
+_Float64Array = npt.NDArray[np.float64]
 
 
 def as_pcm(data: npt.ArrayLike) -> PCM:
@@ -135,10 +136,22 @@ _ZERO_CROSSINGS = 16  # filter half-length, in zero crossings of the narrower ba
 _KAISER_BETA = 8.6  # ~ -85 dB stop band
 _ROLLOFF = 0.92  # pass band edge as a fraction of the lower Nyquist frequency
 
+# The filter's taps are stored as integers (float64 holding whole numbers) scaled by
+# 2**_COEF_BITS.  An int16 sample times such a tap, and any sum of a phase's products,
+# stays a whole number far below 2**53, so float64 represents every partial sum exactly:
+# the dot products come out bit-identical whatever order BLAS (or einsum) adds them in,
+# whatever kernel it picks for a block's shape (AVX2, AVX-512, ...), with or without FMA.
+# A float32 dot product depends on that order, so output depended on how the input was
+# chunked (seen with OpenBLAS on AVX-512).  30 bits: the taps' rounding error is ~2**-31
+# (~ -186 dB, far below the filter's -85 dB stop band).
+_COEF_BITS = 30
+_EXACT_LIMIT = 2.0**53
+
 
 @lru_cache(maxsize=32)
-def _polyphase_bank(up: int, down: int) -> tuple[_FloatArray, int]:
-    """Windowed-sinc polyphase bank: array [phase, tap] (taps reversed) and taps per phase."""
+def _polyphase_bank(up: int, down: int) -> tuple[_Float64Array, int]:
+    """Windowed-sinc polyphase bank: array [phase, tap] (taps reversed) of whole numbers
+    (taps scaled by ``2**_COEF_BITS``) and taps per phase."""
     factor = max(up, down)
     taps = 2 * _ZERO_CROSSINGS * math.ceil(factor / up)  # taps per phase
     length = taps * up
@@ -150,8 +163,11 @@ def _polyphase_bank(up: int, down: int) -> tuple[_FloatArray, int]:
     # Output sample y[m] at up-sampled position t = m*down uses x[i - k] * h[p + k*up]
     # with i = t // up, p = t % up.  Store each phase's taps reversed so a window
     # x[i-taps+1 .. i] multiplies element-wise.
-    bank = proto.reshape(taps, up).T[:, ::-1]
-    return np.ascontiguousarray(bank, dtype=np.float32), taps
+    bank = np.rint(proto.reshape(taps, up).T[:, ::-1] * 2.0**_COEF_BITS)
+    # every partial sum of |sample * tap| over a phase must stay exactly representable
+    if 32768.0 * float(np.abs(bank).sum(axis=1).max()) >= _EXACT_LIMIT:  # pragma: no cover
+        raise ValueError(f"resampler {up}/{down}: filter too large for exact sums")
+    return np.ascontiguousarray(bank), taps
 
 
 class Resampler:
@@ -161,6 +177,10 @@ class Resampler:
     sample from ``len(input) * to_rate / from_rate`` but the concatenated output is
     identical however the input was chunked, so frame boundaries never click.
     The filter adds a fixed delay of :attr:`delay_samples` output samples.
+
+    Each output sample is an exact integer sum (int16 samples times integer taps, in
+    float64 well below 2**53; see ``_COEF_BITS``), scaled by a power of two and rounded,
+    so it does not depend on block boundaries, BLAS kernels or the CPU.
     """
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
@@ -173,12 +193,13 @@ class Resampler:
         self._down = from_rate // g
         self._passthrough = self._up == self._down
         if self._passthrough:
-            self._bank = np.zeros((1, 1), dtype=np.float32)
+            self._bank = np.zeros((1, 1), dtype=np.float64)
             self._taps = 1
         else:
             self._bank, self._taps = _polyphase_bank(self._up, self._down)
-        # History: the last taps-1 input samples (starts as silence).
-        self._history = np.zeros(self._taps - 1, dtype=np.float32)
+        self._bank_t = np.ascontiguousarray(self._bank.T)
+        # History: the last taps-1 input samples (starts as silence), whole numbers.
+        self._history = np.zeros(self._taps - 1, dtype=np.float64)
         # Position of the next output, in 1/up input samples, relative to the
         # first sample of the next input block.
         self._pos = 0
@@ -199,29 +220,33 @@ class Resampler:
         if n_in == 0:
             return silence(0)
         up, down = self._up, self._down
-        buf = np.concatenate((self._history, data.astype(np.float32)))
+        buf = np.concatenate((self._history, data.astype(np.float64)))
         # Outputs whose newest input index (pos // up) falls inside this block.
         limit = n_in * up  # exclusive bound on pos
         n_out = max(0, -(-(limit - self._pos) // down))
         view = np.lib.stride_tricks.sliding_window_view(buf, self._taps)
+        acc: _Float64Array
         if n_out == 0:
-            out = np.zeros(0, dtype=np.float32)
+            acc = np.zeros(0, dtype=np.float64)
         elif up == 1:
             # down-sampling by an integer: one phase, every down-th window (a strided view)
-            out = view[self._pos : self._pos + down * (n_out - 1) + 1 : down] @ self._bank[0]
+            acc = view[self._pos : self._pos + down * (n_out - 1) + 1 : down] @ self._bank[0]
+        elif down == 1:
+            # up-sampling by an integer: every window serves every phase, in order; one
+            # matrix product over the block's windows, read row by row
+            i0 = self._pos // up
+            i1 = (self._pos + n_out - 1) // up
+            acc = (view[i0 : i1 + 1] @ self._bank_t).reshape(-1)
+            first = self._pos - i0 * up
+            acc = acc[first : first + n_out]
         else:
+            # any other ratio: each output gathers its window and its phase
             positions = self._pos + down * np.arange(n_out, dtype=np.int64)
-            idx = positions // up  # index of the newest input sample, in the new block
-            if up > down:
-                # up-sampling: every input window serves several outputs; one matrix product
-                # over the block's windows and all phases, then each output picks its phase
-                i0 = int(idx[0])
-                out = (view[i0 : int(idx[-1]) + 1] @ self._bank.T)[idx - i0, positions % up]
-            else:
-                out = np.einsum("nk,nk->n", view[idx], self._bank[positions % up])
+            acc = np.einsum("nk,nk->n", view[positions // up], self._bank[positions % up])
         self._pos = self._pos + n_out * down - limit
         self._history = buf[len(buf) - (self._taps - 1) :].copy()
-        return as_pcm(out)
+        # exact sums scaled by a power of two (exact too), then rounded half to even
+        return as_pcm(acc * 2.0**-_COEF_BITS)
 
     def reset(self) -> None:
         """Forget the stream so far (history and phase)."""

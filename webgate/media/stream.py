@@ -1,4 +1,5 @@
-"""One RTP audio stream toward SIP: codec, jitter buffer, RFC 4733, RTCP, symmetric RTP.
+"""One RTP audio stream toward SIP: codec, jitter buffer, RFC 4733, RTCP, symmetric RTP,
+strict source (RTP and RTCP only from the far end's learnt address: webgate/proto/rtp_source.py).
 
 No sockets here: the adapter hands in datagrams and the time, and gives a ``send``
 callable. A shared 20 ms media clock calls :meth:`RtpAudioStream.tick`.
@@ -16,16 +17,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from twisted.logger import Logger
 
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec
 from webgate.proto import rtp
 from webgate.proto.errors import RemoteProtocolError
+from webgate.proto.rtp_source import SourceGuard
 from webgate.proto.sdp import NegotiatedMedia
+
+log = Logger()
 
 HostPort = tuple[str, int]
 RTCP_INTERVAL = 5.0
-LATCH_IDLE_S = 2.0
 
 
 @dataclass
@@ -56,6 +60,8 @@ class RtpAudioStream:
         jitter_max_ms: int = 200,
         cname: str = "webgate",
         label: str = "",
+        strict_source: bool = True,
+        relearn_after_s: float = 0.0,
     ) -> None:
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
@@ -74,8 +80,8 @@ class RtpAudioStream:
         self.dtmf_rx: rtp.DtmfReceiver | None = None
         self.remote: HostPort | None = None
         self.remote_rtcp: HostPort | None = None
-        self._latched_at: float = 0.0
-        self._last_rx: float = 0.0
+        #: where RTP/RTCP may come from ([rtp] strict_source, relearn_after_s)
+        self.source_guard = SourceGuard(strict_source, relearn_after_s)
         self._framer: Framer | None = None
         self._resamplers = _Resamplers()
         self._dtmf_queue: list[rtp.RtpPacket] = []
@@ -95,8 +101,18 @@ class RtpAudioStream:
         c = media.codec
         changed = self.media is None or self.media.codec != c
         self.media = media
-        self.remote = (media.remote_address, media.remote_port) if media.remote_port else None
-        self.remote_rtcp = (media.remote_rtcp_address, media.remote_rtcp_port) if media.remote_rtcp_port else None
+        remote = (media.remote_address, media.remote_port) if media.remote_port else None
+        remote_rtcp = (media.remote_rtcp_address, media.remote_rtcp_port) if media.remote_rtcp_port else None
+        g = self.source_guard
+        if g.expect(remote, remote_rtcp):
+            # a new (or the first) SDP address: send there, learn the source again
+            if g.relearns:
+                log.info("call {session_id}: far end's media moved to {remote}: learning its RTP source again", session_id=self.label,
+                         remote=_fmt(remote))
+            self.remote, self.remote_rtcp = remote, remote_rtcp
+        elif remote is None or g.locked is None:
+            self.remote, self.remote_rtcp = remote, remote_rtcp
+        # else: the same SDP address (hold, unhold, a codec change): keep sending where its packets come from
         if changed:
             info = get_codec(c.name, c.clock_rate, c.channels, c.fmtp)
             self.codec = info
@@ -137,17 +153,25 @@ class RtpAudioStream:
 
     # --- input from the network --------------------------------------------------------
     def datagram_received(self, data: bytes, source: HostPort, now: float) -> None:
-        if self.closed or self.media is None:
+        if self.closed:
+            return
+        g = self.source_guard
+        if self.media is None:
+            g.dropped_learning += 1  # before the far end's SDP: nobody's yet
             return
         if rtp.is_rtcp(data):
-            self.rtcp_received(data, source, now)
+            if g.admit_rtcp_mux(source):
+                self._rtcp(data, now)
+            return
+        if source == g.locked:
+            g.last_rx = now
+        elif not self._admit(data, source, now):
             return
         try:
             packet = rtp.RtpPacket.parse(data)
         except RemoteProtocolError:
             self.stats.bad_packets += 1
             return
-        self._latch(source, now)
         self.stats.packets_received += 1
         self.stats.bytes_received += len(data)
         if self.first_packet_at is None:
@@ -178,21 +202,43 @@ class RtpAudioStream:
         if self.jitter is not None:
             self.jitter.put(packet, now)
 
-    def _latch(self, source: HostPort, now: float) -> None:
-        """Symmetric RTP (RFC 4961 practice): send to where the peer's packets come from."""
-        if self.remote is None or source != self.remote:
-            if self._latched_at == 0.0 or now - self._last_rx > LATCH_IDLE_S:
-                self.remote = source
-                if self.remote_rtcp is not None:
-                    self.remote_rtcp = (source[0], source[1] + 1)
-                self._latched_at = now
-            # else: a second source while the latched one is alive is not followed
-        elif self._latched_at == 0.0:
-            self._latched_at = now
-        if source == self.remote:
-            self._last_rx = now
+    def _admit(self, data: bytes, source: HostPort, now: float) -> bool:
+        """A packet not from the locked source (the slow path): the guard decides; a new lock
+        is where RTP (and RTCP) go from now on (symmetric RTP, RFC 4961 practice)."""
+        if len(data) < 12 or data[0] >> 6 != 2:
+            self.stats.bad_packets += 1
+            return False
+        g = self.source_guard
+        before, foreign = g.locked, g.dropped_foreign
+        ok = g.admit(source, int.from_bytes(data[8:12], "big"), (data[2] << 8) | data[3], now)
+        if g.locked != before and g.locked is not None:
+            locked = g.locked
+            self.remote = locked
+            if self.remote_rtcp is not None and not (self.media is not None and self.media.rtcp_mux):
+                self.remote_rtcp = (locked[0], locked[1] + 1)
+            elif self.remote_rtcp is not None:
+                self.remote_rtcp = locked
+            if g.strict:
+                log.info("call {session_id}: RTP source locked to {source} ({how})", session_id=self.label, source=_fmt(locked),
+                         how="probation" if g.provisional else "signalled address")
+        n = g.dropped_foreign
+        if n != foreign and n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... drop
+            log.warn("call {session_id}: {n} RTP packet(s) from other sources dropped (strict source; latest {source}, locked to {locked})",
+                     session_id=self.label, n=n, source=_fmt(source), locked=_fmt(g.locked))
+        return ok
 
     def rtcp_received(self, data: bytes, source: HostPort, now: float) -> None:
+        """RTCP that arrived on the RTCP port."""
+        if self.closed:
+            return
+        g = self.source_guard
+        if not g.admit_rtcp(source):
+            return
+        if g.strict and g.rtcp_locked == source and self.remote_rtcp is not None:
+            self.remote_rtcp = source  # symmetric RTCP
+        self._rtcp(data, now)
+
+    def _rtcp(self, data: bytes, now: float) -> None:
         try:
             packets = rtp.parse_rtcp(data)
         except RemoteProtocolError:
@@ -313,3 +359,9 @@ class RtpAudioStream:
         self.on_payload = None
         self.on_dtmf = None
 
+
+def _fmt(addr: HostPort | None) -> str:
+    if addr is None:
+        return "-"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

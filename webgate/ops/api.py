@@ -27,6 +27,7 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from webgate import __version__
+from webgate.logsafe import safe
 from webgate.ops.metrics import calls_by_ingress, count_error
 from webgate.web.site import json_body
 
@@ -71,7 +72,7 @@ def call_view(call: Any) -> dict[str, Any]:
         "end_cause": i["end_cause"],
         "end_status": i["end_status"],
         "to_sip": {k: i["to_sip"][k] for k in ("packets", "bytes", "lost", "fraction_lost")},
-        "from_sip": {k: i["from_sip"][k] for k in ("packets", "bytes", "lost", "jitter_ms")},
+        "from_sip": {k: i["from_sip"][k] for k in ("packets", "bytes", "lost", "jitter_ms", "dropped", "rtcp_dropped")},
         "dtmf_sent": i["dtmf_sent"],
         "dtmf_received": i["dtmf_received"],
     }
@@ -106,7 +107,7 @@ class ApiResource(resource.Resource):
             return self._route(request, method, path)
         except Exception:  # noqa: BLE001 - a failing handler answers 500, never kills the site
             count_error("api")
-            log.failure("API {method} /api/{path} failed", method=method, path="/".join(path))
+            log.failure("API {method} /api/{path} failed", method=safe(method, 16), path=safe("/".join(path)))
             return _err(request, 500, "internal_error", "internal error")
 
     def _route(self, request: IRequest, method: str, path: list[str]) -> bytes:
@@ -341,12 +342,17 @@ def openapi_document() -> dict[str, Any]:
                             "type": "object",
                             "description": "RTP received from SIP, measured by the gateway",
                             "additionalProperties": False,
-                            "required": ["packets", "bytes", "lost", "jitter_ms"],
+                            "required": ["packets", "bytes", "lost", "jitter_ms", "dropped", "rtcp_dropped"],
                             "properties": {
                                 "packets": _COUNT,
                                 "bytes": _COUNT,
                                 "lost": _COUNT,
                                 "jitter_ms": {"type": "number", "minimum": 0},
+                                "dropped": {
+                                    **_COUNT,
+                                    "description": "RTP packets from another address than the far end's learnt source, dropped ([rtp] strict_source)",
+                                },
+                                "rtcp_dropped": {**_COUNT, "description": "RTCP packets from another address than the far end's, dropped"},
                             },
                         },
                         "dtmf_sent": _COUNT,

@@ -27,7 +27,7 @@ from twisted.web.iweb import IRequest
 __all__ = ["ERROR_KINDS", "GatewayMetrics", "MetricsResource", "calls_by_ingress", "count_error", "error_counts"]
 
 #: error kinds counted by :func:`count_error` (documented in docs/operations.md)
-ERROR_KINDS = ("sip_parse", "rtmp_protocol", "ws_protocol", "cdr", "api")
+ERROR_KINDS = ("sip_parse", "rtmp_protocol", "rtmp_play_refused", "rtmp_slow_player", "ws_protocol", "cdr", "api")
 
 _errors: _Tally[str] = _Tally()
 _errors_lock = threading.Lock()
@@ -82,6 +82,11 @@ class GatewayMetrics:
         )
         # RTP totals of finished calls; live calls are added at scrape time
         self._done = {"sent": 0, "received": 0, "lost": 0}
+        # browser video frames decoded by aiortc (finished calls): must stay 0, video is not received
+        self._video_decoded = 0
+        #: ConnectionLimiters of the stream listeners (http, ws, rtmp; SIP's are found on the
+        #: telephony's transport at scrape time): open connections, refusals, deadline closes
+        self.limiters: list[Any] = []
         r.register(_LiveCollector(self))
 
     # -- call observer hooks (CallManager.observers)
@@ -98,6 +103,7 @@ class GatewayMetrics:
         result = "answered" if call.times.answered is not None else (call.end_cause or "ended")
         self.calls_ended.labels(call.ingress_kind, result).inc()
         self.end_causes.labels(call.end_cause or "ended").inc()
+        self._video_decoded += _video_frames_decoded(call)
         stream = call.stream
         if stream is not None:
             self._done["sent"] += stream.stats.packets_sent
@@ -112,6 +118,12 @@ class GatewayMetrics:
     # -- exposition
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _video_frames_decoded(call: Any) -> int:
+    """Browser video frames aiortc decoded on a WebRTC call's leg (webgate/adapters/webrtc.py)."""
+    stats = getattr(getattr(call, "leg", None), "stats", None)
+    return int(getattr(stats, "video_frames_decoded", 0) or 0)
 
 
 class _LiveCollector:
@@ -148,6 +160,22 @@ class _LiveCollector:
         yield pk
         yield CounterMetricFamily("webgate_rtp_packets_lost", "RTP packets from SIP legs that never arrived", value=lost)
         yield GaugeMetricFamily("webgate_rtp_jitter_max_seconds", "Largest interarrival jitter among live calls", value=jitter_max)
+        yield CounterMetricFamily(
+            "webgate_webrtc_video_frames_decoded",
+            "Browser video frames decoded by aiortc (video is answered inactive: stays 0)",
+            value=self.m._video_decoded + sum(_video_frames_decoded(c) for c in calls),
+        )
+        pool = getattr(tel, "rtp_pool", None)
+        drops = CounterMetricFamily(
+            "webgate_rtp_source_dropped",
+            "SIP-side RTP/RTCP packets dropped by the strict source: foreign = from another address than the far end's "
+            "learnt source, learning = held back while its source was learnt",
+            labels=["kind", "reason"],
+        )
+        if pool is not None:
+            for (kind, reason), n in pool.dropped_by_source().items():
+                drops.add_metric([kind, reason], n)
+        yield drops
         manager = getattr(tel, "manager", None)
         transcoded = sum(1 for c in calls if c.transcoded()) if manager is not None else 0
         live_path = GaugeMetricFamily("webgate_active_calls_transcoded", "Live calls by whether audio is transcoded", labels=["transcoded"])
@@ -164,6 +192,27 @@ class _LiveCollector:
         yield fam
         accepting = bool(getattr(manager, "accepting", False)) if manager is not None else False
         yield GaugeMetricFamily("webgate_accepting_calls", "1 while new calls are taken, 0 while shutting down", value=int(accepting))
+        yield from self._connections(transport)
+
+    def _connections(self, transport: Any) -> Iterator[Metric]:
+        """Connection caps and deadlines (webgate/security/connlimit.py), per listener."""
+        limiters = list(self.m.limiters) + list(getattr(transport, "limiters", {}).values())
+        live = GaugeMetricFamily("webgate_connections_open", "Open connections by listener", labels=["listener"])
+        refused = CounterMetricFamily(
+            "webgate_connections_refused", "Connections refused at accept (or WebSocket upgrade) by a cap", labels=["listener", "reason"]
+        )
+        closed = CounterMetricFamily(
+            "webgate_connections_closed", "Connections closed by a deadline (idle, partial, handshake, request_timeout)", labels=["listener", "reason"]
+        )
+        for lim in limiters:
+            live.add_metric([lim.listener], lim.open)
+            for reason in sorted({"total", "per_ip"} | set(lim.refused)):
+                refused.add_metric([lim.listener, reason], lim.refused[reason])
+            for reason, n in sorted(lim.closed.items()):
+                closed.add_metric([lim.listener, reason], n)
+        yield live
+        yield refused
+        yield closed
 
 
 class MetricsResource(resource.Resource):

@@ -553,6 +553,8 @@ def parse_sdp(data: bytes | str) -> SessionDescription:
             continue
         if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
             raise _bad(f"bad SDP line: {line[:40]!r}")
+        if "\r" in line or "\x00" in line:  # RFC 4566 §5: no NUL, CR or LF inside a line
+            raise _bad(f"CR or NUL inside an SDP line: {line[:40]!r}")
         lines.append((line[0], line[2:]))
     if not lines or lines[0][0] != "v":
         raise _bad("SDP does not start with v=")

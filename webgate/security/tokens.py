@@ -242,26 +242,40 @@ def verify_token(token: object, config: Any, now: float | None = None) -> Grant:
     return grant_from_claims(claims, exp)
 
 
-def call_access_allowed(call: Any, token: str | None, config: Any, now: float | None = None) -> bool:
-    """May the holder of ``token`` see or hear ``call`` when it names the call by session ID
-    (RTMP ``session/ID`` and ``call/DESTINATION`` plays, and any later API that looks calls up
-    by session ID)?
+def call_access_allowed(
+    call: Any,
+    token: str | None,
+    config: Any,
+    now: float | None = None,
+    *,
+    by_destination: bool = False,
+    client_ip: str | None = None,
+) -> bool:
+    """May the holder of ``token`` see or hear ``call``? For anything that reaches a call by its
+    session ID (RTMP ``session/ID``, and any later API that looks calls up by session ID) or, with
+    ``by_destination``, by the destination it was placed to (RTMP ``call/DESTINATION``) from the
+    address ``client_ip``:
 
-    - a call placed without a token (a public destination) is open to whoever knows its
-      session ID;
-    - a call placed with a token needs a valid token whose ``session_id`` claim is the call's
-      session ID, or whose ``sub`` equals the ``sub`` of the token that placed the call.
+    - a call placed without a token (a public destination) is open to whoever knows its session
+      ID; by destination (no secret: anyone can guess ``call/echo``) only to the address that
+      placed it (an encoder publishes and plays from one host);
+    - otherwise a valid token is needed whose ``session_id`` claim is the call's session ID, or,
+      for a call placed with a token, whose ``sub`` equals the ``sub`` of the token that placed
+      it.
 
     Raises :class:`TokenError` for a presented token that is not valid."""
     placed_with = getattr(call, "grant", None)
     if placed_with is None:
-        return True
+        if not by_destination:
+            return True
+        if client_ip is not None and client_ip == getattr(call, "source_ip", None):
+            return True
     if not token:
         return False
     grant = verify_token(token, config, now)
     if grant.session_id is not None and grant.session_id == getattr(call, "session_id", None):
         return True
-    return grant.sub is not None and grant.sub == placed_with.sub
+    return placed_with is not None and grant.sub is not None and grant.sub == placed_with.sub
 
 
 def mint_token(

@@ -17,6 +17,10 @@ from typing import Any, Protocol
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
+from webgate.config import HttpConfig
+from webgate.security.connlimit import ConnectionLimiter
+from webgate.web.limits import GuardedSite
+
 __all__ = ["HealthResource", "HealthSource", "NotFound", "Root", "html5_client_dir", "json_body", "make_site"]
 
 
@@ -77,8 +81,11 @@ class Root(resource.Resource):
 
 
 def make_site(gateway: HealthSource) -> server.Site:
-    """The twisted.web Site the gateway's HTTP listener serves."""
-    site = server.Site(Root(gateway))
+    """The twisted.web Site the gateway's HTTP listener serves: connections capped and request
+    headers due in time per the gateway's ``[http]`` settings (webgate/web/limits.py)."""
+    cfg = getattr(getattr(gateway, "config", None), "http", None) or HttpConfig()
+    limiter = ConnectionLimiter("http", cfg.max_connections, cfg.max_connections_per_ip)
+    site = GuardedSite(Root(gateway), limiter=limiter, request_timeout_s=cfg.request_timeout_s, reactor=getattr(gateway, "reactor", None))
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 
 from webgate.adapters import aio
@@ -28,10 +29,13 @@ from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import HOLD_FAILED, CallRefused
 from webgate.calls.policy import client_ip
-from webgate.calls.users import check_registration, party
+from webgate.calls.users import check_registration, party, registration_expires
+from webgate.logsafe import safe
 from webgate.ops.metrics import count_error
 from webgate.proto import sdp as sdp_mod
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.security.candidates import CANDIDATE_REFUSED, TOO_MANY_CANDIDATES, CandidateRefused
+from webgate.security.connlimit import ConnectionLimiter
 from webgate.security.origin import origin_allowed
 from webgate.security.tokens import MAX_TOKEN_LENGTH, TokenError, verify_token
 
@@ -55,7 +59,10 @@ TOO_MANY_ERRORS = "too_many_errors"
 IDLE_TIMEOUT = "idle_timeout"
 INTERNAL_ERROR = "internal_error"
 ORIGIN_NOT_ALLOWED = "origin_not_allowed"  # HTTP 403 to the upgrade request (no WebSocket)
+TOO_MANY_CONNECTIONS = "too_many_connections"  # HTTP 503 to the upgrade request (no WebSocket)
 NOT_REGISTERED = "not_registered"
+# CANDIDATE_REFUSED ("candidate_refused"), TOO_MANY_CANDIDATES ("too_many_candidates"):
+# webgate/security/candidates.py
 ERROR_CODES = (
     BAD_JSON,
     BAD_MESSAGE,
@@ -70,12 +77,20 @@ ERROR_CODES = (
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
     ORIGIN_NOT_ALLOWED,
+    TOO_MANY_CONNECTIONS,
     NOT_REGISTERED,
+    CANDIDATE_REFUSED,
+    TOO_MANY_CANDIDATES,
 )
 
 _DTMF_RE = re.compile(r"[0-9*#A-Da-d]{1,32}")
 _SESSION_ID_RE = re.compile(r"\d{1,16}")
 _MAX_SDP = 32768
+
+
+def _host(request: Any) -> str:
+    """The client address of an HTTP request (what the per-IP caps count)."""
+    return str(getattr(request.getClientAddress(), "host", "?"))
 
 
 def _peer(request: Any) -> str:
@@ -156,12 +171,14 @@ class SignallingProtocol:
         self.call: Call | None = None
         self.errors = 0
         self._idle: Any = None
-        self._pending_candidates: list[Any] = []
+        self._pending_candidates: list[Any] = []  # admitted before the answer (the leg's gate caps them)
+        self._pending_end = False  # end-of-candidates arrived before the answer
         self._answer_ready = False
         self._bytes_since_message = 0
         self.token: str | None = None  # from an ``auth`` message: used by calls without their own
         self.registered_user: str | None = None  # the web user this connection receives calls for
         self.grant: Any = None  # the registration token's grant
+        self.admitted: str | None = None  # the address holding a slot of the factory's limiter
 
     @property
     def settings(self) -> WebRtcSettings:
@@ -230,6 +247,9 @@ class SignallingProtocol:
             return
         self.closed = True
         self.factory.connections.discard(self)
+        if self.admitted is not None:
+            self.factory.limiter.release(self.admitted)
+            self.admitted = None
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -247,19 +267,21 @@ class SignallingProtocol:
             return
         self.transport.sendTextMessage(json.dumps(msg, separators=(",", ":")))
 
-    def error(self, code: str, message: str, ref: str | None = None, fatal: bool = False) -> None:
-        self.errors += 1
+    def error(self, code: str, message: str, ref: str | None = None, fatal: bool = False, counted: bool = True) -> None:
+        """Send an ``error``; ``counted`` ones count toward ``[webrtc] max_errors``."""
+        if counted:
+            self.errors += 1
         body: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if ref is not None:
             body["ref"] = ref
         if self.call is not None:
             body["session_id"] = self.call.session_id
-        log.info("ws {client}: error {code}: {message}", client=self.client, code=code, message=message)
+        log.info("ws {client}: error {code}: {message}", client=self.client, code=code, message=safe(message))
         count_error("ws_protocol")
         self.send(body)
         if fatal:
             self.close(1008)
-        elif self.errors > self.settings.max_errors:
+        elif counted and self.errors > self.settings.max_errors:
             self.send({"type": "error", "code": TOO_MANY_ERRORS, "message": "too many bad messages; closing"})
             self.close(1008)
 
@@ -370,6 +392,9 @@ class SignallingProtocol:
         self.send({"type": "answer", "sdp": answer})
         self._answer_ready = True
         pending, self._pending_candidates = self._pending_candidates, []
+        if self._pending_end:
+            pending.append(None)
+            self._pending_end = False
         for cand in pending:
             await self._add_candidate(leg, cand)
 
@@ -405,9 +430,21 @@ class SignallingProtocol:
         leg = self.leg
         if leg is None:
             raise _BadMessage(NO_CALL, "no call on this connection")
+        if cand is not None and cand["candidate"]:
+            # the call's cap (for its whole life, before and after the answer) and address rules
+            try:
+                leg.admit_candidate(cand["candidate"])
+            except CandidateRefused as e:
+                # a refused address is not held against the connection (the cap bounds how many
+                # there can be; a browser cannot choose its interfaces); past the cap, or
+                # malformed, each counts toward max_errors
+                self.error(e.code, e.message, ref="candidate", counted=e.code != CANDIDATE_REFUSED)
+                return
+        elif not self._answer_ready:
+            self._pending_end = True  # end-of-candidates: remembered once, not queued
+            return
         if not self._answer_ready:
-            if len(self._pending_candidates) < 64:
-                self._pending_candidates.append(cand)
+            self._pending_candidates.append(cand)
             return
         aio.spawn(self._add_candidate(leg, cand), "add ICE candidate", client=self.client)
 
@@ -470,8 +507,11 @@ class SignallingProtocol:
     # -- registration and calls toward this client -------------------------------------------
     def _on_register(self, msg: dict[str, Any]) -> None:
         """``{"type": "register", "user": U[, "token": JWT]}``: receive calls for U while this
-        connection stays open. The token (this message's, else the ``auth`` one) must be valid
-        and its ``sub`` must be U. Answered ``registered``; a connection holds one registration."""
+        connection stays open and the token is valid. The token (this message's, else the
+        ``auth`` one) must be valid and its ``sub`` must be U. Answered ``registered`` (with the
+        registration's ``expires``); a connection holds one registration. At the token's expiry
+        the registration ends (``unregistered``, reason ``token_expired``) unless the client
+        registered again with a fresh token before."""
         user = msg.get("user")
         token = _opt_str(msg, "token", MAX_TOKEN_LENGTH) or self.token
         manager = self.factory.manager
@@ -481,9 +521,12 @@ class SignallingProtocol:
             self._unregister()
         self.registered_user = user
         self.grant = grant
-        manager.web_users.register(user, self)
-        log.info("ws {client}: registered web user {user}", client=self.client, user=user)
-        self.send({"type": "registered", "user": user})
+        manager.web_users.register(user, self, expires=registration_expires(grant, manager.tokens))
+        log.info("ws {client}: registered web user {user}", client=self.client, user=safe(user))
+        reply: dict[str, Any] = {"type": "registered", "user": user}
+        if grant.expires:
+            reply["expires"] = int(grant.expires)  # the token's exp: register again before it
+        self.send(reply)
 
     def _on_unregister(self, msg: dict[str, Any]) -> None:
         user = self.registered_user
@@ -498,7 +541,7 @@ class SignallingProtocol:
             try:
                 self.factory.manager.web_users.unregister(user, self)
             except Exception:  # noqa: BLE001 - telephony already gone at shutdown
-                log.debug("ws {client}: unregistering {user} after telephony stopped", client=self.client, user=user)
+                log.debug("ws {client}: unregistering {user} after telephony stopped", client=self.client, user=safe(user))
 
     # WebUserEndpoint
     def busy(self) -> bool:
@@ -510,7 +553,7 @@ class SignallingProtocol:
 
     def invited(self, call: Call, caller: str, caller_display: str | None) -> _InvitedLeg:
         self.call = call
-        self.leg, self._answer_ready, self._pending_candidates = None, False, []
+        self.leg, self._answer_ready, self._pending_candidates, self._pending_end = None, False, [], False
         self.send({
             "type": "invited",
             "call": call.session_id,
@@ -597,7 +640,7 @@ class SignallingProtocol:
 
     def _clear_call(self) -> None:
         """Forget the connection's call and leg (the connection may then start another call)."""
-        self.leg, self.call, self._answer_ready, self._pending_candidates = None, None, False, []
+        self.leg, self.call, self._answer_ready, self._pending_candidates, self._pending_end = None, None, False, [], False
 
     _handlers: ClassVar[dict[str, Callable[[SignallingProtocol, dict[str, Any]], None]]] = {
         "ping": _on_ping,
@@ -617,11 +660,13 @@ class SignallingProtocol:
 class SignallingFactory:
     """``twisted.web.websocket.WebSocketServerFactory`` for ``/ws``."""
 
-    def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any) -> None:
+    def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any, limiter: ConnectionLimiter | None = None) -> None:
         self._manager = manager
         self.settings = settings
         self.reactor = reactor
         self.connections: set[SignallingProtocol] = set()
+        # open WebSockets, total and per address ([webrtc] max_connections*); counted in /metrics
+        self.limiter = limiter or ConnectionLimiter("ws", 512, 32)
 
     @property
     def manager(self) -> Any:
@@ -631,7 +676,9 @@ class SignallingFactory:
         return m if hasattr(m, "place_call") else m.manager
 
     def buildProtocol(self, request: Any) -> SignallingProtocol:
-        return SignallingProtocol(self, _peer(request), request.channel)
+        p = SignallingProtocol(self, _peer(request), request.channel)
+        p.admitted = _host(request)  # SignallingResource.render_GET took the limiter slot
+        return p
 
 
 class SignallingResource(WebSocketResource):
@@ -649,23 +696,47 @@ class SignallingResource(WebSocketResource):
         if not origin_allowed(origin, host, self.allowed_origins, secure=bool(request.isSecure())):
             self.refused_origins += 1
             log.info(
-                "ws {client}: origin {origin!r} not allowed, refused",
+                "ws {client}: origin {origin} not allowed, refused",
                 client=_peer(request),
-                origin=(origin or "")[:200],
+                origin=safe(origin or "", 200),
             )
             body = {"type": "error", "code": ORIGIN_NOT_ALLOWED, "message": "this page's origin may not use this gateway"}
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/json; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
             return json.dumps(body, separators=(",", ":")).encode() + b"\n"
-        return super().render_GET(request)
+        factory: SignallingFactory = self.factory  # type: ignore[assignment]
+        host = _host(request)
+        refused = factory.limiter.admit(host)
+        if refused is not None:
+            log.info("ws {client}: refused, {reason} WebSocket cap reached", client=_peer(request), reason=refused)
+            body = {"type": "error", "code": TOO_MANY_CONNECTIONS, "message": "too many connections; try again later"}
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"retry-after", b"10")
+            request.setHeader(b"connection", b"close")
+            return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        result = super().render_GET(request)
+        if result is not NOT_DONE_YET:
+            factory.limiter.release(host)  # no upgrade (a bad handshake): the slot is free again
+            return result
+        # the connection is a WebSocket now: it leaves the HTTP listener's count (webgate/web/site.py)
+        handover = getattr(request.channel, "upgraded", None)
+        if callable(handover):
+            handover()
+        return result
 
 
 def make_ws_resource(manager: Any, config: Any, reactor: Any, settings: WebRtcSettings | None = None) -> Resource:
     """The ``/ws`` resource. ``manager``: the CallManager, or the TelephonyService (looked up
     lazily). ``settings`` default to ``WebRtcSettings.from_config(config)``; the Origin
     allow-list comes from ``config.http.allowed_origins``."""
-    factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor)
+    webrtc = getattr(config, "webrtc", None)
+    limiter = None
+    if webrtc is not None:
+        limiter = ConnectionLimiter("ws", webrtc.max_connections, webrtc.max_connections_per_ip)
+    factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor, limiter)
     http = getattr(config, "http", None)
     res = SignallingResource(factory, tuple(getattr(http, "allowed_origins", ()) or ()))
     res.signalling = factory  # type: ignore[attr-defined]  # for health/metrics and tests

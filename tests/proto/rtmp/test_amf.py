@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.rtmp.amf import (
+    _MAX_DEPTH,
+    MSG_COMMAND_AMF0,
     MixedArray,
     TypedObject,
     Undefined,
@@ -162,6 +164,47 @@ def test_invalid_amf0(raw: bytes) -> None:
 def test_invalid_amf3(raw: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_amf3(raw)
+
+
+def _amf0_nested(levels: int) -> bytes:
+    """``levels`` values nested in each other: strict arrays of one, innermost a null."""
+    return b"\x0a\x00\x00\x00\x01" * (levels - 1) + b"\x05"
+
+
+def _amf3_nested(levels: int) -> bytes:
+    """The same in AMF3: dense arrays of one (count 1, no associative part), innermost a null."""
+    return b"\x09\x03\x01" * (levels - 1) + b"\x01"
+
+
+def test_nesting_up_to_max_depth_decodes() -> None:
+    v = decode_amf0(_amf0_nested(_MAX_DEPTH))[0]
+    for _ in range(_MAX_DEPTH - 1):
+        assert isinstance(v, list) and len(v) == 1
+        v = v[0]
+    assert v is None
+    assert decode_amf3(_amf3_nested(_MAX_DEPTH))[0] is not None
+    # the AMF0 -> AMF3 switch counts as a level of its own
+    assert decode_amf0(b"\x11" + _amf3_nested(_MAX_DEPTH - 1))[0] is not None
+
+
+@pytest.mark.parametrize("levels", [_MAX_DEPTH + 1, 3000, 200_000])
+@pytest.mark.parametrize("encode", [_amf0_nested, _amf3_nested, lambda n: _amf0_nested(n // 2)[:-1] + b"\x11" + _amf3_nested(n - n // 2)])
+def test_nesting_past_max_depth_is_a_clean_protocol_error(levels: int, encode: Any) -> None:
+    """Refused at the limit (not by Python's recursion limit, whatever it is), across AMF0, AMF3
+    and the switch between them, as a message decode and as a command."""
+    raw = encode(levels)
+    decode = decode_amf3 if encode is _amf3_nested else decode_amf0
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # far above what _MAX_DEPTH levels need: the limit must be ours
+    try:
+        with pytest.raises(RemoteProtocolError, match=f"nested deeper than {_MAX_DEPTH} levels"):
+            decode(raw)
+        if decode is decode_amf0:
+            body = encode_amf0("connect", 1.0) + raw
+            with pytest.raises(RemoteProtocolError, match="nested deeper"):
+                decode_command(MSG_COMMAND_AMF0, body)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_commands_amf0_and_amf3() -> None:

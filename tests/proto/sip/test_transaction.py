@@ -673,7 +673,8 @@ def test_response_destination_rules() -> None:
     v = Via.parse("SIP/2.0/UDP host.example:5070;rport;branch=z9hG4bKx")
     assert response_destination(v, ("udp", "192.0.2.1", 1234)) == ("udp", "192.0.2.1", 1234)
     v = Via.parse("SIP/2.0/UDP host.example:5070;maddr=239.1.1.1;branch=z9hG4bKx")
-    assert response_destination(v, ("udp", "192.0.2.1", 1234)) == ("udp", "239.1.1.1", 5070)
+    assert response_destination(v, ("udp", "192.0.2.1", 1234)) == ("udp", "192.0.2.1", 5070)  # [sip] honour_maddr off
+    assert response_destination(v, ("udp", "192.0.2.1", 1234), honour_maddr=True) == ("udp", "239.1.1.1", 5070)
     v = Via.parse("SIP/2.0/TCP host.example:5070;branch=z9hG4bKx")
     assert response_destination(v, ("TCP", "192.0.2.1", 1234)) == ("tcp", "192.0.2.1", 1234)
     v = Via.parse("SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKx")

@@ -2,7 +2,9 @@
 
 Decoding is hardened: typed objects never make pyamf import modules or instantiate Python classes
 by their alias name (stock pyamf would do ``import a.b`` for an alias ``a.b.C``); unknown aliases
-become :class:`pyamf.TypedObject`. Every decoding failure becomes :class:`RemoteProtocolError`.
+become :class:`pyamf.TypedObject`. Values nest at most :data:`_MAX_DEPTH` deep, counted across AMF0
+and the AMF3 values it switches to (a deeper value is refused before Python's recursion limit is
+near). Every decoding failure becomes :class:`RemoteProtocolError`.
 
 Message bodies:
 * type 20 (AMF0 command) / 18 (AMF0 data): a sequence of AMF0 values;
@@ -31,6 +33,25 @@ MixedArray = pyamf.MixedArray
 TypedObject = pyamf.TypedObject
 
 _MAX_DEPTH = 64
+"""Deepest nesting of AMF values accepted (the message's top-level values are depth 1). Real
+clients send commands a few levels deep; each level costs several Python frames in pyamf."""
+
+
+class _DepthLimited:
+    """Mixin for pyamf decoders: refuses values nested deeper than ``_MAX_DEPTH``. ``_depth`` is a
+    one-item list shared by an AMF0 decoder and the AMF3 decoder it switches to."""
+
+    _depth: list[int]
+
+    def readElement(self) -> Any:  # pyamf's name
+        depth = self._depth
+        if depth[0] >= _MAX_DEPTH:
+            raise RemoteProtocolError(f"AMF value nested deeper than {_MAX_DEPTH} levels")
+        depth[0] += 1
+        try:
+            return super().readElement()  # type: ignore[misc]
+        finally:
+            depth[0] -= 1
 
 
 def _safe_alias(name: Any) -> Any:
@@ -57,7 +78,11 @@ class _SafeAmf3Context(amf3.Context):  # type: ignore[misc]
         return super().getClassAlias(klass)
 
 
-class _SafeAmf3Decoder(amf3.Decoder):  # type: ignore[misc]
+class _SafeAmf3Decoder(_DepthLimited, amf3.Decoder):  # type: ignore[misc]
+    def __init__(self, *args: Any, depth: list[int] | None = None, **kwargs: Any) -> None:
+        self._depth = depth if depth is not None else [0]
+        super().__init__(*args, **kwargs)
+
     def buildContext(self, **kwargs: Any) -> Any:
         return _SafeAmf3Context(**kwargs)
 
@@ -91,13 +116,19 @@ class _SafeAmf0Context(amf0.Context):  # type: ignore[misc]
         decoder = self.extra.get("amf3_decoder")
         if decoder is None:
             decoder = _SafeAmf3Decoder(
-                stream=amf0_decoder.stream, timezone_offset=amf0_decoder.timezone_offset
+                stream=amf0_decoder.stream,
+                timezone_offset=amf0_decoder.timezone_offset,
+                depth=amf0_decoder._depth,  # one nesting count across the switch
             )
             self.extra["amf3_decoder"] = decoder
         return decoder
 
 
-class _SafeAmf0Decoder(amf0.Decoder):  # type: ignore[misc]
+class _SafeAmf0Decoder(_DepthLimited, amf0.Decoder):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._depth = [0]
+        super().__init__(*args, **kwargs)
+
     def buildContext(self, **kwargs: Any) -> Any:
         return _SafeAmf0Context(**kwargs)
 

@@ -89,6 +89,11 @@ class ChunkParser:
         self._streams: dict[int, _InState] = {}
         self._buffered = 0
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received and not yet part of a complete message (unparsed + reassembling)."""
+        return len(self._buf) + self._buffered
+
     def feed(self, data: bytes) -> list[RtmpMessage]:
         self._buf += data
         out: list[RtmpMessage] = []

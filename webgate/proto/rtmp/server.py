@@ -241,6 +241,11 @@ class RtmpServerConnection:
     def bytes_received(self) -> int:
         return self._chunks.bytes_received
 
+    @property
+    def pending_input(self) -> int:
+        """Bytes received and not yet part of a complete message (for partial-message timeouts)."""
+        return self._chunks.parser.pending_bytes
+
     def stream_ids(self) -> list[int]:
         return sorted(self._streams)
 

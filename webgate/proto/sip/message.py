@@ -11,6 +11,7 @@ values our own code puts into a header that are not allowed there raise
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Union
 
@@ -125,6 +126,12 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+\Z")
 # RFC 3261 user part: unreserved / escaped / user-unreserved ("&=+$,;?/"); we refuse ';' '?'
 # '&' '=' ',' '$' '/' as well, since a dial string never needs them and they change meaning.
 _USER_RE = re.compile(r"^[A-Za-z0-9\-_.!~*'()+%#]+\Z")
+# What a user / password may hold unescaped on the wire: RFC 3261 unreserved and user-unreserved
+# (password: its own set), except '?' and ':' (where parsers split the userinfo); anything else,
+# '#' included, is percent-escaped (escape_uri_part). An escape already there ("%23") stays.
+_USER_WIRE_RE = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,;/]|%[0-9A-Fa-f]{2})*\Z")
+_PASSWORD_WIRE_RE = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
+_HEX2_RE = re.compile(r"[0-9A-Fa-f]{2}")
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)\Z")
 _STATUS_LINE_RE = re.compile(r"^SIP/2\.0 ([1-6][0-9][0-9]) ?(.*)\Z")
 _REQUEST_LINE_RE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) SIP/2\.0\Z")
@@ -165,18 +172,61 @@ def check_header_value(value: str, what: str = "header value") -> str:
 
 
 def check_user(value: str, what: str = "SIP user") -> str:
-    """A dial string / URI user part: digits, letters and a few safe marks only."""
+    """A dial string / URI user part: digits, letters and a few safe marks only. Escaped octets
+    ("%41") must be well formed and, unescaped, UTF-8 text without control characters (C0, DEL,
+    C1, format controls such as bidi overrides, line and paragraph separators)."""
     if not value or len(value) > 128 or not _USER_RE.match(value):
         raise LocalProtocolError(
             f"invalid {what}: {value!r} (allowed: letters, digits and - _ . ! ~ * ' ( ) + % #)"
         )
     if "%" in value:
-        # escaped octets must be well formed and must not smuggle control characters
-        for m in re.finditer(r"%(..)?", value):
-            hx = m.group(1)
-            if hx is None or not re.match(r"^[0-9A-Fa-f]{2}\Z", hx) or int(hx, 16) < 0x20:
-                raise LocalProtocolError(f"invalid {what}: bad escape in {value!r}")
+        try:
+            text = unescape_uri_part(value)
+        except ValueError:
+            raise LocalProtocolError(f"invalid {what}: bad escape in {value!r}") from None
+        if any(_is_control(ch) for ch in text):
+            raise LocalProtocolError(f"invalid {what}: escaped control character in {value!r}")
     return value
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def unescape_uri_part(value: str) -> str:
+    """``value`` with its %HH escapes decoded as UTF-8. Raises ValueError for a malformed escape
+    or octets that are not UTF-8."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "%":
+            hx = value[i + 1 : i + 3]
+            if not _HEX2_RE.fullmatch(hx):
+                raise ValueError(f"bad escape at {i}")
+            out.append(int(hx, 16))
+            i += 3
+        else:
+            out += ch.encode("utf-8")
+            i += 1
+    return out.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
+def escape_uri_part(value: str, wire: re.Pattern[str] = _USER_WIRE_RE) -> str:
+    """``value`` (a URI user or password) as it may appear on the wire: every character that
+    ``wire`` does not allow unescaped is percent-escaped (its UTF-8 octets), '#' -> "%23"; a
+    well-formed escape already present is kept. Idempotent."""
+    if wire.fullmatch(value):
+        return value
+    out: list[str] = []
+    for i, ch in enumerate(value):
+        if ch == "%" and _HEX2_RE.fullmatch(value[i + 1 : i + 3]):
+            out.append(ch)
+        elif ch != "%" and wire.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
 
 
 def check_host(value: str, what: str = "host") -> str:
@@ -324,9 +374,9 @@ class SipURI:
             return f"tel:{self.user}{format_params(self.params)}"
         out = self.scheme + ":"
         if self.user is not None:
-            out += self.user
+            out += escape_uri_part(self.user)
             if self.password is not None:
-                out += ":" + self.password
+                out += ":" + escape_uri_part(self.password, _PASSWORD_WIRE_RE)
             out += "@"
         out += format_host(self.host)
         if self.port is not None:
@@ -907,6 +957,11 @@ class StreamFramer:
         return out
 
     broken: bool = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished message buffered (0 between messages)."""
+        return len(self._buf)
 
 
 # ---------------------------------------------------------------------------------------

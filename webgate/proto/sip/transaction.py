@@ -36,8 +36,12 @@ Choices worth knowing (all within RFC 3261 unless noted):
   Call-ID, CSeq number, From tag, Request-URI and top Via (§17.2.3, To tag left out so the
   ACK of a non-2xx matches). Requests with no Via or bad mandatory headers are answered
   statelessly with 400 when a response can be routed, and reported as MessageDropped.
-* Received requests get ``received=`` / ``rport=`` added to their top Via (§18.2.1,
-  RFC 3581) so that responses built from them carry it.
+* The source of a request is the transport's peer address (the ``source`` given to
+  :meth:`~TransactionManager.receive`), never what the request says about itself. Its top
+  Via gets ``received=`` / ``rport=`` from that address (§18.2.1, RFC 3581); a ``received``
+  or ``rport`` value the sender wrote itself is replaced. Responses go where §18.2.2 says,
+  computed from the real source (:func:`response_destination`); a Via ``maddr`` is ignored
+  unless the manager was made with ``honour_maddr=True`` (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -232,40 +236,39 @@ def new_branch() -> str:
     return BRANCH_COOKIE + secrets.token_hex(10)
 
 
-def response_destination(request_via: Via, source: Addr) -> Addr:
+def response_destination(request_via: Via, source: Addr, honour_maddr: bool = False) -> Addr:
     """Where to send a response to a request received from ``source`` (§18.2.2, RFC 3581).
 
-    Reliable transports: back to the source (the same connection). Otherwise ``maddr`` if
-    present; else the source address (which is what ``received`` records), at the source
-    port when ``rport`` was asked for, or else the sent-by port (default 5060).
+    ``source`` is the transport's peer address: the request's own ``received``/``rport``
+    values are never read (a sender could aim our responses anywhere with them).
+    Reliable transports: back to the source (the same connection). Otherwise ``maddr``
+    only with ``honour_maddr``; else the source address at the source port when ``rport``
+    was asked for, or else at the sent-by port (default 5060).
     """
     transport, src_host, src_port = source
     transport = transport.lower()
     if is_reliable(transport):
         return (transport, src_host, src_port)
-    maddr = request_via.params.get("maddr")
+    maddr = request_via.params.get("maddr") if honour_maddr else None
     if maddr:
         return (transport, maddr.strip("[]"), request_via.port or 5060)
     if "rport" in request_via.params:
         return (transport, src_host, src_port)
-    received = request_via.params.get("received")
-    host = received.strip("[]") if received else src_host
-    return (transport, host, request_via.port or 5060)
+    return (transport, src_host, request_via.port or 5060)
 
 
 def _stamp_via(request: SipRequest, via: Via, source: Addr) -> None:
-    """Add received= (and the rport value) to the top Via of a received request."""
-    changed = False
+    """Record the real source in the top Via of a received request (§18.2.1, RFC 3581):
+    ``received=`` when the source differs from the sent-by host (or the sender asked for
+    ``rport``, or wrote a ``received`` of its own), ``rport=`` the source port when present.
+    Values the sender put there itself are replaced: they are the receiver's to write."""
     params = dict(via.params)
     src_host, src_port = source[1], source[2]
-    needs_received = via.host.lower() != src_host.lower() or "rport" in params
-    if needs_received and params.get("received") != src_host:
+    if via.host.lower() != src_host.lower() or "rport" in params or "received" in params:
         params["received"] = src_host
-        changed = True
-    if "rport" in params and params["rport"] is None:
+    if "rport" in params:
         params["rport"] = str(src_port)
-        changed = True
-    if not changed:
+    if params == via.params:
         return
     new_via = Via(via.transport, via.host, via.port, params)
     new = Headers()
@@ -347,8 +350,10 @@ class _Stats:
 class TransactionManager:
     """All client and server transactions of one SIP endpoint."""
 
-    def __init__(self, timers: TimerConfig = TimerConfig()) -> None:
+    def __init__(self, timers: TimerConfig = TimerConfig(), honour_maddr: bool = False) -> None:
         self.timers = timers
+        #: send responses to a request's Via ``maddr`` (``[sip] honour_maddr``; off: to its source)
+        self.honour_maddr = honour_maddr
         self.stats = _Stats()
         self._client: dict[TxnKey, ClientTransaction] = {}
         self._server: dict[TxnKey, ServerTransaction] = {}
@@ -650,7 +655,7 @@ class TransactionManager:
             if acc is not None:
                 acc.ack_received()
             return [RequestReceived(None, req)]
-        dest = response_destination(req.top_via, source)
+        dest = response_destination(req.top_via, source, self.honour_maddr)
         stxn = ServerTransaction(req, key, dest, source)
         self._server[key] = stxn
         if stxn.is_invite:
@@ -668,7 +673,7 @@ class TransactionManager:
             _stamp_via(req, via, source)
             resp = make_response(req, status)
             resp.reason = _safe_reason(err.message, resp.reason)
-            self.send_stateless(resp, response_destination(req.top_via, source))
+            self.send_stateless(resp, response_destination(req.top_via, source, self.honour_maddr))
         except RemoteProtocolError:
             pass
 

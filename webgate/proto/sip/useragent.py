@@ -97,6 +97,8 @@ class UAConfig:
     outbound_proxy: SipURI | None = None
     timers: TimerConfig = field(default_factory=TimerConfig)
     accept_incoming: bool = True
+    #: send responses to a request's Via ``maddr`` (RFC 3261 §18.2.2); off: to the request's source
+    honour_maddr: bool = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,6 +137,9 @@ class IncomingCall:
     session: "InviteSession"
     request: SipRequest
     offer: bytes | None
+    #: the transport's peer address the INVITE came from: the caller's address for every policy
+    #: (never the request's own Via, which the sender writes)
+    source: Addr
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,7 @@ class Registration:
 class UserAgent:
     def __init__(self, config: UAConfig, tm: TransactionManager | None = None) -> None:
         self.config = config
-        self.tm = tm or TransactionManager(config.timers)
+        self.tm = tm or TransactionManager(config.timers, honour_maddr=config.honour_maddr)
         self.sessions: dict[tuple[str, str], InviteSession] = {}  # by (Call-ID, role)
         self.registrations: list[Registration] = []
         self._by_txn: dict[int, tuple[str, object]] = {}  # id(txn) -> (kind, owner)
@@ -836,7 +841,7 @@ class UserAgent:
             return
         self.sessions[(call_id, "uas")] = session
         self._track(txn, "uas_invite", session)
-        self._events.append(IncomingCall(session, req, req.body or None))
+        self._events.append(IncomingCall(session, req, req.body or None, source))
 
     def _uas_provisional(self, session: InviteSession, status: int, sdp: bytes | None) -> None:
         if session.state not in (SessionState.INCOMING, SessionState.EARLY):
