@@ -57,8 +57,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff"],
-        # bench/ (not the test suite): the load generator's WebSocket client and the profiler
-        "bench": ["websockets", "py-spy"],
+        # bench/ (not the test suite): the load generator's WebSocket client, the profiler, Chromium callers
+        "bench": ["websockets", "py-spy", "selenium"],
         # fuzz/ (not the test suite): the coverage-guided engine (a manylinux wheel for CPython 3.11)
         "fuzz": ["atheris>=2.3"],
     },
