@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from wsproto.utilities import LocalProtocolError as WsStateError
 
 from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
@@ -288,7 +289,10 @@ class SignallingProtocol:
     def close(self, code: int = 1000) -> None:
         if not self.closed and not self.closing and self.transport is not None:
             self.closing = True
-            self.transport.loseConnection(code)
+            try:
+                self.transport.loseConnection(code)
+            except WsStateError:  # the peer's close already finished the handshake: nothing to send
+                log.debug("ws {client}: closed by the peer before our close", client=self.client)
 
     # -- guards -------------------------------------------------------------------------------
     def _touch(self) -> None:
