@@ -458,6 +458,13 @@ def ws(data: bytes) -> None:
 _CONFIG_PATH: str | None = None
 
 
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # a tmp cleaner got there first
+        pass
+
+
 def config(data: bytes) -> None:
     global _CONFIG_PATH
     from webgate.config import ConfigError, load_config
@@ -465,7 +472,7 @@ def config(data: bytes) -> None:
     if _CONFIG_PATH is None:
         fd, _CONFIG_PATH = tempfile.mkstemp(prefix="webgate-fuzz-", suffix=".toml")
         os.close(fd)
-        atexit.register(os.unlink, _CONFIG_PATH)
+        atexit.register(_remove_quietly, _CONFIG_PATH)
     with open(_CONFIG_PATH, "wb") as fh:
         fh.write(data)
     try:
