@@ -430,7 +430,7 @@ def ws(data: bytes) -> None:
     from webgate.web.ws import SignallingFactory, SignallingProtocol
 
     if _WS_FACTORY is None:
-        from webgate.adapters.webrtc import WebRtcSettings
+        from webgate.legs.webrtc import WebRtcSettings
 
         _WS_FACTORY = SignallingFactory(_WsManager(), WebRtcSettings(), Clock())
     factory = _WS_FACTORY
@@ -522,7 +522,7 @@ def preload() -> None:
               "webgate.proto.sip.dialog", "webgate.proto.sip.auth", "webgate.proto.sdp", "webgate.proto.rtp",
               "webgate.proto.flv", "webgate.proto.rtmp.server", "webgate.proto.rtmp.chunk", "webgate.proto.rtmp.amf",
               "webgate.proto.rtmp.handshake", "webgate.media.stream", "webgate.adapters.webrtc_direct", "webgate.web.ws",
-              "webgate.adapters.webrtc", "webgate.config", "webgate.security.tokens", "webgate.calls.users", "jwt", "tomllib",
+              "webgate.legs.webrtc", "webgate.config", "webgate.security.tokens", "webgate.calls.users", "jwt", "tomllib",
               "pyamf.amf0", "pyamf.amf3"):
         importlib.import_module(m)
 

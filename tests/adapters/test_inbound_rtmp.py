@@ -23,7 +23,7 @@ from tests.adapters.rtmp_helpers import (
 from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.interop.peers import free_port
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
 from webgate.media.codecs import ulaw_decode
 from webgate.proto import flv

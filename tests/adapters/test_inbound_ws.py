@@ -21,7 +21,7 @@ from tests.adapters.webrtc_client import (
 from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.interop.peers import free_port
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.security.tokens import mint_token
 
 KEY = "webgate-test-token-key-0123456789abcdef"

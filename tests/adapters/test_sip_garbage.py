@@ -17,7 +17,7 @@ from twisted.logger import globalLogPublisher
 
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 MAX_SIZE = 8000  # sip.max_message_size for these tests, so "huge" fits in a datagram
 

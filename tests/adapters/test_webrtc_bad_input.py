@@ -9,7 +9,7 @@ import pytest_twisted
 
 from tests.adapters.webrtc_client import Browser, Gateway, connect
 from tests.calls.gw import sleep, wait_for
-from webgate.adapters.webrtc import WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
 
 SETTINGS = WebRtcSettings(max_message_size=4096, max_errors=40, allow_private_candidates=True)
 

@@ -13,7 +13,7 @@ import pytest_twisted
 
 from tests.adapters.webrtc_client import Browser, Gateway, close_all, complete_call, connect
 from tests.calls.gw import sleep, wait_for
-from webgate.adapters.webrtc import WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
 from webgate.adapters.webrtc_direct import DirectAudio
 from webgate.proto.rtp import parse_payload
 from webgate.calls import dialplan

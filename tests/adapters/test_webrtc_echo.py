@@ -104,7 +104,7 @@ async def test_tone_destination_reaches_the_browser() -> None:
 @pytest_twisted.ensureDeferred
 async def test_media_that_never_connects_ends_the_call() -> None:
     """The browser never applies the answer: ICE/DTLS never connect -> ended (ice_timeout), SIP released."""
-    from webgate.adapters.webrtc import WebRtcSettings
+    from webgate.legs.webrtc import WebRtcSettings
 
     gw = Gateway(settings=WebRtcSettings(ice_timeout_s=1.0, allow_private_candidates=True))
     browser = Browser()

@@ -14,7 +14,7 @@ from tests.adapters.webrtc_client import (
     connect,
 )
 from tests.calls.gw import sleep, wait_for
-from webgate.adapters.webrtc import WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
 
 
 @pytest_twisted.ensureDeferred

@@ -25,7 +25,7 @@ from twisted.web.websocket import WebSocketClientEndpoint
 
 from tests.calls.gw import make_config, reactor, sleep, start_telephony, wait_for
 from webgate.adapters import aio
-from webgate.adapters.webrtc import WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
 from webgate.media.analysis import dominant_frequency, rms_dbfs
 from webgate.media.tones import ToneGenerator
 from webgate.web.static import add_static

@@ -6,7 +6,7 @@ import pytest_twisted
 
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
 
 

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wait_for
 from tests.interop import peers
 from webgate.calls.call import Call, CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 def trunk_config(bob: peers.Baresip, **trunk: Any) -> Any:

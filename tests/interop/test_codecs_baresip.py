@@ -24,7 +24,7 @@ from tests.adapters.webrtc_client import (
 from tests.calls.gw import assert_tone, sleep, start_telephony, wait_for
 from tests.interop import peers
 from tests.interop.test_baresip import answered_call, closed, trunk_config
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
 
 PHONE_HZ = 440.0  # baresip's microphone: peers.Baresip's default WAV

@@ -25,7 +25,7 @@ from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wai
 from tests.interop import peers
 from tests.require import require_program
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 PHONE_HZ = 440.0
 

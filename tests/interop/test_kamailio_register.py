@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from tests.calls.gw import make_config, sleep, start_telephony, wait_for
 from tests.interop import peers
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
 
 

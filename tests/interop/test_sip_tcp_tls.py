@@ -16,7 +16,7 @@ from tests.calls.gw import assert_tone, make_config, sleep, start_telephony, wai
 from tests.interop import peers
 from tests.tlsutil import self_signed
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 def self_trunk_config(transport: str, port: int, **sip: Any) -> Any:

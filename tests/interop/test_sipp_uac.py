@@ -14,7 +14,7 @@ import pytest_twisted
 from tests.calls.gw import assert_tone, make_config, process_exit, sleep, start_telephony, wait_for
 from tests.interop import peers
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.media.analysis import dominant_frequency
 
 

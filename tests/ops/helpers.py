@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from tests.calls.gw import make_config, reactor, sleep, wait_for
 from tests.tlsutil import self_signed
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.gateway import Gateway, build_gateway
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from twisted.internet import threads
 from tests.interop import peers
 from tests.ops.helpers import ADMIN_KEY, api, http, local_call, start_gateway, wait_for
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.ops.api import openapi_document
 
 TRUNK_PASSWORD = "trunk-secret-pw-77"

@@ -13,7 +13,7 @@ import pytest_twisted
 from tests.calls.gw import reactor
 from tests.ops.helpers import sleep, start_gateway, wait_for
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 CALLS = 200
 BATCH = 10

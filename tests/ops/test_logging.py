@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 
 from tests.ops.helpers import ADMIN_KEY, http, local_call, start_gateway, wait_for
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.tap import event_as_json_line
 
 TRUNK_PASSWORD = "trunk-pw-Zq8x"

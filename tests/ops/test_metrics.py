@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops.helpers import http, local_call, start_gateway, wait_for
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -24,7 +24,7 @@ from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.interop import peers
 from tests.ops.helpers import start_gateway
 from webgate.calls.call import CallState
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 def _name(cn: str) -> Any:

@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from tests.calls.gw import make_config, reactor, sleep, start_telephony
 from tests.interop.peers import free_port
 from webgate.adapters.rtmp import RtmpFactory
-from webgate.adapters.webrtc import WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
 from webgate.security.tokens import mint_token
 from webgate.web.ws import make_ws_resource
 

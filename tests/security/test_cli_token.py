@@ -16,7 +16,7 @@ from tests.calls.gw import assert_tone, sleep, wait_for
 from tests.security.secure_gw import KEY, ROUTED, SecureGateway
 from webgate.calls.call import CallState
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 WEBGATE = str(Path(sys.executable).with_name("webgate"))
 

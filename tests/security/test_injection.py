@@ -17,7 +17,7 @@ from tests.security.secure_gw import DUMMY_SDP, KEY, ROUTED, SecureGateway, toke
 from tests.security.test_rtmp_auth import _flash, _invite
 from webgate.calls.call import CallState
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 EVIL = [
     "1234\r\nX-Evil: 1",

@@ -14,7 +14,7 @@ from tests.security.secure_gw import DUMMY_SDP, ROUTED, SecureGateway, token
 from tests.security.test_rtmp_auth import _flash, _invite
 from webgate.calls.call import CallState
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 def _refused(gw: SecureGateway, leg: Any, dest: str, **kw: Any) -> CallRefused:

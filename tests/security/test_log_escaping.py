@@ -22,7 +22,7 @@ from tests.adapters.webrtc_client import connect
 from tests.calls.gw import sleep, wait_for
 from tests.security.secure_gw import DUMMY_SDP, SecureGateway
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.logsafe import MAX_CHARS, safe
 
 EVIL = "evil\r\nFAKE 2026-01-01 [webgate#critical] pwned\x1b[31m\x07\u202e"

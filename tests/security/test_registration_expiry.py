@@ -16,7 +16,7 @@ from tests.adapters.rtmp_helpers import flash_client
 from tests.adapters.webrtc_client import Gateway, connect
 from tests.calls.gw import sleep, wait_for
 from tests.interop.peers import free_port
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 from webgate.security.tokens import mint_token
 
 KEY = "webgate-test-token-key-0123456789abcdef"

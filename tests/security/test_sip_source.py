@@ -20,7 +20,7 @@ from tests.calls.gw import assert_tone, make_config, start_telephony, wait_for
 from tests.security.sip_peer import SipPeer
 from webgate.calls.call import CallState
 from webgate.calls.errors import CallRefused
-from webgate.calls.local import LocalLeg
+from webgate.legs.local import LocalLeg
 
 
 class FakeWebUser:

@@ -35,7 +35,7 @@ from webgate.adapters.guard import DeadlineTimer
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import client_ip
-from webgate.calls.rtmp_leg import (
+from webgate.legs.rtmp import (
     Player,
     RtmpLeg,
     default_codec_for_flash,

@@ -26,7 +26,7 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.utilities import LocalProtocolError as WsStateError
 
 from webgate.adapters import aio
-from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
+from webgate.legs.webrtc import InvalidOffer, WebRtcLeg, WebRtcSettings
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import HOLD_FAILED, CallRefused
 from webgate.calls.policy import client_ip

@@ -1,0 +1,1 @@
+"""Ingress legs: what a call does with one ingress kind's media (docs/architecture.md)."""
