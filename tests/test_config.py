@@ -1,4 +1,5 @@
-"""webgate.config: defaults, validation messages naming keys, overrides, dial plan."""
+"""webgate.config: defaults, validation messages naming keys, overrides (the dial plan's matching of
+[[route]]: tests/calls/test_dialplan_routes.py)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,6 @@ def test_embedded_default_equals_dataclass_defaults() -> None:
     assert config.sip.tls is None
     assert config.sip.user_agent == f"webgate/{__version__}"
     assert config.trunks == () and config.routes == ()
-    assert config.route("echo") is None  # no routes: only builtins are callable
 
 
 def test_empty_file_is_the_default(tmp_path: Path) -> None:
@@ -147,27 +147,11 @@ def test_good_config() -> None:
     assert config.trunk("ivr").target.scheme == "sips"
 
 
-def test_dial_plan_first_match_wins_and_rewrites() -> None:
-    config = parse(GOOD)
-    m = config.route("9123")
-    assert m is not None
-    assert (m.trunk.name, m.user, m.max_duration_s, m.route.public) == ("pbx", "00123", 60, False)
-    m = config.route("123")
-    assert m is not None
-    assert (m.trunk.name, m.user, m.max_duration_s, m.route.public) == ("ivr", "ext-123-123", 120, True)
-    m = config.route("abc")  # catch-all, default rewrite {dest}
-    assert m is not None and (m.trunk.name, m.user) == ("pbx", "abc")
-    # fullmatch, not search: "91x" is not route 0 (needs digits only) -> catch-all
-    m = config.route("91x")
-    assert m is not None and m.route.pattern == ".*"
-
-
 def test_password_never_in_repr_or_str() -> None:
     config = parse(GOOD)
     assert config.trunk("pbx").password == "s3cret-pass"
     assert "s3cret-pass" not in repr(config)
     assert "s3cret-pass" not in str(config)
-    assert "s3cret-pass" not in repr(config.route("9123"))
 
 
 # -- errors name the key

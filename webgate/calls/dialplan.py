@@ -12,13 +12,11 @@ from typing import Any
 
 from webgate.calls import errors
 from webgate.calls.errors import CallRefused
+from webgate.config import Config, RouteConfig, TrunkConfig
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.sip.message import SipURI, check_user
 from webgate.proto.sip.useragent import Credentials
-
-# What a client may type as a destination: a dial string, not a URI.
-_DEST_RE = re.compile(r"[A-Za-z0-9+*#._\-]{1,64}")
-
+from webgate.syntax import DESTINATION_RULE, is_valid_destination
 
 BUILTIN_ROUTE_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex/16000", "speex")
 
@@ -41,19 +39,58 @@ class RouteDecision:
 
 
 def validate_destination(destination: object) -> str:
-    if not isinstance(destination, str) or not _DEST_RE.fullmatch(destination):
-        raise CallRefused(
-            errors.INVALID_DESTINATION,
-            "destination must be 1-64 characters of letters, digits, + * # . _ -",
-            484,
-        )
+    """``destination`` if it is a dial string (webgate/syntax.py), else ``invalid_destination`` (484)."""
+    if not is_valid_destination(destination):
+        raise CallRefused(errors.INVALID_DESTINATION, DESTINATION_RULE, 484)
     return destination
+
+
+# -- the [[route]] table: first full match wins, rewritten toward its trunk
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """The result of :func:`match_route`: which route, which trunk, which request-URI user."""
+
+    route: RouteConfig
+    trunk: TrunkConfig
+    user: str
+    #: effective call duration limit in seconds (0 = none)
+    max_duration_s: int
+
+
+def rewrite_for(route: RouteConfig, dest: str) -> str | None:
+    """The request-URI user ``route`` makes of ``dest``, or None if its pattern does not match."""
+    m = route.regex.fullmatch(dest)
+    if m is None:
+        return None
+    return _apply_rewrite(route.rewrite, m)
+
+
+def match_route(config: Config, dest: str) -> RouteMatch | None:
+    """The first of ``config.routes`` whose pattern fully matches ``dest``.
+
+    Builtin destinations (``builtin.echo``/``builtin.tone``) are not routes; the
+    caller checks them first. None means the destination is not callable.
+    """
+    for r in config.routes:
+        user = rewrite_for(r, dest)
+        if user is not None:
+            limit = r.max_duration_s or config.limits.max_call_duration_s
+            return RouteMatch(r, config.trunk(r.trunk), user, limit)
+    return None
+
+
+def _apply_rewrite(rewrite: str, m: re.Match[str]) -> str:
+    groups = [g if g is not None else "" for g in m.groups()]
+    named = {k: (v if v is not None else "") for k, v in m.groupdict().items()}
+    return rewrite.format(m.group(0), *groups, **{**named, "dest": m.string})
 
 
 class DialPlan:
     def __init__(self, config: Any, builtin: dict[str, str] | None = None, builtin_target: SipURI | None = None) -> None:
-        """``config`` is the gateway's :class:`webgate.config.Config`: its ``route()`` is the
-        ``[[route]]`` matching and rewriting. ``builtin`` maps a destination name ("echo") to its
+        """``config`` is the gateway's :class:`webgate.config.Config`: its ``[[route]]`` table is
+        matched and rewritten by :func:`match_route`. ``builtin`` maps a destination name ("echo") to its
         kind ("echo"/"tone"); ``builtin_target`` is the gateway's own SIP address that answers them."""
         self.config = config
         self.builtin = dict(builtin or {})
@@ -68,7 +105,7 @@ class DialPlan:
             # the built-in answerer takes every codec the gateway knows
             return RouteDecision(dest, target, builtin=kind, public=public, transport=target.transport, codecs=BUILTIN_ROUTE_CODECS)
         try:
-            match = self.config.route(dest)
+            match = match_route(self.config, dest)
         except (IndexError, KeyError, ValueError) as e:
             raise CallRefused(errors.INVALID_DESTINATION, f"dial plan rewrite failed: {e}", 484) from None
         if match is None:

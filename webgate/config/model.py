@@ -1,0 +1,335 @@
+"""The configuration's data: frozen dataclasses, one per TOML section, and :class:`Config`.
+
+Every field's default here is the embedded default (:data:`webgate.config.defaults.DEFAULT_TOML`
+states the same values; a test checks they agree). Nothing here reads or checks a file: that
+is :mod:`webgate.config.validate`. Secrets (trunk passwords, keys) are kept out of ``repr()``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from webgate import __version__
+
+#: the codec names a ``[[trunk]]`` may list, in their canonical spelling
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex", "speex/16000")
+#: the values of ``[log] level``
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+# ---------------------------------------------------------------------------
+# Value types
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A listening address. ``host`` is bare (no brackets) even for IPv6."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.host
+
+
+@dataclass(frozen=True)
+class SipUri:
+    """A parsed ``sip:``/``sips:`` URI as written in the configuration."""
+
+    scheme: str  # "sip" or "sips"
+    user: str  # may be ""
+    host: str  # bare, no brackets
+    port: int | None
+    params: str  # everything from the first ';' (may be "")
+    text: str  # the URI exactly as configured
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: HostPort | None = HostPort("127.0.0.1", 8080)
+    #: HTTPS/WSS listener ("" = off); needs tls_cert and tls_key
+    tls_listen: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Origins allowed to open /ws ("https://shop.example.com"); empty = same origin as the
+    #: Host header, or no Origin header at all (non-browser clients); "*" = any origin
+    allowed_origins: tuple[str, ...] = ()
+    #: open HTTP connections (not yet WebSockets), in total and per client address (IPv6: per /64)
+    max_connections: int = 1024
+    max_connections_per_ip: int = 128
+    #: a request's headers (the WebSocket upgrade included) must be complete this long after the
+    #: connection opened or the previous response; else the connection is closed
+    request_timeout_s: int = 10
+
+
+@dataclass(frozen=True)
+class RtmpConfig:
+    listen: HostPort | None = HostPort("127.0.0.1", 1935)
+    max_chunk_size: int = 65536
+    max_message_size: int = 1048576
+    max_streams_per_connection: int = 8
+    max_connections_per_ip: int = 20
+    #: open RTMP/RTMPS connections in total
+    max_connections: int = 256
+    #: handshake + connect must be done this long after the connection opened
+    handshake_timeout_s: int = 10
+    #: nothing received for this long closes the connection (a ping is sent at half of it); 0 = off
+    idle_timeout_s: int = 60
+    #: a partly received message with no message completed for this long closes the connection
+    partial_timeout_s: int = 10
+    #: partly received (reassembled) message bytes held per connection, all chunk streams together
+    max_buffer_bytes: int = 2097152
+    #: a connection whose unsent data has waited this long gets no more audio until it drains
+    #: (its players' audio is dropped, not queued: a slow reader hears a gap, not a growing delay)
+    player_max_queue_ms: int = 1000
+    #: a connection whose unsent data has waited this long is closed (a player that stopped reading)
+    player_max_behind_s: int = 10
+    #: SO_SNDBUF of a connection once it plays (bytes; 0 = the kernel's own, autotuned up to
+    #: net.ipv4.tcp_wmem's maximum: minutes of audio that a stalled reader would get late)
+    player_send_buffer: int = 16384
+    #: failed plays (no such call, or not allowed) on one connection before it is closed; each
+    #: also counts toward [limits] max_attempts_per_ip_per_minute
+    play_failures_before_close: int = 3
+    #: RTMPS (RTMP over TLS) listener ("" = off); needs tls_cert and tls_key
+    tls_listen: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class IceServerConfig:
+    urls: tuple[str, ...]
+    username: str = ""
+    credential: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class WebRtcConfig:
+    #: STUN/TURN servers used by the gateway's peer connections and handed to browsers
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    #: a call whose ICE/DTLS is not connected this long after the answer (or drops, or whose
+    #: WebSocket is gone) is hung up
+    ice_timeout_s: int = 15
+    #: largest signalling message accepted (bytes of UTF-8 JSON)
+    max_message_size: int = 65536
+    #: a WebSocket without any message for this long is closed (clients ping every 20 s)
+    idle_timeout_s: int = 60
+    #: how much SIP audio may queue toward the browser before the oldest is dropped
+    max_playout_ms: int = 200
+    #: once DTLS is up, send and receive the call's audio RTP in webgate itself (no pacing
+    #: queue, no aiortc jitter buffer or decoder thread; docs/performance.md); false keeps
+    #: all media on aiortc's own path
+    direct_audio: bool = True
+    #: protocol errors tolerated on one connection before it is closed
+    max_errors: int = 20
+    #: open signalling WebSockets in total and per client address (past a cap: HTTP 503)
+    max_connections: int = 512
+    max_connections_per_ip: int = 32
+    #: remote ICE candidates one call may give the gateway over its whole life (the offer's and
+    #: trickled ones together); more are refused (trickled: error ``too_many_candidates``)
+    max_remote_candidates: int = 64
+    #: accept remote ICE candidates whose address is loopback, link-local, multicast, broadcast or
+    #: unspecified, or an mDNS name (.local): the gateway would send ICE checks to itself or its
+    #: link. Private ranges (RFC 1918, ULA) are always accepted. true only for tests on one machine
+    allow_private_candidates: bool = False
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    #: shared HMAC-SHA256 key for call tokens (JWT HS256); "" = tokens are refused and only
+    #: public destinations can be called
+    key: str = field(default="", repr=False)
+    #: required "iss"/"aud" claims ("" = not checked)
+    issuer: str = ""
+    audience: str = ""
+    #: clock skew tolerated on exp/nbf
+    leeway_s: int = 30
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    #: admin key for /api (sent as "Authorization: Bearer KEY", the only way); "" = /api is off
+    admin_key: str = field(default="", repr=False)
+    #: serve /metrics (Prometheus text) on the HTTP listener(s)
+    metrics: bool = True
+
+
+@dataclass(frozen=True)
+class CdrConfig:
+    #: one JSON line per finished call appended here ("" = no file)
+    file: str = ""
+    #: POST each CDR as JSON to this http(s) URL ("" = off)
+    webhook_url: str = ""
+    webhook_timeout_s: int = 5
+    #: attempts after the first, with exponential backoff
+    webhook_retries: int = 3
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    #: on SIGTERM: stop taking calls, BYE live ones, and exit at the latest after this long
+    timeout_s: int = 10
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    udp: HostPort | None = HostPort("127.0.0.1", 5060)
+    tcp: HostPort | None = HostPort("127.0.0.1", 5060)
+    tls: HostPort | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: PEM file of the CA(s) that sign the certificates of TLS peers we connect to; "" = system CAs
+    tls_ca: str = ""
+    #: host used in Via/Contact; "" = the bind address
+    advertised_address: str = ""
+    user_agent: str = f"webgate/{__version__}"
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    t4_ms: int = 5000
+    max_message_size: int = 65535
+    outbound_proxy: SipUri | None = None
+    from_domain: str = ""
+    #: SIP sources that may call registered web users: IPs, CIDRs, "trunks", "loopback"
+    inbound_from: tuple[str, ...] = ("trunks", "loopback")
+    #: send responses to a request's Via maddr (RFC 3261 18.2.2); false: always to the request's source
+    honour_maddr: bool = False
+    #: accepted SIP TCP/TLS connections, in total and per peer address (IPv6: per /64)
+    max_connections: int = 256
+    max_connections_per_ip: int = 32
+    #: an accepted connection with nothing received for this long is closed; 0 = off
+    idle_timeout_s: int = 120
+    #: a partly received SIP message with no message completed for this long closes the connection
+    partial_timeout_s: int = 10
+
+
+@dataclass(frozen=True)
+class RtpConfig:
+    bind: str = "127.0.0.1"
+    advertised_address: str = ""
+    port_min: int = 20000
+    port_max: int = 20999
+    jitter_min_ms: int = 20
+    jitter_max_ms: int = 200
+    #: accept RTP/RTCP only from the far end's learnt source (the SDP's address, or a short
+    #: in-sequence run from one address); packets from elsewhere are dropped and counted.
+    #: false: any source is accepted (the address sent to follows the first one)
+    strict_source: bool = True
+    #: > 0: a learnt source silent this long is learnt again (probation again); 0 = only when a
+    #: re-INVITE/UPDATE moves the far end's media
+    relearn_after_s: int = 0
+
+    @property
+    def port_pairs(self) -> int:
+        """How many (even RTP, odd RTCP) port pairs the range holds."""
+        return (self.port_max - self.port_min + 1) // 2
+
+
+@dataclass(frozen=True)
+class SessionIdConfig:
+    length: int = 10
+    header: str = "X-Session-ID"
+    mode: str = "header"  # "header", "caller_id" or "both"
+    reuse_after_s: int = 3600
+
+
+@dataclass(frozen=True)
+class BuiltinConfig:
+    enabled: bool = True
+    tone_hz: int = 1000
+    echo: str = "echo"
+    tone: str = "tone"
+    #: callable without a token (the embedded default: yes, and nothing else is)
+    public: bool = True
+    #: SIP sources (IPs, CIDRs, "trunks", "loopback") that may call echo/tone directly over SIP;
+    #: the gateway's own calls (from web clients) are not affected
+    sip_from: tuple[str, ...] = ("loopback",)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_calls: int = 100
+    #: 0 = no limit
+    max_call_duration_s: int = 3600
+    #: concurrent calls per token identity (0 = no limit)
+    max_calls_per_identity: int = 10
+    #: concurrent calls per client IP address (0 = no limit)
+    max_calls_per_ip: int = 10
+    #: call attempts per client IP address per minute, refused ones included (0 = no limit)
+    max_attempts_per_ip_per_minute: int = 60
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # "text" or "json"
+    level: str = "info"  # debug, info, warn, error, critical
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    name: str
+    target: SipUri
+    transport: str = "udp"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    auth_username: str = ""
+    realm: str = ""
+    register: bool = False
+    register_expires: int = 300
+    dtmf: str = "rfc4733"
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722", "opus")
+    #: custom headers for INVITEs, in file order
+    headers: tuple[tuple[str, str], ...] = ()
+    from_user: str = ""
+    from_display: str = ""
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[route]]``: a destination pattern toward a trunk. Matching and rewriting are the
+    dial plan's (:func:`webgate.calls.dialplan.match_route`); ``regex`` is ``pattern`` compiled."""
+
+    pattern: str
+    trunk: str
+    rewrite: str = "{dest}"
+    public: bool = False
+    #: 0 = the global limit (limits.max_call_duration_s)
+    max_duration_s: int = 0
+    regex: re.Pattern[str] = field(default=re.compile(""), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    http: HttpConfig = HttpConfig()
+    rtmp: RtmpConfig = RtmpConfig()
+    sip: SipConfig = SipConfig()
+    rtp: RtpConfig = RtpConfig()
+    session_id: SessionIdConfig = SessionIdConfig()
+    builtin: BuiltinConfig = BuiltinConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
+    tokens: TokensConfig = TokensConfig()
+    api: ApiConfig = ApiConfig()
+    cdr: CdrConfig = CdrConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    trunks: tuple[TrunkConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    #: where it came from: a file path, or "<default>"
+    source: str = field(default="<default>", compare=False)
+
+    def trunk(self, name: str) -> TrunkConfig:
+        """The ``[[trunk]]`` named ``name``; KeyError if there is none."""
+        for t in self.trunks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+

@@ -1,0 +1,126 @@
+"""What a codec's own bytes say about themselves, read without a decoder: the duration of an
+Opus packet (its TOC byte, RFC 6716 §3.1) and the MPEG-4 AudioSpecificConfig of AAC (as carried
+in an FLV AAC sequence header). Malformed input raises
+:class:`~webgate.proto.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+
+# --- Opus packets (relayed undecoded on the packet path) ------------------------------
+
+#: one 20 ms Opus frame that decodes to silence (TOC 0xF8: CELT fullband 20 ms, mono, one frame)
+OPUS_SILENCE = b"\xf8\xff\xfe"
+
+# RFC 6716 §3.1: frame duration (in 48 kHz samples) by TOC configuration number
+_OPUS_FRAME_SAMPLES = (
+    [480, 960, 1920, 2880] * 3  # SILK-only NB/MB/WB: 10, 20, 40, 60 ms
+    + [480, 960] * 2  # Hybrid SWB/FB: 10, 20 ms
+    + [120, 240, 480, 960] * 4  # CELT-only NB/WB/SWB/FB: 2.5, 5, 10, 20 ms
+)
+
+
+def opus_packet_samples(payload: bytes) -> int:
+    """The duration of one Opus packet in 48 kHz samples, from its TOC byte (RFC 6716 §3.1).
+
+    Raises :class:`RemoteProtocolError` for a packet that is not valid Opus framing (empty,
+    a code 3 packet without its frame count, or longer than 120 ms)."""
+    if not payload:
+        raise RemoteProtocolError("empty Opus packet")
+    toc = payload[0]
+    per_frame = _OPUS_FRAME_SAMPLES[toc >> 3]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        if len(payload) < 2:
+            raise RemoteProtocolError("Opus code 3 packet without a frame count")
+        frames = payload[1] & 0x3F
+        if frames == 0:
+            raise RemoteProtocolError("Opus code 3 packet with zero frames")
+    samples = per_frame * frames
+    if samples > 5760:  # 120 ms
+        raise RemoteProtocolError(f"Opus packet longer than 120 ms ({samples} samples)")
+    return samples
+
+
+# --- AAC AudioSpecificConfig ------------------------------------------------------------
+
+_AAC_RATES = (
+    96000,
+    88200,
+    64000,
+    48000,
+    44100,
+    32000,
+    24000,
+    22050,
+    16000,
+    12000,
+    11025,
+    8000,
+    7350,
+)
+
+
+@dataclass(frozen=True)
+class AudioSpecificConfig:
+    """The fields of an MPEG-4 AudioSpecificConfig (ISO 14496-3 §1.6.2.1) we use."""
+
+    object_type: int  # 2 = AAC-LC
+    sample_rate: int
+    channels: int
+
+
+def audio_specific_config(
+    sample_rate: int, channels: int = 1, object_type: int = 2
+) -> bytes:
+    """Build the 2-byte AudioSpecificConfig (as sent in an FLV AAC sequence header)."""
+    if sample_rate not in _AAC_RATES:
+        raise LocalProtocolError(
+            f"AAC has no sampling frequency index for {sample_rate}"
+        )
+    if not 1 <= object_type <= 30 or not 1 <= channels <= 7:
+        raise LocalProtocolError("bad AAC object type or channel count")
+    index = _AAC_RATES.index(sample_rate)
+    value = (object_type << 11) | (index << 7) | (channels << 3)
+    return value.to_bytes(2, "big")
+
+
+def parse_audio_specific_config(data: bytes) -> AudioSpecificConfig:
+    """Parse an AudioSpecificConfig; raise :class:`RemoteProtocolError` if it is malformed."""
+    if len(data) < 2:
+        raise RemoteProtocolError("AudioSpecificConfig too short")
+    bits = int.from_bytes(data[:5].ljust(5, b"\0"), "big")
+    pos = 40
+
+    def take(n: int) -> int:
+        nonlocal pos
+        pos -= n
+        if pos < 0:
+            raise RemoteProtocolError("AudioSpecificConfig truncated")
+        return (bits >> pos) & ((1 << n) - 1)
+
+    object_type = take(5)
+    if object_type == 31:
+        object_type = 32 + take(6)
+    index = take(4)
+    if index == 15:
+        if len(data) < 5:
+            raise RemoteProtocolError("AudioSpecificConfig truncated")
+        rate = take(24)
+    elif index < len(_AAC_RATES):
+        rate = _AAC_RATES[index]
+    else:
+        raise RemoteProtocolError(f"reserved AAC sampling frequency index {index}")
+    channels = take(4)
+    if object_type == 0 or rate <= 0:
+        raise RemoteProtocolError("invalid AudioSpecificConfig")
+    return AudioSpecificConfig(
+        object_type=object_type, sample_rate=rate, channels=channels
+    )
