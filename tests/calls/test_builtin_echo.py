@@ -93,7 +93,7 @@ async def test_unknown_destination_refused_without_dialplan() -> None:
 
 def test_offer_keeps_the_trunk_codec_list() -> None:
     """A leg's preferred codec goes first only if the trunk allows it; others are never offered."""
-    from webgate.calls.manager import sdp_codecs
+    from webgate.calls.offers import sdp_codecs
 
     names = [c.name for c in sdp_codecs(("PCMU", "PCMA"), ["opus", "PCMA"])]
     assert names == ["PCMA", "PCMU"]

@@ -74,7 +74,7 @@ async def test_tone_in_codec(name: str, rate: int) -> None:
 
 def test_builtin_answer_follows_the_offer_order() -> None:
     """The echo's answer takes the offerer's first codec it supports, not a fixed preference."""
-    from webgate.calls.manager import BUILTIN_CODECS, _in_offer_order
+    from webgate.calls.offers import BUILTIN_CODECS, in_offer_order as _in_offer_order
 
     offer = sdp.build_offer([sdp.GSM, sdp.OPUS, sdp.PCMU, sdp.TELEPHONE_EVENT], "127.0.0.1", 4000, 1)
     order = _in_offer_order(offer, list(BUILTIN_CODECS))

@@ -8,13 +8,12 @@ from twisted.internet import protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from webgate.calls.errors import NoPortsAvailable
 from webgate.media.stream import RtpAudioStream
 
 log = Logger()
-
-
-class NoPortsAvailable(Exception):
-    pass
+#: the RTP streams' own log lines (source locking, strict-source drops): same namespace as before
+stream_log = Logger(namespace="webgate.media.stream")
 
 
 class _Socket(protocol.DatagramProtocol):
@@ -79,6 +78,7 @@ class RtpEndpoint:
     def make_stream(self, **kwargs: Any) -> RtpAudioStream:
         kwargs.setdefault("strict_source", self.pool.strict_source)
         kwargs.setdefault("relearn_after_s", self.pool.relearn_after_s)
+        kwargs.setdefault("log", stream_log)
         self.stream = RtpAudioStream(self.send_rtp, self.send_rtcp, **kwargs)
         self.pool.clock.add(self.stream)
         return self.stream

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,9 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from webgate.media.audio import PCM
 
 if TYPE_CHECKING:
-    from webgate.adapters.rtp import RtpEndpoint
     from webgate.calls.dialplan import RouteDecision
-    from webgate.calls.manager import CallManager
+    from webgate.calls.interfaces import MediaPort, PortAllocator
     from webgate.media.stream import RtpAudioStream
     from webgate.proto.sip.useragent import InviteSession
 
@@ -47,6 +47,22 @@ class IngressLeg(Protocol):
     def audio_from_sip(self, call: "Call", pcm: PCM, rate: int) -> None: ...
 
 
+class CallControl(Protocol):
+    """What a call (and a leg, through ``call.manager``) uses of the call manager
+    (:class:`webgate.calls.manager.CallManager`), which call.py does not import."""
+
+    @property
+    def rtp_pool(self) -> PortAllocator:
+        """The RTP ports; its ``clock`` ticks a leg's own 20 ms senders."""
+        ...
+
+    def hangup(self, call: Call, cause: str = "client_hangup") -> None: ...
+
+    def send_dtmf(self, call: Call, digits: str, duration_ms: int = 160) -> None: ...
+
+    def hold(self, call: Call, on: bool, done: Callable[[bool, int | None], None] | None = None) -> None: ...
+
+
 @dataclass
 class CallTimes:
     created: float = field(default_factory=time.time)
@@ -57,7 +73,7 @@ class CallTimes:
 
 
 class Call:
-    def __init__(self, manager: "CallManager", leg: IngressLeg, session_id: str, route: "RouteDecision", identity: str | None = None) -> None:
+    def __init__(self, manager: CallControl, leg: IngressLeg, session_id: str, route: "RouteDecision", identity: str | None = None) -> None:
         self.manager = manager
         self.leg = leg
         self.session_id = session_id
@@ -67,7 +83,7 @@ class Call:
         self.source_ip: str | None = None  # the client's IP address (limits)
         self.state = CallState.CALLING
         self.sip: "InviteSession | None" = None
-        self.rtp: "RtpEndpoint | None" = None
+        self.rtp: "MediaPort | None" = None
         self.stream: "RtpAudioStream | None" = None
         self.times = CallTimes()
         self.end_cause: str | None = None

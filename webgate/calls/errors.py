@@ -1,16 +1,16 @@
-"""Errors the call layer reports to clients: a stable code plus a human message."""
+"""Errors the call layer reports to clients (a stable code plus a human message), and the
+errors it catches from the adapters that implement its ports (``calls/interfaces.py``)."""
 
 from __future__ import annotations
 
+# CallRefused is defined on neutral ground (webgate/syntax.py) so that security/ can raise it
+# too (an invalid call token); the call layer and everything above import it from here.
+from webgate.syntax import CallRefused as CallRefused
 
-class CallRefused(Exception):
-    """A call that cannot be placed. ``code`` is stable and documented in docs/protocol.md."""
 
-    def __init__(self, code: str, message: str, sip_status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.sip_status = sip_status
+class NoPortsAvailable(Exception):
+    """No free RTP port pair: raised by a :class:`~webgate.calls.interfaces.PortAllocator`
+    (``adapters/rtp.py`` ``RtpPortPool``); the call is refused with ``no_media_ports``."""
 
 
 # Stable refusal codes (documented in docs/protocol.md)
@@ -25,8 +25,8 @@ NO_MEDIA_PORTS = "no_media_ports"
 INTERNAL_ERROR = "internal_error"
 # authorisation (call tokens, docs/protocol.md "Call tokens")
 TOKEN_REQUIRED = "token_required"  # 403: a non-public destination without a token
-INVALID_TOKEN = "invalid_token"  # 401: bad signature, malformed, wrong iss/aud, bad claim, nbf
-TOKEN_EXPIRED = "token_expired"  # 401
+# INVALID_TOKEN ("invalid_token", 401: bad signature, malformed, wrong iss/aud, bad claim, nbf) and
+# TOKEN_EXPIRED ("token_expired", 401): webgate/security/tokens.py, which raises them
 DISPLAY_NAME_NOT_ALLOWED = "display_name_not_allowed"  # 403: differs from the token's
 CALLER_ID_NOT_ALLOWED = "caller_id_not_allowed"  # 403: differs from the token's
 SESSION_ID_NOT_ALLOWED = "session_id_not_allowed"  # 403: differs from the token's

@@ -1,13 +1,13 @@
-"""Session IDs: 8-10 digit identifiers, unique among live calls, not reused within a period."""
+"""Session IDs: 8-10 digit identifiers, unique among live calls, not reused within a period
+(their syntax, :func:`webgate.syntax.is_valid_session_id`, is shared with security/)."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
-_ID_RE = re.compile(r"^[0-9]{8,10}$")
+from webgate.syntax import SESSION_ID_RULE, is_valid_session_id
 
 
 class SessionIdError(ValueError):
@@ -56,8 +56,8 @@ class SessionIdAllocator:
         now = self._now()
         self._expire(now)
         if requested is not None:
-            if not isinstance(requested, str) or not _ID_RE.match(requested):
-                raise SessionIdError("invalid_session_id", "session ID must be 8 to 10 digits")
+            if not is_valid_session_id(requested):
+                raise SessionIdError("invalid_session_id", SESSION_ID_RULE)
             if requested in self.live or requested in self._released:
                 raise SessionIdError("session_id_in_use", "session ID is in use or was used recently")
             self.live.add(requested)
@@ -75,7 +75,3 @@ class SessionIdAllocator:
             self.live.discard(sid)
             self._released[sid] = self._now()
             self._released.move_to_end(sid)
-
-
-def is_valid_session_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_ID_RE.match(value))

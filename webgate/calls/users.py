@@ -34,7 +34,7 @@ from webgate.calls.errors import CallRefused
 from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.sip.message import NameAddr, check_user
-from webgate.security.tokens import Grant, verify_token
+from webgate.security.tokens import TOKEN_EXPIRED, Grant, verify_token
 
 if TYPE_CHECKING:
     from webgate.calls.call import Call, IngressLeg
@@ -55,8 +55,8 @@ __all__ = [
 USER_NOT_ALLOWED = "user_not_allowed"  # 403: the token's sub is not this user
 INVALID_USER = "invalid_user"  # 400: not a SIP user part
 MAX_USER_LENGTH = 64
-#: ``unregistered`` reason when a registration's token expired (docs/protocol.md)
-TOKEN_EXPIRED = errors.TOKEN_EXPIRED
+# TOKEN_EXPIRED (security/tokens.py) is also the ``unregistered`` reason when a registration's
+# token expired (docs/protocol.md)
 #: longest single wait of an expiry timer: a later deadline is re-armed when it fires (the wall
 #: clock is read again then, so a wall-clock step is caught within this long)
 _MAX_TIMER_S = 3600.0

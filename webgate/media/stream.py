@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
-from twisted.logger import Logger
+from typing import Any, Callable, Protocol
 
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec
@@ -26,7 +24,22 @@ from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.rtp_source import SourceGuard
 from webgate.proto.sdp import NegotiatedMedia
 
-log = Logger()
+class StreamLog(Protocol):
+    """Where a stream's few log lines go: a ``twisted.logger.Logger`` given by the adapter
+    that owns the sockets (media/ itself imports no I/O framework)."""
+
+    def info(self, format: str, **kwargs: Any) -> None: ...
+
+    def warn(self, format: str, **kwargs: Any) -> None: ...
+
+
+class _NoLog:
+    def info(self, format: str, **kwargs: Any) -> None:
+        pass
+
+    def warn(self, format: str, **kwargs: Any) -> None:
+        pass
+
 
 HostPort = tuple[str, int]
 RTCP_INTERVAL = 5.0
@@ -62,7 +75,9 @@ class RtpAudioStream:
         label: str = "",
         strict_source: bool = True,
         relearn_after_s: float = 0.0,
+        log: StreamLog | None = None,
     ) -> None:
+        self.log: StreamLog = log if log is not None else _NoLog()
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
         self.jitter_min = jitter_min_ms / 1000.0
@@ -107,7 +122,7 @@ class RtpAudioStream:
         if g.expect(remote, remote_rtcp):
             # a new (or the first) SDP address: send there, learn the source again
             if g.relearns:
-                log.info("call {session_id}: far end's media moved to {remote}: learning its RTP source again", session_id=self.label,
+                self.log.info("call {session_id}: far end's media moved to {remote}: learning its RTP source again", session_id=self.label,
                          remote=_fmt(remote))
             self.remote, self.remote_rtcp = remote, remote_rtcp
         elif remote is None or g.locked is None:
@@ -219,11 +234,11 @@ class RtpAudioStream:
             elif self.remote_rtcp is not None:
                 self.remote_rtcp = locked
             if g.strict:
-                log.info("call {session_id}: RTP source locked to {source} ({how})", session_id=self.label, source=_fmt(locked),
+                self.log.info("call {session_id}: RTP source locked to {source} ({how})", session_id=self.label, source=_fmt(locked),
                          how="probation" if g.provisional else "signalled address")
         n = g.dropped_foreign
         if n != foreign and n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... drop
-            log.warn("call {session_id}: {n} RTP packet(s) from other sources dropped (strict source; latest {source}, locked to {locked})",
+            self.log.warn("call {session_id}: {n} RTP packet(s) from other sources dropped (strict source; latest {source}, locked to {locked})",
                      session_id=self.label, n=n, source=_fmt(source), locked=_fmt(g.locked))
         return ok
 

@@ -1,0 +1,69 @@
+"""The ports of the call layer: what calls/ uses of the I/O around it, as Protocols that the
+adapters implement (calls/ imports no adapter; adapters may import calls).
+
+- :class:`PortAllocator` / :class:`MediaPort`: RTP/RTCP port pairs and the shared media clock
+  (``adapters/rtp.py``: ``RtpPortPool``, ``RtpEndpoint``, ``MediaClock``); an allocator with no
+  free pair raises :class:`webgate.calls.errors.NoPortsAvailable`;
+- :class:`SipSender`: the SIP transport that sends what the user agent queued
+  (``adapters/sip.py``: ``SipTransport``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from webgate.media.stream import RtpAudioStream
+
+__all__ = ["MediaPort", "MediaTicker", "PortAllocator", "SipSender"]
+
+
+class MediaTicker(Protocol):
+    """The one shared 20 ms media clock: functions called with ``now`` on every tick."""
+
+    def add_ticker(self, fn: Callable[[float], None]) -> None: ...
+
+    def remove_ticker(self, fn: Callable[[float], None]) -> None: ...
+
+
+class MediaPort(Protocol):
+    """An even/odd UDP port pair bound for one call's RTP and RTCP."""
+
+    @property
+    def rtp_port(self) -> int: ...
+
+    @property
+    def rtcp_port(self) -> int: ...
+
+    @property
+    def stream(self) -> RtpAudioStream | None:
+        """The stream made on these ports (None before :meth:`make_stream` and once released)."""
+        ...
+
+    def make_stream(self, *, jitter_min_ms: int, jitter_max_ms: int, label: str) -> RtpAudioStream:
+        """The RTP audio stream on these ports, ticked by the media clock until released."""
+        ...
+
+    def release(self) -> None:
+        """Close the stream and free the ports (idempotent)."""
+        ...
+
+
+class PortAllocator(Protocol):
+    """Hands out RTP port pairs (released by :meth:`MediaPort.release`)."""
+
+    @property
+    def clock(self) -> MediaTicker: ...
+
+    def allocate(self) -> MediaPort:
+        """A bound port pair; raises :class:`webgate.calls.errors.NoPortsAvailable`."""
+        ...
+
+
+class SipSender(Protocol):
+    """The SIP transport below the user agent."""
+
+    def flush(self) -> None:
+        """Send every message the user agent has queued (run after each call into it)."""
+        ...
