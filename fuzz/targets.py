@@ -522,7 +522,8 @@ def preload() -> None:
               "webgate.proto.sip.dialog", "webgate.proto.sip.auth", "webgate.proto.sdp", "webgate.proto.rtp",
               "webgate.proto.flv", "webgate.proto.rtmp.server", "webgate.proto.rtmp.chunk", "webgate.proto.rtmp.amf",
               "webgate.proto.rtmp.handshake", "webgate.media.stream", "webgate.adapters.webrtc_direct", "webgate.web.ws",
-              "webgate.legs.webrtc", "webgate.config", "webgate.security.tokens", "webgate.calls.users", "jwt", "tomllib",
+              "webgate.web.handlers",
+              "webgate.legs.webrtc", "webgate.adapters.webrtc", "webgate.config", "webgate.security.tokens", "webgate.calls.users", "jwt", "tomllib",
               "pyamf.amf0", "pyamf.amf3"):
         importlib.import_module(m)
 

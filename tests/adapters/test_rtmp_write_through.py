@@ -24,7 +24,8 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from tests.calls.gw import reactor, wait_for
-from webgate.adapters.rtmp import _essential, _Outbox
+from webgate.adapters.outbox import Outbox as _Outbox
+from webgate.legs.rtmp import essential_tag as _essential
 
 
 class _Sock(socket.socket):

@@ -139,7 +139,7 @@ async def test_plain_http_get_on_ws_is_refused_and_static_files_served() -> None
         r = await agent.request(b"GET", (gw.http + "/html5_client/").encode())
         await readBody(r)
         assert r.code == 404  # no directory listing
-        r = await agent.request(b"GET", (gw.http + "/html5_client/../webgate/config.py").encode())
+        r = await agent.request(b"GET", (gw.http + "/html5_client/../webgate/config/__init__.py").encode())
         await readBody(r)
         assert r.code == 404
     finally:

@@ -9,7 +9,9 @@ share one event loop. Crossing between the two worlds needs care:
 - an asyncio coroutine that must wait for a Deferred awaits :func:`as_future`
   (``d.asFuture(loop)``);
 - fire-and-forget asyncio work goes through :func:`spawn`, which keeps a strong reference to
-  the task (asyncio only keeps weak ones) and logs a failure instead of losing it.
+  the task (asyncio only keeps weak ones) and logs a failure instead of losing it;
+- an asyncio coroutine that paces itself (an aiortc track's ``recv``) waits with :func:`sleep`,
+  or with :func:`wait_cancelled` until its task is cancelled.
 
 Everything else in webgate calls these helpers and never imports asyncio for bridging.
 """
@@ -23,7 +25,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-__all__ = ["as_deferred", "as_future", "cancel", "loop", "spawn"]
+__all__ = ["as_deferred", "as_future", "cancel", "loop", "sleep", "spawn", "wait_cancelled"]
 
 log = Logger()
 T = TypeVar("T")
@@ -71,3 +73,13 @@ def spawn(coro: Coroutine[Any, Any, Any], what: str, **fields: Any) -> asyncio.T
 def cancel(task: asyncio.Task[Any] | None) -> None:
     if task is not None and not task.done():
         task.cancel()
+
+
+def sleep(seconds: float) -> Awaitable[None]:
+    """``asyncio.sleep``, inside an asyncio coroutine."""
+    return asyncio.sleep(seconds)
+
+
+async def wait_cancelled() -> None:
+    """Wait (inside an asyncio coroutine) until the awaiting task is cancelled."""
+    await asyncio.get_running_loop().create_future()

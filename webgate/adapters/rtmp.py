@@ -11,40 +11,37 @@ Two ways to signal a call (see docs/protocol.md, "RTMP"):
 
 Adapter rule: after every call into the core, write ``data_to_send()`` and drop the connection
 if the core is ``closed``. A failure while handling one connection closes that connection only.
+
+The Flash RPC commands are :mod:`webgate.adapters.rtmp_rpc`; what reaches the socket and how long
+it waits, :mod:`webgate.adapters.outbox`; what a call does with the audio (FLV tags <-> the SIP
+leg, players, pacing), :mod:`webgate.legs.rtmp`.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import (
-    INegotiated,
-    IPullProducer,
-    IPushProducer,
-    ISSLTransport,
-    ISystemHandle,
-    ITCPTransport,
-)
 from twisted.logger import Logger
-from zope.interface import implementer  # type: ignore[import-untyped]
 
 from webgate.adapters.guard import DeadlineTimer
-from webgate.calls.call import Call, CallState
+from webgate.adapters.outbox import Outbox
+from webgate.adapters.rtmp_rpc import APP_SIP, FlashRpc
+from webgate.calls.call import Call
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import client_ip
+from webgate.counters import count_error
 from webgate.legs.rtmp import (
+    LiveLegs,
     Player,
     RtmpLeg,
     default_codec_for_flash,
+    essential_tag,
+    may_listen,
     normalise_codec,
     split_stream_name,
 )
-from webgate.calls.users import check_registration, party, registration_expires
 from webgate.logsafe import safe
-from webgate.ops.metrics import count_error
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
     AudioReceived,
@@ -61,137 +58,21 @@ from webgate.proto.rtmp import (
     StreamClosed,
     VideoReceived,
 )
-from webgate.proto.rtmp.amf import Undefined
 from webgate.security.connlimit import PROBE, ConnectionLimiter, StreamDeadlines
-from webgate.security.tokens import TokenError, call_access_allowed, looks_like_jwt
+from webgate.security.tokens import looks_like_jwt
 
 log = Logger()
 
 APP_CALL = "call"
 APP_SESSION = "session"
-APP_SIP = "sip"
 _REFUSED_BAD_NAME = {"invalid_destination", "destination_not_allowed", "invalid_session_id", "session_id_in_use"}
 # the call token on RTMP: "?token=" on the stream name (encoder style) or on the connect URL
 # (rtmp://HOST/call?token=...), or the Flash RPC connect's second argument when it is a JWT
 TOKEN_OPTION = "token"
 
 
-def _call_failed(description: str, **extra: Any) -> dict[str, Any]:
-    info = {"level": "error", "code": "NetConnection.Call.Failed", "description": description}
-    info.update(extra)
-    return info
-
-
-def _essential(tag: bytes) -> bool:
-    """An FLV audio tag a player cannot do without (the AAC sequence header): never dropped."""
-    return len(tag) > 1 and tag[0] >> 4 == 10 and tag[1] == 0
-
-
-def _plain_tcp(transport: Any) -> bool:
-    """A TCP transport whose socket carries our bytes as they are. Twisted's TLS wrapper claims the
-    interfaces of the transport it wraps (ITCPTransport too) but is INegotiated and its handle is the
-    OpenSSL connection; a connection after startTLS provides ISSLTransport."""
-    return (
-        ITCPTransport.providedBy(transport)
-        and ISystemHandle.providedBy(transport)
-        and not ISSLTransport.providedBy(transport)
-        and not INegotiated.providedBy(transport)
-        and isinstance(transport.getHandle(), socket.socket)
-    )
-
-
-@implementer(IPullProducer, IPushProducer)
-class _Outbox:
-    """What one connection has handed to Twisted that Twisted has not sent yet, followed through
-    public API only (``IConsumer.registerProducer``, ``ISystemHandle.getHandle``).
-
-    * **Plain TCP**: registered as a pull producer. Twisted calls :meth:`resumeProducing` each time
-      its write buffer runs empty (IConsumer's contract), so from a write it had to queue until that
-      call, bytes wait. While nothing waits, :meth:`write` first offers the bytes to the socket itself
-      and hands Twisted only what the kernel did not take: Twisted queues every write and sends it on
-      the next writable event, registering and unregistering the socket with the selector each time --
-      for a player that gets one small audio message every 20 ms, two epoll_ctl calls and a loop turn
-      per message (a quarter of an RTMP call's CPU, docs/performance.md). Order, flow control and error
-      handling stay Twisted's.
-    * **TLS** (the socket carries records, not our bytes): registered as a push producer. Twisted pauses
-      it when its buffer passes its high-water mark and resumes it once the buffer is empty, so bytes
-      count as waiting from the pause on (a coarser measure than plain TCP's).
-
-    ``waited(now)`` (seconds the oldest unsent byte has waited, 0 when none) and ``queued_bytes`` (an
-    upper bound of what Twisted holds for this connection) are what the players' back-pressure reads.
-    """
-
-    def __init__(self, transport: Any, clock: Callable[[], float]) -> None:
-        self.transport = transport
-        self.clock = clock
-        self.sock: Any = None  # plain TCP: the socket, for writes while nothing waits
-        self.waiting_since: float | None = None
-        self.queued_bytes = 0
-        self.peak_bytes = 0
-        self.registered = False
-        if _plain_tcp(transport):
-            self.sock = transport.getHandle()
-        plain_tcp = self.sock is not None
-        try:
-            transport.registerProducer(self, not plain_tcp)  # a pull producer is resumed at once
-        except RuntimeError:  # a producer is already registered (not by this class): plain writes
-            self.sock = None
-            return
-        self.registered = True
-
-    def waited(self, now: float) -> float:
-        return 0.0 if self.waiting_since is None else now - self.waiting_since
-
-    def write(self, data: bytes) -> None:
-        if self.waiting_since is None and self.sock is not None:
-            try:
-                n = self.sock.send(data)
-            except OSError:  # EAGAIN, or an error Twisted's own write path will report
-                n = 0
-            if n >= len(data):
-                return
-            data = data[n:]
-            self.waiting_since = self.clock()
-        if self.waiting_since is not None:
-            self.queued_bytes += len(data)
-            self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
-        self.transport.write(data)
-
-    def limit_kernel_buffer(self, size: int) -> None:
-        """SO_SNDBUF of a plain TCP connection (0: leave the kernel's autotuning)."""
-        if size and self.sock is not None:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        """Before ``loseConnection``/``abortConnection``: Twisted closes a connection only once no
-        producer is registered."""
-        self.sock = None
-        if self.registered:
-            self.registered = False
-            self.transport.unregisterProducer()
-
-    # IPullProducer / IPushProducer (called by Twisted)
-    def resumeProducing(self) -> None:
-        """Twisted's buffer is empty."""
-        self.waiting_since = None
-        self.queued_bytes = 0
-
-    def pauseProducing(self) -> None:
-        """(TLS) Twisted's buffer passed its high-water mark."""
-        if self.waiting_since is None:
-            self.waiting_since = self.clock()
-
-    def stopProducing(self) -> None:
-        """The connection is gone."""
-        self.sock = None
-        self.registered = False
-
-
 class _StreamSink:
-    """A player's RTMP stream on one connection (implements rtmp_leg.AudioSink)."""
+    """A player's RTMP stream on one connection (implements webgate.legs.rtmp.AudioSink)."""
 
     def __init__(self, conn: RtmpProtocol, stream_id: int) -> None:
         self.conn = conn
@@ -215,10 +96,11 @@ class _StreamSink:
         self.conn.flush()
 
 
-class RtmpProtocol(protocol.Protocol):
+class RtmpProtocol(FlashRpc, protocol.Protocol):
     """One RTMP connection. In Flash RPC mode with a call token whose ``sub`` is the connect
     URL's user, it is also the registration of that web user (``webgate.calls.users``):
-    calls from SIP toward the user are offered here (``invited``)."""
+    calls from SIP toward the user are offered here (``invited``). The Flash RPC commands and
+    that registration are :class:`~webgate.adapters.rtmp_rpc.FlashRpc`'s."""
 
     transport: Any
     kind = "rtmp"  # as a WebUserEndpoint
@@ -244,7 +126,7 @@ class RtmpProtocol(protocol.Protocol):
         self.media_dropped = 0
         self.registered_user: str | None = None  # the web user this connection receives calls for
         self.grant: Any = None  # the registration token's grant
-        self.outbox: _Outbox | None = None
+        self.outbox: Outbox | None = None
         self._linger: Any = None  # aborts a closed connection whose peer reads nothing
         self.play_failures = 0
         self.audio_dropped = 0  # audio tags not sent to this client's players (back-pressure)
@@ -258,7 +140,7 @@ class RtmpProtocol(protocol.Protocol):
                 t.setTcpNoDelay(True)
             except OSError:
                 pass
-        self.outbox = _Outbox(t, self.factory.reactor.seconds)
+        self.outbox = Outbox(t, self.factory.reactor.seconds)
         peer = self.transport.getPeer()
         self.client = f"{getattr(peer, 'host', self.peer_ip)}:{getattr(peer, 'port', 0)}"
         self._timeout = self.factory.reactor.callLater(self.factory.connect_timeout_s, self._connect_timeout)
@@ -351,7 +233,7 @@ class RtmpProtocol(protocol.Protocol):
         if waited > self.factory.player_max_behind_s:
             self._abort_slow(waited)
             return False
-        if waited * 1000.0 <= self.factory.player_max_queue_ms or _essential(tag):
+        if waited * 1000.0 <= self.factory.player_max_queue_ms or essential_tag(tag):
             return True
         self.audio_dropped += 1
         self.factory.player_audio_dropped += 1
@@ -478,73 +360,6 @@ class RtmpProtocol(protocol.Protocol):
         self._timeout = None
         log.info("RTMP {client}: connected to {app} ({codec})", client=self.client, app=safe(app), codec=self.conn_codec)
 
-    # ---- registration as a web user (calls toward this client)
-    def _register(self, user: str, token: str | None) -> CallRefused | None:
-        """Register ``user`` for this connection until ``token`` expires: the token must have
-        ``sub`` == user. On success the client hears ``registered(user)``; a refusal is returned
-        (an existing registration is then left as it was)."""
-        manager = self.manager
-        try:
-            grant = check_registration(user, token, manager.tokens, manager.wall_clock())
-        except CallRefused as e:
-            log.info("RTMP {client}: registration of {user} refused: {code}", client=self.client, user=safe(user, 64), code=e.code)
-            return e
-        self.grant = grant
-        self.registered_user = user
-        manager.web_users.register(user, self, expires=registration_expires(grant, manager.tokens))
-        log.info("RTMP {client}: registered web user {user}", client=self.client, user=safe(user))
-        self.rpc_callback("registered", user)
-        return None
-
-    def _rpc_register(self, tid: float, args: list[Any]) -> None:
-        """``register(token)``: register the connect URL's user again with a fresh call token,
-        before the connect's (or the last) token expires -- at its expiry the registration ends
-        with ``unregistered("token_expired")``. The token also becomes the connection's call token.
-        ``_result`` = the user (and ``registered(user)``); ``_error`` with the refusal ``reason``
-        (``token_required``, ``invalid_token``, ``token_expired``, ``user_not_allowed``), the
-        current registration unchanged."""
-        if self.mode != APP_SIP or self.flash_leg is None:
-            self.core.send_error(tid, _call_failed("register needs rtmp://HOST/sip/USER", reason="not_sip"))
-            return
-        token = args[0] if args and isinstance(args[0], str) and args[0] else None
-        refused = self._register(self.flash_user.split("@", 1)[0], token)
-        if refused is not None:
-            if tid:
-                self.core.send_error(tid, _call_failed(refused.message, reason=refused.code))
-            return
-        self.conn_token = token
-        if tid:
-            self.core.send_result(tid, self.registered_user)
-
-    def _unregister(self) -> None:
-        user, self.registered_user = self.registered_user, None
-        if user is not None:
-            try:
-                self.manager.web_users.unregister(user, self)
-            except CallRefused:
-                pass  # telephony already stopped
-
-    # WebUserEndpoint
-    def busy(self) -> bool:
-        leg = self.flash_leg
-        return leg is None or not self.is_open or (leg.call is not None and not leg.call.ended)
-
-    def invited(self, call: Call, caller: str, caller_display: str | None) -> RtmpLeg:
-        leg = self.flash_leg
-        assert leg is not None
-        leg.states.clear()
-        leg.attach_call(call)
-        self.rpc_callback("sessionId", call.session_id)
-        to = call.sip.invite.uri if call.sip is not None and call.sip.invite is not None else call.destination
-        self.rpc_callback("invited", party(call.route.target, caller_display), f"<{to}>")
-        return leg
-
-    def unregistered(self, user: str, reason: str) -> None:
-        if self.registered_user == user:
-            self.registered_user = None
-            log.info("RTMP {client}: registration of {user} ended: {reason}", client=self.client, user=safe(user), reason=reason)
-            self.rpc_callback("unregistered", reason)
-
     # ---- publish
     def _on_publish(self, ev: PublishRequested) -> None:
         name, opts = split_stream_name(ev.name)
@@ -563,8 +378,8 @@ class RtmpProtocol(protocol.Protocol):
             return
         leg = RtmpLeg(self.client, label=name)
         try:
-            call = self.manager.place_call(
-                leg,
+            call = leg.place(
+                self.manager,
                 name,
                 session_id=opts.get("session") or opts.get("sessionid") or None,
                 display_name=opts.get("name") or None,
@@ -577,7 +392,6 @@ class RtmpProtocol(protocol.Protocol):
             self.core.reject_publish(ev.stream_id, code, f"{e.code}: {e.message}")
             self.close()  # an encoder has nothing else to do on this connection
             return
-        leg.attach_call(call)
         stream_id = ev.stream_id
 
         def ended(lg: RtmpLeg, c: Call, cause: str, status: int | None) -> None:
@@ -586,12 +400,12 @@ class RtmpProtocol(protocol.Protocol):
         leg.on_ended.append(ended)
         self.publishes[ev.stream_id] = leg
         self.destination_by_stream[ev.stream_id] = name
-        self.factory.add_live(name, leg)
+        self.factory.live.add(name, leg)
         self.core.accept_publish(ev.stream_id, {"sessionId": call.session_id, "destination": name})
 
     def _encoder_call_ended(self, stream_id: int, leg: RtmpLeg, call: Call, cause: str) -> None:
         """The call of an encoder-style publish ended (far end, limits, or the publisher)."""
-        self.factory.remove_live(leg)
+        self.factory.live.discard(leg)
         for player in list(leg.players):
             self.factory.end_player(player)
         leg.players.clear()
@@ -634,13 +448,14 @@ class RtmpProtocol(protocol.Protocol):
                 return
             codec = codec or self.conn_codec or "aac"
             if self.mode == APP_CALL:
-                leg = self.factory.live_leg(name)
+                leg = self.factory.live.latest(name)
             elif self.mode == APP_SESSION:
                 call = self.manager.registry.by_session_id(name) if name.isdigit() else None
                 if call is not None and isinstance(call.leg, RtmpLeg) and not call.ended:
                     leg = call.leg
-            if leg is not None and leg.call is not None and not self._may_listen(
-                leg.call, opts.get(TOKEN_OPTION) or self.conn_token, by_destination=self.mode == APP_CALL
+            if leg is not None and leg.call is not None and not may_listen(
+                leg.call, opts.get(TOKEN_OPTION) or self.conn_token, self.manager,
+                by_destination=self.mode == APP_CALL, source_ip=self.peer_ip,
             ):
                 log.info("RTMP {client}: play of {name} refused (not the publisher, no valid token)", client=self.client, name=safe(name))
                 leg = None  # the same answer as for a call that does not exist: no oracle for live calls
@@ -693,20 +508,6 @@ class RtmpProtocol(protocol.Protocol):
                      client=self.client, code=code, n=self.play_failures)
             self.close()
 
-    def _may_listen(self, call: Call, token: str | None, *, by_destination: bool) -> bool:
-        """``webgate.security.tokens.call_access_allowed`` (docs/protocol.md, "Who may listen"):
-        by session ID, a call placed without a token is open; by destination, only to the address
-        that placed it; anything else needs a valid token naming the call (its ``session_id``) or,
-        for a call placed with a token, of the same identity (``sub``)."""
-        manager = self.manager
-        try:
-            return call_access_allowed(
-                call, token, manager.tokens, now=manager.wall_clock(),
-                by_destination=by_destination, client_ip=client_ip(self.peer_ip),
-            )
-        except TokenError:
-            return False
-
     def _drop_player(self, stream_id: int) -> None:
         entry = self.players.pop(stream_id, None)
         if entry is not None:
@@ -743,179 +544,6 @@ class RtmpProtocol(protocol.Protocol):
         if leg is not None:
             leg.audio_tag(ev.data)
 
-    # ---- commands (Flash RPC)
-    def rpc_callback(self, name: str, *args: Any) -> None:
-        """Server -> client invocation (ringing, accepted, ..., sessionId)."""
-        if not self.is_open:
-            return
-        try:
-            self.core.call_client(name, *args)
-        except LocalProtocolError:
-            return
-        self.flush()
-
-    def _current_call(self) -> Call | None:
-        if self.flash_leg is not None:
-            return self.flash_leg.call
-        for leg in reversed(list(self.publishes.values())):
-            if leg.call is not None and not leg.call.ended:
-                return leg.call
-        return None
-
-    def _on_command(self, ev: CommandReceived) -> None:
-        name, tid, args = ev.name, ev.transaction_id, ev.args
-        handler = {
-            "invite": self._rpc_invite,
-            "accept": self._rpc_accept,
-            "reject": self._rpc_reject,
-            "bye": self._rpc_bye,
-            "sendDTMF": self._rpc_send_dtmf,
-            "hold": self._rpc_hold,
-            "register": self._rpc_register,
-        }.get(name)
-        if handler is not None:
-            handler(tid, args)
-            return
-        if name in ("FCSubscribe", "FCUnsubscribe", "_checkbw"):
-            if tid:
-                self.core.send_result(tid, Undefined)
-            return
-        if tid:
-            self.core.send_error(tid, _call_failed(f"unknown method {name!r}"))
-
-    def _rpc_invite(self, tid: float, args: list[Any]) -> None:
-        leg = self.flash_leg
-        if leg is None:
-            self.core.send_error(tid, _call_failed("invite needs rtmp://HOST/sip/USER", reason="not_sip"))
-            return
-        if leg.call is not None and not leg.call.ended:
-            self.core.send_error(tid, _call_failed("a call is already in progress", reason="call_in_progress"))
-            return
-        destination = args[0] if args else None
-        session_id: Any = None
-        if len(args) > 1:
-            opt = args[1]
-            if isinstance(opt, str) and opt:
-                session_id = opt
-            elif isinstance(opt, dict):
-                session_id = opt.get("sessionId") or None
-        leg.states.clear()
-        try:
-            if session_id is not None and not isinstance(session_id, str):
-                raise CallRefused("invalid_session_id", "sessionId must be a string of digits")
-            call = self.manager.place_call(
-                leg,
-                destination,
-                session_id=session_id,
-                display_name=self.display_name,
-                # the URL's USER is a name the client chose: the identity is the token's sub or none
-                token=self.conn_token,
-                source_ip=self.peer_ip,
-            )
-        except CallRefused as e:
-            log.info("RTMP {client}: invite refused: {code}", client=self.client, code=e.code)
-            self.core.send_error(tid, _call_failed(e.message, reason=e.code))
-            self.rpc_callback("rejected", e.code)
-            return
-        leg.attach_call(call)
-        if tid:
-            self.core.send_result(tid, call.session_id)
-        self.rpc_callback("sessionId", call.session_id)
-
-    def _incoming_call(self) -> Call | None:
-        """The call offered to this client (``invited``) and not answered yet."""
-        leg = self.flash_leg
-        call = leg.call if leg is not None else None
-        if call is None or call.ended or call.direction != "inbound" or call.answer_sdp is not None:
-            return None
-        return call
-
-    def _rpc_accept(self, tid: float, args: list[Any]) -> None:
-        """``accept()``: answer the call offered with ``invited`` (200 OK toward SIP); audio then
-        flows on the connection's publish/play streams as for an outgoing call; ``accepted``
-        follows when the caller's ACK arrives."""
-        call = self._incoming_call()
-        if call is None:
-            if tid:
-                self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
-            return
-        try:
-            self.manager.accept_inbound(call)
-        except CallRefused as e:
-            if tid:
-                self.core.send_error(tid, _call_failed(e.message, reason=e.code))
-            return
-        if tid:
-            self.core.send_result(tid, call.session_id)
-
-    def _rpc_reject(self, tid: float, args: list[Any]) -> None:
-        """``reject([reason])``: refuse the offered call: 486 Busy Here, or 603 Decline when the
-        reason is ``"decline"``/``"603"``."""
-        call = self._incoming_call()
-        leg = self.flash_leg
-        if call is None or leg is None:
-            if tid:
-                self.core.send_error(tid, _call_failed("no incoming call", reason="no_call"))
-            return
-        reason = args[0] if args and isinstance(args[0], str) else ""
-        status = 603 if reason.strip().lower() in ("decline", "declined", "603") else 486
-        leg.release_call(call)
-        self.manager.reject_inbound(call, status)
-        if tid:
-            self.core.send_result(tid, True)
-
-    def _rpc_bye(self, tid: float, args: list[Any]) -> None:
-        if self.flash_leg is not None and self.flash_leg.call is not None:
-            self.flash_leg.client_hangup()
-        else:
-            for sid in list(self.publishes):
-                self._end_publish(sid, "bye")
-        if tid:
-            self.core.send_result(tid, True)
-
-    def _rpc_send_dtmf(self, tid: float, args: list[Any]) -> None:
-        call = self._current_call()
-        digits = args[0] if args else None
-        if call is None or call.state is CallState.ENDED:
-            self.core.send_error(tid, _call_failed("no call in progress", reason="no_call"))
-            return
-        if not isinstance(digits, str) or not digits or len(digits) > 32:
-            self.core.send_error(tid, _call_failed("sendDTMF needs 1-32 digits", reason="invalid_dtmf"))
-            return
-        try:
-            call.send_dtmf(digits)
-        except CallRefused as e:
-            self.core.send_error(tid, _call_failed(e.message, reason=e.code))
-            return
-        if tid:
-            self.core.send_result(tid, True)
-
-    def _rpc_hold(self, tid: float, args: list[Any]) -> None:
-        leg = self.flash_leg
-        if leg is None or leg.call is None:
-            self.core.send_error(tid, _call_failed("no call in progress", reason="no_call"))
-            return
-        hold = bool(args[0]) if args else True
-        call = leg.call
-        leg.set_hold(hold)  # local mute at once; the SIP far end learns by re-INVITE
-
-        def done(ok: bool, status: int | None) -> None:
-            # ``_result`` = the hold state in effect after the far end's answer
-            if not ok and leg.call is call:
-                leg.set_hold(call.held)
-            if tid and not self.lost and not self.core.closed:
-                self.core.send_result(tid, call.held)
-                self.flush()
-
-        try:
-            call.manager.hold(call, hold, done)
-        except CallRefused as e:
-            leg.set_hold(call.held)
-            self.core.send_error(tid, _call_failed(e.message, reason=e.code))
-
-    def _flash_call_ended(self, leg: RtmpLeg, call: Call, cause: str, status: int | None) -> None:
-        leg.set_hold(False)
-
 
 class RtmpFactory(protocol.Factory):
     """``RtmpFactory(manager, rtmp_config, reactor)``.
@@ -943,7 +571,7 @@ class RtmpFactory(protocol.Factory):
         self.idle_timeout_s = float(rtmp_config.idle_timeout_s)
         self.partial_timeout_s = float(rtmp_config.partial_timeout_s)
         self.connections: set[RtmpProtocol] = set()
-        self.live: dict[str, list[RtmpLeg]] = {}  # destination -> encoder-style legs, oldest first
+        self.live = LiveLegs()  # destination -> encoder-style legs, oldest first
         self.connect_timeout_s = float(rtmp_config.handshake_timeout_s)
         # players' back-pressure and play guessing (docs/security.md)
         self.player_max_queue_ms = rtmp_config.player_max_queue_ms
@@ -988,24 +616,6 @@ class RtmpFactory(protocol.Factory):
         if p in self.connections:
             self.connections.discard(p)
             self.limiter.release(p.peer_ip)
-
-    # ---- live encoder-style calls by destination (for play rtmp://HOST/call/DESTINATION)
-    def add_live(self, destination: str, leg: RtmpLeg) -> None:
-        self.live.setdefault(destination, []).append(leg)
-
-    def remove_live(self, leg: RtmpLeg) -> None:
-        for dest, legs in list(self.live.items()):
-            if leg in legs:
-                legs.remove(leg)
-            if not legs:
-                del self.live[dest]
-
-    def live_leg(self, destination: str) -> RtmpLeg | None:
-        """The most recent live publish to ``destination``."""
-        for leg in reversed(self.live.get(destination, [])):
-            if leg.call is not None and not leg.call.ended:
-                return leg
-        return None
 
     def end_player(self, player: Player) -> None:
         owner = player.owner

@@ -2,6 +2,9 @@
 
 No sockets here. The RTMP adapter (:mod:`webgate.adapters.rtmp`) owns the connections and hands
 this module a small *sink* per RTMP stream (:class:`AudioSink`) to write FLV audio tags to.
+Placing, holding and listening to a call are the leg's too: :meth:`RtmpLeg.place`,
+:meth:`RtmpLeg.hold`, :class:`LiveLegs` (encoder-style calls by destination) and
+:func:`may_listen` (who may play a call).
 
 * **In** (publisher -> SIP): :class:`AudioIn` takes FLV audio tags, passes G.711 of the SIP leg's
   own law straight through (packet path, re-cut into 20 ms payloads) and decodes everything else
@@ -25,6 +28,8 @@ from urllib.parse import parse_qsl
 from twisted.logger import Logger
 
 from webgate.calls.call import Call, CallState
+from webgate.calls.errors import CallRefused
+from webgate.calls.policy import client_ip
 from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
@@ -43,6 +48,7 @@ from webgate.media.speex import FRAME_SAMPLES as SPEEX_FRAME_SAMPLES
 from webgate.media.speex import split_frames as speex_frames
 from webgate.proto import flv
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.security.tokens import TokenError, call_access_allowed
 
 log = Logger()
 
@@ -101,6 +107,25 @@ def default_codec_for_flash(flash_ver: object) -> str:
             if major.isdigit() and int(major) >= 11:
                 return "g711"
     return "nellymoser"
+
+
+def essential_tag(tag: bytes) -> bool:
+    """An FLV audio tag a player cannot do without (the AAC sequence header): never dropped."""
+    return len(tag) > 1 and tag[0] >> 4 == 10 and tag[1] == 0
+
+
+def may_listen(call: Call, token: str | None, manager: Any, *, by_destination: bool, source_ip: str) -> bool:
+    """Whether the client at ``source_ip`` may play ``call``: ``webgate.security.tokens.call_access_allowed``
+    (docs/protocol.md, "Who may listen"): by session ID, a call placed without a token is open; by
+    destination, only to the address that placed it; anything else needs a valid token naming the
+    call (its ``session_id``) or, for a call placed with a token, of the same identity (``sub``)."""
+    try:
+        return call_access_allowed(
+            call, token, manager.tokens, now=manager.wall_clock(),
+            by_destination=by_destination, client_ip=client_ip(source_ip),
+        )
+    except TokenError:
+        return False
 
 
 class AudioSink(Protocol):
@@ -493,6 +518,36 @@ class RtmpLeg:
         if hold:
             self.audio_in.reset()
 
+    # -- call control
+    def place(self, manager: Any, destination: Any, *, session_id: str | None, display_name: str | None,
+              token: str | None, source_ip: str) -> Call:
+        """Place a call from this leg through ``manager`` (a :class:`~webgate.calls.manager.CallManager`)
+        and attach it; raises :class:`~webgate.calls.errors.CallRefused`."""
+        call: Call = manager.place_call(
+            self, destination, session_id=session_id, display_name=display_name, token=token, source_ip=source_ip
+        )
+        self.attach_call(call)
+        return call
+
+    def hold(self, hold: bool, done: Callable[[bool], None]) -> None:
+        """Hold (or resume) the leg's call: muted here at once, the SIP far end learns by re-INVITE;
+        ``done(held)`` gets the hold state in effect after the far end's answer. Raises
+        :class:`~webgate.calls.errors.CallRefused` (the hold state in effect restored)."""
+        call = self.call
+        assert call is not None
+        self.set_hold(hold)
+
+        def answered(ok: bool, status: int | None) -> None:
+            if not ok and self.call is call:
+                self.set_hold(call.held)
+            done(call.held)
+
+        try:
+            call.manager.hold(call, hold, answered)
+        except CallRefused:
+            self.set_hold(call.held)
+            raise
+
     # -- IngressLeg
     def call_progress(self, call: Call, state: CallState) -> None:
         self.states.append(state.value)
@@ -579,3 +634,25 @@ class RtmpLeg:
                     except RemoteProtocolError:
                         return
                 p.pcm(pcm, 16000)
+
+
+class LiveLegs(dict[str, list[RtmpLeg]]):
+    """Encoder-style legs by destination, oldest first: ``rtmp://HOST/call/DESTINATION`` plays
+    the newest live one."""
+
+    def add(self, destination: str, leg: RtmpLeg) -> None:
+        self.setdefault(destination, []).append(leg)
+
+    def discard(self, leg: RtmpLeg) -> None:
+        for dest, legs in list(self.items()):
+            if leg in legs:
+                legs.remove(leg)
+            if not legs:
+                del self[dest]
+
+    def latest(self, destination: str) -> RtmpLeg | None:
+        """The most recent live publish to ``destination``."""
+        for leg in reversed(self.get(destination, [])):
+            if leg.call is not None and not leg.call.ended:
+                return leg
+        return None
