@@ -164,7 +164,7 @@ class Options(usage.Options):
 
 
 def install_listen_error_hook() -> None:
-    """Under twistd: a listener that cannot bind (``webgate.gateway.ListenError``, raised from
+    """Under twistd: a listener that cannot bind (``webgate.listen.ListenError``, raised from
     ``privilegedStartService``) ends the process with its one line on stderr and in the log,
     ``http: cannot listen on 127.0.0.1:8080: address already in use``, and exit status 1,
     instead of a chained traceback. twistd itself still removes its PID file and, daemonizing,
@@ -175,8 +175,8 @@ def install_listen_error_hook() -> None:
         return
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-        gateway = sys.modules.get("webgate.gateway")
-        if gateway is None or not isinstance(exc, gateway.ListenError):
+        listen = sys.modules.get("webgate.listen")  # not imported: no listener raised it
+        if listen is None or not isinstance(exc, listen.ListenError):
             previous(exc_type, exc, tb)
             return
         try:

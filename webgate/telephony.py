@@ -19,7 +19,7 @@ from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
 from webgate.calls.users import InboundAllowList
-from webgate.gateway import ListenError, tls_server_context, tls_trust_root
+from webgate.listen import ListenError, tls_server_context, tls_trust_root
 from webgate.proto.sip.message import SipURI
 from webgate.proto.sip.transaction import TimerConfig, TransactionState
 from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent

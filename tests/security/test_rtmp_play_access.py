@@ -31,7 +31,7 @@ from tests.calls.gw import wait_for
 from tests.ops.helpers import api, start_gateway
 from tests.security.secure_gw import KEY, SecureGateway, token
 from webgate.calls.call import CallState
-from webgate.ops.metrics import error_counts
+from webgate.counters import error_counts
 
 GUESSER = "127.0.0.1"
 OTHER = "127.0.0.2"

@@ -27,8 +27,9 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from webgate import __version__
+from webgate.counters import count_error
 from webgate.logsafe import safe
-from webgate.ops.metrics import calls_by_ingress, count_error
+from webgate.ops.metrics import calls_by_ingress
 from webgate.web.site import json_body
 
 __all__ = ["ApiResource", "call_view", "openapi_document"]

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from webgate.ops.metrics import count_error
+from webgate.counters import count_error
 
 __all__ = ["CdrWriter", "cdr_of"]
 

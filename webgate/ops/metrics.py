@@ -5,16 +5,13 @@ default registry), so several gateways can live in one process (tests). Call met
 from a call observer on ``CallManager.observers``; live figures (active calls, RTP of live
 calls) are read at scrape time by a custom collector.
 
-Protocol errors are counted by kind with :func:`count_error`, a module-level function the
-adapters call (SIP parse errors come from the SIP transport's own counters). Those are
-process-wide: several gateways in one process share them.
+Protocol errors are counted by kind with ``webgate.counters.count_error`` (process-wide
+tallies any layer may bump); they are read here at scrape time (``webgate_errors``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter as _Tally
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,24 +21,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
-__all__ = ["ERROR_KINDS", "GatewayMetrics", "MetricsResource", "calls_by_ingress", "count_error", "error_counts"]
+from webgate.counters import ERROR_KINDS, error_counts
 
-#: error kinds counted by :func:`count_error` (documented in docs/operations.md)
-ERROR_KINDS = ("sip_parse", "rtmp_protocol", "rtmp_play_refused", "rtmp_slow_player", "ws_protocol", "cdr", "api")
-
-_errors: _Tally[str] = _Tally()
-_errors_lock = threading.Lock()
-
-
-def count_error(kind: str, n: int = 1) -> None:
-    """Count ``n`` protocol errors of ``kind`` (one of :data:`ERROR_KINDS`). Never raises."""
-    with _errors_lock:
-        _errors[kind] += n
-
-
-def error_counts() -> dict[str, int]:
-    with _errors_lock:
-        return dict(_errors)
+__all__ = ["GatewayMetrics", "MetricsResource", "calls_by_ingress"]
 
 
 def calls_by_ingress(calls: list[Any]) -> dict[str, int]:
