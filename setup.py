@@ -44,7 +44,7 @@ setup(
     install_requires=[
         "twisted[tls,websocket]>=25.5",  # twisted.web.websocket
         "service_identity",
-        # The WebRTC packet paths (legs/webrtc.py, adapters/webrtc_direct.py) use private names of
+        # The WebRTC packet paths (adapters/webrtc.py, adapters/webrtc_direct.py) use private names of
         # aiortc and aioice: pinned to the tested minor versions; on an upgrade, re-run
         # tests/adapters/test_webrtc_direct.py and the Chromium tests, then move the pins.
         "aiortc>=1.16,<1.17",
@@ -56,7 +56,7 @@ setup(
         "pyjwt",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff", "import-linter"],
         # bench/ (not the test suite): the load generator's WebSocket client, the profiler, Chromium callers
         "bench": ["websockets", "py-spy", "selenium"],
         # fuzz/ (not the test suite): the coverage-guided engine (a manylinux wheel for CPython 3.11)
