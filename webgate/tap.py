@@ -42,6 +42,9 @@ from webgate.logsafe import safe
 log = Logger()
 
 
+_log = Logger(namespace="webgate.tap")
+
+
 def install_asyncio_reactor() -> bool:
     """Install the asyncio reactor on a fresh loop unless a reactor is installed already.
 
@@ -339,4 +342,41 @@ def makeService(options: Options) -> Any:
         # aiortc and friends ask asyncio for "the" loop: make it the reactor's.
         asyncio.set_event_loop(reactor._asyncioEventloop)
     forward_stdlib_logging(config.log.level)
+    raise_open_files_limit(config)
     return build_gateway(config, reactor)
+
+
+def open_files_needed(config: Config) -> int:
+    """File descriptors the configured caps may use at once: every stream listener's connection cap
+    (HTTP/WebSocket, RTMP, SIP TCP and TLS), an RTP/RTCP pair and a few ICE sockets per call, and
+    a margin for listeners, logs and CDR files."""
+    streams = config.http.max_connections + config.rtmp.max_connections + 2 * config.sip.max_connections
+    return streams + 6 * config.limits.max_calls + 256
+
+
+def raise_open_files_limit(config: Config, resource_module: Any = None) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE toward what the caps need (Debian's default soft limit, 1024,
+    is below the default caps' sum): a gateway at its caps must refuse with its own clear answers,
+    not fail ``accept()`` with EMFILE. Never lowers it; warns when the hard limit is too low.
+    Returns the (soft, hard) limits in effect."""
+    if resource_module is None:
+        import resource as resource_module
+    need = open_files_needed(config)
+    soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    unlimited = resource_module.RLIM_INFINITY
+    if soft != unlimited and soft < need:
+        target = need if hard == unlimited else min(need, hard)
+        try:
+            resource_module.setrlimit(resource_module.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            _log.warn("cannot raise the open-files limit to {need}: {error}", need=need, error=str(e))
+    if soft != unlimited and soft < need:
+        _log.warn(
+            "open-files limit {soft} is below the {need} the configured caps may use: raise the hard limit "
+            "(LimitNOFILE= in systemd, ulimit -Hn) or lower the max_connections/max_calls caps",
+            soft=soft, need=need,
+        )
+    else:
+        _log.info("open-files limit {soft} (the configured caps may use {need})", soft=soft, need=need)
+    return soft, hard

@@ -9,11 +9,13 @@ reactor: one bad packet must not disturb anybody else's call.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any, Callable
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from webgate.adapters.guard import DeadlineTimer, listen_tls
 from webgate.logsafe import safe
@@ -24,6 +26,31 @@ from webgate.proto.sip.useragent import Event, UserAgent
 from webgate.security.connlimit import ConnectionLimiter, StreamDeadlines
 
 log = Logger()
+
+#: SIP messages that may wait for an outgoing TCP/TLS connection to come up (10 s connect timeout)
+_MAX_CONNECT_QUEUE = 64
+#: the kernel send buffer of a SIP TCP/TLS connection: fixed (no autotuning up to tcp_wmem's 4 MB),
+#: so a peer that stops reading fills Twisted's buffer, which pauses us (see _StreamProtocol)
+_KERNEL_SNDBUF = 64 * 1024
+
+
+def _fix_send_buffer(transport: Any) -> None:
+    """Set SO_SNDBUF on the socket under ``transport`` (TLS wraps a TCP transport)."""
+    t = transport
+    for _ in range(3):
+        try:
+            handle = t.getHandle()
+        except Exception:  # noqa: BLE001 - a transport without a socket handle
+            handle = None
+        if isinstance(handle, socket.socket):
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _KERNEL_SNDBUF)
+            except OSError:
+                pass
+            return
+        t = getattr(t, "transport", None)
+        if t is None:
+            return
 
 def is_ip(host: str) -> bool:
     try:
@@ -51,7 +78,15 @@ def _iface(transport: object) -> Any:
     return transport
 
 
+@implementer(IPushProducer)
 class _StreamProtocol(protocol.Protocol):
+    """One SIP TCP/TLS connection. It is its transport's push producer, so Twisted tells it when its
+    write buffer passes the high-water mark (``pauseProducing``) and when it drained
+    (``resumeProducing``): SIP written while paused is what a peer that does not read makes us hold.
+    Past ``[sip] max_send_buffer`` bytes of that, or ``[sip] send_stall_s`` seconds paused, the
+    connection is aborted (its transactions fail over as for any lost connection), so a peer that
+    stops reading cannot grow the gateway's memory (docs/security.md)."""
+
     def __init__(self, owner: "SipTransport", transport_name: str, client: "_ClientFactory | None" = None) -> None:
         self.owner = owner
         self.name = transport_name
@@ -61,8 +96,13 @@ class _StreamProtocol(protocol.Protocol):
         self.keys: list[Addr] = []  # every address this connection is known under
         self.admitted: str | None = None  # the host holding a slot of the listener's ConnectionLimiter
         self.timer: DeadlineTimer | None = None
+        self.paused_at: float | None = None  # when Twisted paused us (its buffer past the high-water mark)
+        self.held = 0  # bytes written since then
+        self.aborted = False
 
     def connectionMade(self) -> None:  # noqa: N802
+        _fix_send_buffer(self.transport)
+        _iface(self.transport).registerProducer(self, True)
         p = _iface(self.transport).getPeer()
         self.peer = (self.name, p.host, p.port)
         owner = self.owner
@@ -116,7 +156,33 @@ class _StreamProtocol(protocol.Protocol):
             # e.g. a TLS handshake that failed: what was waiting on this connection fails now
             self.owner.connection_failed(self.client.key)
 
+    # IPushProducer: Twisted's view of our write buffer
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self.paused_at is None:
+            self.paused_at, self.held = self.owner.reactor.seconds(), 0
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused_at, self.held = None, 0
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
     def send(self, data: bytes) -> None:
+        if self.aborted:
+            return
+        if self.paused_at is not None:
+            self.held += len(data)
+            owner = self.owner
+            stalled = owner.reactor.seconds() - self.paused_at
+            if self.held > owner.max_send_buffer or stalled > owner.send_stall_s:
+                self.aborted = True
+                owner.stats["send_overflow"] += 1
+                log.warn(
+                    "SIP {transport} connection to {peer} aborted: it does not read ({held} bytes waiting, {stalled:.1f} s)",
+                    transport=self.name, peer=self.peer, held=self.held, stalled=stalled,
+                )
+                _iface(self.transport).abortConnection()
+                return
         _iface(self.transport).write(data)
 
 
@@ -174,8 +240,13 @@ class SipTransport:
         max_connections_per_ip: int = 32,
         idle_timeout_s: float = 120.0,
         partial_timeout_s: float = 10.0,
+        max_send_buffer: int = 256 * 1024,
+        send_stall_s: float = 30.0,
     ) -> None:
         self.reactor = reactor
+        # what a TCP/TLS peer that does not read may make us hold (see _StreamProtocol)
+        self.max_send_buffer = max_send_buffer
+        self.send_stall_s = send_stall_s
         # caps on accepted TCP/TLS connections and the deadlines of every stream connection
         # (webgate/security/connlimit.py); the limiters also count refusals for /metrics
         self.limiters = {
@@ -194,7 +265,7 @@ class SipTransport:
         self.connections: dict[Addr, _StreamProtocol] = {}
         self.pending: dict[Addr, _ClientFactory] = {}
         self._timer: Any = None
-        self.stats = {"received": 0, "sent": 0, "bad": 0}
+        self.stats = {"received": 0, "sent": 0, "bad": 0, "send_overflow": 0, "queue_overflow": 0}
 
     # --- listening ---------------------------------------------------------------------
     def listen_udp(self, host: str, port: int) -> int:
@@ -351,4 +422,9 @@ class SipTransport:
                 self.reactor.connectSSL(host, port, pend, self.tls_client_options(host), timeout=10)
             else:
                 self.reactor.connectTCP(host, port, pend, timeout=10)
+        if len(pend.queue) >= _MAX_CONNECT_QUEUE:
+            # a connection that does not come up: SIP waiting for it is bounded too
+            self.stats["queue_overflow"] += 1
+            log.warn("SIP to {dest} dropped: {n} messages already wait for the connection", dest=safe(dest), n=len(pend.queue))
+            return
         pend.queue.append(data)
