@@ -6,6 +6,8 @@
 - ``webgate token --dest 1234 [...]`` — mint a call token (JWT HS256) for testing and
   operations; the key comes from ``--key-file``, ``$WEBGATE_TOKEN_KEY`` or the ``--config``
   file's ``[tokens] key`` — never from the command line, where ``ps`` would show it.
+  ``--watch SESSIONID`` (repeatable) or ``--watch '*'`` mints a token that may watch calls'
+  video and data (docs/protocol.md "Who may watch").
 
 Add a sub-command with :func:`build_parser`'s ``subparsers`` and a ``cmd_*`` function.
 """
@@ -77,7 +79,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     if len(key.encode()) < MIN_TOKEN_KEY_BYTES:
         print(f"webgate token: the key from {source} is shorter than {MIN_TOKEN_KEY_BYTES} bytes", file=sys.stderr)
         return 1
-    if not args.dest and not args.dest_pattern:
+    if not args.dest and not args.dest_pattern and not args.watch:
         print("webgate token: warning: no --dest or --dest-pattern: the token allows only public destinations", file=sys.stderr)
     issuer = args.issuer if args.issuer is not None else (config.tokens.issuer if config else "")
     audience = args.audience if args.audience is not None else (config.tokens.audience if config else "")
@@ -92,6 +94,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             display_name=args.display_name,
             caller_id=args.caller_id,
             session_id=args.session_id,
+            watch=(args.watch[0] if len(args.watch) == 1 else args.watch) if args.watch else None,
             issuer=issuer,
             audience=audience,
         )
@@ -159,6 +162,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     t.add_argument("--display-name", metavar="NAME", help="the From display name the call must use")
     t.add_argument("--caller-id", metavar="USER", help="the caller ID the call must use")
     t.add_argument("--session-id", metavar="ID", help="the session ID (8-10 digits) the call must use")
+    t.add_argument(
+        "--watch", action="append", default=[], metavar="ID",
+        help="a session ID whose call's video and data the token may watch (repeatable), or '*' for any call",
+    )
     t.add_argument("--issuer", metavar="ISS", help="'iss' claim (default: the config's [tokens] issuer)")
     t.add_argument("--audience", metavar="AUD", help="'aud' claim (default: the config's [tokens] audience)")
     t.set_defaults(func=cmd_token)

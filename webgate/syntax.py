@@ -38,7 +38,7 @@ _DEST_RE = re.compile(r"[A-Za-z0-9+*#._\-]{1,64}")
 #: the message of an ``invalid_destination`` refusal for bad syntax
 DESTINATION_RULE = "destination must be 1-64 characters of letters, digits, + * # . _ -"
 
-_SESSION_ID_RE = re.compile(r"^[0-9]{8,10}$")
+_SESSION_ID_RE = re.compile(r"[0-9]{8,10}")
 #: the message of an ``invalid_session_id`` refusal
 SESSION_ID_RULE = "session ID must be 8 to 10 digits"
 
@@ -50,4 +50,4 @@ def is_valid_destination(value: object) -> TypeGuard[str]:
 
 def is_valid_session_id(value: object) -> TypeGuard[str]:
     """``value`` is a session ID: a string of 8-10 digits."""
-    return isinstance(value, str) and bool(_SESSION_ID_RE.match(value))
+    return isinstance(value, str) and _SESSION_ID_RE.fullmatch(value) is not None

@@ -105,3 +105,12 @@ async def test_no_media_ports_is_refused_and_frees_the_session_id() -> None:
         assert manager.live_calls() == 0 and manager.builtin_calls == {}
     finally:
         await svc.stopService()
+
+
+def test_session_id_with_a_trailing_newline_is_refused() -> None:
+    """`$` matches before a final newline: the check must be a full match (it once was not)."""
+    from webgate.syntax import is_valid_session_id
+
+    assert is_valid_session_id("12345678")
+    for bad in ("12345678\n", "1234567\n8", "\n12345678", "١٢٣٤٥٦٧٨"):
+        assert not is_valid_session_id(bad), repr(bad)

@@ -104,6 +104,9 @@ class Call:
         self.answer_sdp: Any = None  # inbound: our SDP answer once the client accepted
         self.held = False  # we put the far end on hold (CallManager.hold: re-INVITE a=sendonly)
         self.hold_request: Any = None  # (on, offer, done) while our hold/resume re-INVITE is pending
+        #: the call's video and data, reachable by session ID (webgate.legs.hub.MediaHub, made by
+        #: the leg; None for legs without video or data, e.g. LocalLeg)
+        self.hub: Any = None
 
     @property
     def ingress_kind(self) -> str:

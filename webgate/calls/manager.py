@@ -6,7 +6,7 @@ anything is allocated), :mod:`~webgate.calls.outbound` (the INVITE of an admitte
 :mod:`~webgate.calls.media_path` (RTP stream, packet/frame path, re-offers, hold/resume),
 :mod:`~webgate.calls.inbound` (calls from SIP toward registered web users) and
 :mod:`~webgate.calls.builtin` (the ``echo``/``tone`` destinations, answered as a real SIP UAS
-on loopback)."""
+on loopback) and :mod:`~webgate.calls.watch` (who may watch a call's video and data)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry
 from webgate.calls.session_id import SessionIdAllocator
 from webgate.calls.users import InboundAllowList, WebUsers
+from webgate.calls.watch import Watches
 from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.sip.useragent import (
@@ -136,6 +137,7 @@ class CallManager:
         self.outbound = OutboundCalls(self)
         self.inbound = InboundCalls(self)
         self.builtins = BuiltinCalls(self)
+        self.watches = Watches(self)
 
     @property
     def builtin_calls(self) -> dict[str, BuiltinCall]:
@@ -210,6 +212,13 @@ class CallManager:
             leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
             identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
         )
+
+    def authorize_watch(self, session_id: object, token: object, source_ip: str) -> Call:
+        """The live call whose video and data the holder of ``token`` may watch (counts as an
+        attempt for the per-IP rate limit). Raises :class:`CallRefused`: ``not_found`` for
+        every case of "no such call, or not yours", else the attempt rate's code.
+        See :meth:`webgate.calls.watch.Watches.authorize`."""
+        return self.watches.authorize(session_id, token, source_ip)
 
     def live_calls(self) -> int:
         """Calls that count toward ``[limits] max_calls``: the registry's, and built-in calls

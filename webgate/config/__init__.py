@@ -40,6 +40,7 @@ from webgate.config.model import (
     SipUri,
     TokensConfig,
     TrunkConfig,
+    VideoConfig,
     WebRtcConfig,
 )
 from webgate.config.validate import OVERRIDABLE, ConfigError, default_config, load_config, parse_config
@@ -69,6 +70,7 @@ __all__ = [
     "SipUri",
     "TokensConfig",
     "TrunkConfig",
+    "VideoConfig",
     "WebRtcConfig",
     "default_config",
     "load_config",

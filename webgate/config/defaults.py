@@ -115,6 +115,13 @@ issuer = ""
 audience = ""
 leeway_s = 30
 
+[video]
+max_watchers_per_call = 4
+max_bitrate_kbps = 1500
+transcode = false
+max_data_bytes = 65536
+data_rate_per_s = 100
+
 [api]
 admin_key = ""
 metrics = true

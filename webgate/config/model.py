@@ -156,6 +156,24 @@ class TokensConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """A web call's video and data, watched by session ID (docs/protocol.md "Who may watch")."""
+
+    #: watchers one call may have at once (agent, supervisor, ...); one more gets too_many_watchers
+    max_watchers_per_call: int = 4
+    #: the bitrate bound sent to a WebRTC caller (REMB), lowered to the lowest watcher's estimate
+    max_bitrate_kbps: int = 1500
+    #: decode and re-encode (to VP8) the video a WebRTC watcher cannot take as it comes (Sorenson,
+    #: VP6 from RTMP), only while such a watcher exists; false: that watcher gets data only
+    transcode: bool = False
+    #: a data-channel or RTMP data message larger than this is dropped and counted
+    max_data_bytes: int = 65536
+    #: data messages per second one sender (the caller, each watcher) may relay (bursts of twice
+    #: as many); more are dropped and counted
+    data_rate_per_s: int = 100
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     #: admin key for /api (sent as "Authorization: Bearer KEY", the only way); "" = /api is off
     admin_key: str = field(default="", repr=False)
@@ -318,6 +336,7 @@ class Config:
     log: LogConfig = LogConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
     tokens: TokensConfig = TokensConfig()
+    video: VideoConfig = VideoConfig()
     api: ApiConfig = ApiConfig()
     cdr: CdrConfig = CdrConfig()
     shutdown: ShutdownConfig = ShutdownConfig()

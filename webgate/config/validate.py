@@ -58,6 +58,7 @@ from webgate.config.model import (
     SipUri,
     TokensConfig,
     TrunkConfig,
+    VideoConfig,
     WebRtcConfig,
 )
 
@@ -104,7 +105,7 @@ class _Validator:
     def config(self, data: Mapping[str, Any], source: str) -> Config:
         sections = {
             "http", "rtmp", "sip", "rtp", "session_id", "builtin", "limits", "log", "trunk", "route",
-            "webrtc", "tokens", "api", "cdr", "shutdown",
+            "webrtc", "tokens", "video", "api", "cdr", "shutdown",
         }
         for k in data:
             if k not in sections:
@@ -232,6 +233,19 @@ class _Validator:
         )
         s.finish()
 
+        s = Section(self, "video", data.get("video", {}), VideoConfig())
+        video = self.build(
+            VideoConfig,
+            dict(
+                max_watchers_per_call=s.integer("max_watchers_per_call", 1, 1000),
+                max_bitrate_kbps=s.integer("max_bitrate_kbps", 50, 100000),
+                transcode=s.boolean("transcode"),
+                max_data_bytes=s.integer("max_data_bytes", 1, 1 << 24),
+                data_rate_per_s=s.integer("data_rate_per_s", 1, 100000),
+            ),
+        )
+        s.finish()
+
         s = Section(self, "api", data.get("api", {}), ApiConfig())
         api = self.build(ApiConfig, dict(admin_key=s.string("admin_key", check=check_admin_key), metrics=s.boolean("metrics")))
         s.finish()
@@ -268,6 +282,7 @@ class _Validator:
             log=log,
             webrtc=webrtc,
             tokens=tokens,
+            video=video,
             api=api,
             cdr=cdr,
             shutdown=shutdown,
@@ -604,6 +619,7 @@ OVERRIDABLE = frozenset(
         ("log", LogConfig),
         ("webrtc", WebRtcConfig),
         ("tokens", TokensConfig),
+        ("video", VideoConfig),
         ("api", ApiConfig),
         ("cdr", CdrConfig),
         ("shutdown", ShutdownConfig),

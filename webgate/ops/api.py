@@ -2,7 +2,10 @@
 
 =======  ===========================  ==================================================
 GET      /api/calls                   live calls
-GET      /api/calls/{session_id}      one live call
+GET      /api/calls/{session_id}      one live call (with ``video`` and ``data`` when the call
+                                      has them)
+GET      /api/calls/{session_id}/     the latest keyframe of the caller's video as a JPEG,
+         snapshot.jpg                 decoded on demand (CTI screen pops)
 DELETE   /api/calls/{session_id}      hang it up (BYE/CANCEL, cause ``admin_hangup``, the
                                       client is told)
 GET      /api/stats                   gateway figures
@@ -22,13 +25,16 @@ import re
 import time
 from typing import Any
 
+from twisted.internet import threads
 from twisted.logger import Logger
-from twisted.web import resource
+from twisted.python.failure import Failure
+from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from webgate import __version__
 from webgate.counters import count_error
 from webgate.logsafe import safe
+from webgate.media.snapshot import SnapshotError, keyframe_to_jpeg
 from webgate.ops.metrics import calls_by_ingress
 from webgate.web.site import json_body
 
@@ -38,6 +44,9 @@ log = Logger()
 
 SESSION_ID_RE = re.compile(r"[0-9]{8,10}")
 ADMIN_HANGUP = "admin_hangup"
+SNAPSHOT = "snapshot.jpg"
+#: snapshot decodes running at once (in the reactor's thread pool); one more answers 503
+MAX_SNAPSHOTS_AT_ONCE = 2
 
 
 def _any(request: IRequest) -> Any:
@@ -76,6 +85,35 @@ def call_view(call: Any) -> dict[str, Any]:
         "from_sip": {k: i["from_sip"][k] for k in ("packets", "bytes", "lost", "jitter_ms", "dropped", "rtcp_dropped")},
         "dtmf_sent": i["dtmf_sent"],
         "dtmf_received": i["dtmf_received"],
+        **hub_view(call),
+    }
+
+
+def hub_view(call: Any) -> dict[str, Any]:
+    """The ``video`` and ``data`` objects of a call with a media hub (a WebRTC or RTMP call:
+    its video and data, watched by session ID); nothing for a call without one."""
+    hub = getattr(call, "hub", None)
+    if hub is None:
+        return {}
+    snap = hub.snapshot()
+    v, d = snap["video"], snap["data"]
+
+    def opt_int(x: Any) -> int | None:
+        return int(x) if x is not None else None
+
+    return {
+        "video": {
+            "codec": str(v["codec"]) if v["codec"] is not None else None,
+            "width": opt_int(v["width"]),
+            "height": opt_int(v["height"]),
+            "watchers": int(v["watchers"]),
+            "packets_in": int(v["packets_in"]),
+            "bytes_in": int(v["bytes_in"]),
+            "packets_forwarded": int(v["packets_forwarded"]),
+            "bytes_forwarded": int(v["bytes_forwarded"]),
+            "keyframe_requests": int(v["keyframe_requests"]),
+        },
+        "data": {k: int(d[k]) for k in ("from_caller", "to_caller", "dropped_too_big", "dropped_rate")},
     }
 
 
@@ -88,6 +126,7 @@ class ApiResource(resource.Resource):
         super().__init__()
         self.gateway = gateway
         self._key = admin_key.encode()
+        self._snapshots_running = 0
 
     # -- plumbing
     def _authorized(self, request: IRequest) -> bool:
@@ -97,7 +136,7 @@ class ApiResource(resource.Resource):
             return False
         return hmac.compare_digest(given.strip(), self._key)
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         path = [p.decode("utf-8", "replace") for p in request.postpath]
         while path and path[-1] == "":
             path.pop()
@@ -111,24 +150,33 @@ class ApiResource(resource.Resource):
             log.failure("API {method} /api/{path} failed", method=safe(method, 16), path=safe("/".join(path)))
             return _err(request, 500, "internal_error", "internal error")
 
-    def _route(self, request: IRequest, method: str, path: list[str]) -> bytes:
+    def _route(self, request: IRequest, method: str, path: list[str]) -> bytes | int:
         if path == ["openapi.json"]:
             if method != "GET":
                 return self._not_allowed(request, "GET")
             return json_body(request, 200, openapi_document())
+        if len(path) == 3 and path[0] == "calls" and path[2] == SNAPSHOT:
+            if method != "GET":
+                return self._not_allowed(request, "GET")
+            if not self._authorized(request):
+                return self._unauthorized(request)
+            return self._snapshot(request, path[1])
         if path and path[0] in ("calls", "stats") and len(path) <= 2 and not (path[0] == "stats" and len(path) == 2):
             allowed = "GET" if len(path) == 1 else "GET, DELETE"
             if method not in allowed.split(", "):
                 return self._not_allowed(request, allowed)
             if not self._authorized(request):
-                _any(request).setHeader(b"www-authenticate", b'Bearer realm="webgate"')
-                return _err(request, 401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)")
+                return self._unauthorized(request)
             if path[0] == "stats":
                 return json_body(request, 200, self.stats())
             if len(path) == 1:
                 return json_body(request, 200, {"calls": [call_view(c) for c in self._calls()]})
             return self._one_call(request, method, path[1])
         return _err(request, 404, "not_found", "no such API resource")
+
+    def _unauthorized(self, request: IRequest) -> bytes:
+        _any(request).setHeader(b"www-authenticate", b'Bearer realm="webgate"')
+        return _err(request, 401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY)")
 
     def _not_allowed(self, request: IRequest, allowed: str) -> bytes:
         _any(request).setHeader(b"allow", allowed.encode())
@@ -138,15 +186,71 @@ class ApiResource(resource.Resource):
         reg = self.gateway.registry
         return sorted(reg, key=lambda c: c.times.created) if reg is not None else []
 
-    def _one_call(self, request: IRequest, method: str, session_id: str) -> bytes:
+    def _live_call(self, session_id: str) -> Any:
         reg = self.gateway.registry
         call = reg.by_session_id(session_id) if reg is not None and SESSION_ID_RE.fullmatch(session_id) else None
-        if call is None or call.ended:
+        return None if call is None or call.ended else call
+
+    def _one_call(self, request: IRequest, method: str, session_id: str) -> bytes:
+        call = self._live_call(session_id)
+        if call is None:
             return _err(request, 404, "no_such_call", "no live call with this session ID")
         if method == "DELETE":
             log.info("call {session_id}: hung up through the API", session_id=call.session_id)
             call.manager.hangup(call, ADMIN_HANGUP)
         return json_body(request, 200, call_view(call))
+
+    def _snapshot(self, request: IRequest, session_id: str) -> bytes | int:
+        """The latest keyframe as a JPEG, decoded in the reactor's thread pool (the only place
+        video is ever decoded; docs/operations.md)."""
+        call = self._live_call(session_id)
+        if call is None:
+            return _err(request, 404, "no_such_call", "no live call with this session ID")
+        hub = getattr(call, "hub", None)
+        keyframe = hub.last_keyframe() if hub is not None else None
+        if keyframe is None:
+            return _err(request, 404, "no_keyframe", "no video keyframe from this call yet")
+        if self._snapshots_running >= MAX_SNAPSHOTS_AT_ONCE:
+            _any(request).setHeader(b"retry-after", b"1")
+            return _err(request, 503, "busy", f"{MAX_SNAPSHOTS_AT_ONCE} snapshots are being decoded; retry")
+        codec, bitstream = keyframe
+        self._snapshots_running += 1
+        gone: list[bool] = []
+        _any(request).notifyFinish().addBoth(lambda _: gone.append(True))
+        reactor = self.gateway.reactor
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), keyframe_to_jpeg, codec, bytes(bitstream))
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                _any(request).write(body)
+                _any(request).finish()
+
+        def jpeg(data: bytes) -> None:
+            r = _any(request)
+            r.setResponseCode(200)
+            r.setHeader(b"content-type", b"image/jpeg")
+            r.setHeader(b"cache-control", b"no-store")
+            r.setHeader(b"x-content-type-options", b"nosniff")
+            r.setHeader(b"content-length", str(len(data)).encode())
+            answer(data)
+
+        def failed(f: Failure) -> None:
+            if f.check(SnapshotError):
+                log.info("call {session_id}: snapshot failed: {why}", session_id=call.session_id, why=safe(f.getErrorMessage()))
+                answer(_err(request, 502, "undecodable", f"the caller's keyframe could not be decoded: {f.getErrorMessage()}"))
+            else:
+                count_error("api")
+                log.failure("API snapshot of {session_id} failed", f, session_id=call.session_id)
+                answer(_err(request, 500, "internal_error", "internal error"))
+
+        def release(result: object) -> object:
+            self._snapshots_running -= 1
+            return result
+
+        d.addBoth(release)
+        d.addCallbacks(jpeg, failed)
+        d.addErrback(lambda f: log.failure("API snapshot of {session_id}: answering failed", f, session_id=call.session_id))
+        return server.NOT_DONE_YET
 
     def stats(self) -> dict[str, Any]:
         gw = self.gateway
@@ -243,6 +347,25 @@ def openapi_document() -> dict[str, Any]:
                     "after the hang-up (state `ended`).",
                     "responses": {"200": call_ok, "401": unauthorized, "404": {"$ref": "#/components/responses/NoSuchCall"}},
                 },
+            },
+            "/api/calls/{session_id}/snapshot.jpg": {
+                "parameters": [sid_param],
+                "get": {
+                    "operationId": "getCallSnapshot",
+                    "summary": "The caller's video now, as a JPEG",
+                    "description": "Decodes the latest keyframe of the caller's video (H.264 or VP8) on demand, "
+                    "scaled down to fit 1920x1080: for CTI screen pops. The only place the gateway decodes video. "
+                    f"At most {MAX_SNAPSHOTS_AT_ONCE} decodes run at once (more: 503 `busy`).",
+                    "responses": {
+                        "200": {"description": "The picture.", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                        "401": unauthorized,
+                        "404": _error_response(
+                            "No live call with this session ID (`no_such_call`), or no keyframe of its video yet (`no_keyframe`)."
+                        ),
+                        "502": _error_response("The caller's keyframe could not be decoded (`undecodable`)."),
+                        "503": _error_response("Too many snapshots being decoded at once (`busy`); retry."),
+                    },
+                }
             },
             "/api/stats": {
                 "get": {
@@ -358,6 +481,39 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "dtmf_sent": _COUNT,
                         "dtmf_received": _COUNT,
+                        "video": {
+                            "type": "object",
+                            "description": "the caller's video, forwarded to watchers undecoded (only for calls with "
+                            "video and data: WebRTC and RTMP)",
+                            "additionalProperties": False,
+                            "required": [
+                                "codec", "width", "height", "watchers", "packets_in", "bytes_in", "packets_forwarded",
+                                "bytes_forwarded", "keyframe_requests",
+                            ],
+                            "properties": {
+                                "codec": {**_NULLABLE_STR, "description": "VP8, H264 (WebRTC) or the FLV codec; null before the first video"},
+                                "width": {"type": ["integer", "null"], "minimum": 0},
+                                "height": {"type": ["integer", "null"], "minimum": 0},
+                                "watchers": {**_COUNT, "description": "watchers now"},
+                                "packets_in": {**_COUNT, "description": "RTP packets or FLV tags from the caller"},
+                                "bytes_in": _COUNT,
+                                "packets_forwarded": {**_COUNT, "description": "packets or tags sent to watchers, all together"},
+                                "bytes_forwarded": _COUNT,
+                                "keyframe_requests": {**_COUNT, "description": "keyframes asked of the caller (PLI)"},
+                            },
+                        },
+                        "data": {
+                            "type": "object",
+                            "description": "data messages relayed between the caller and its watchers",
+                            "additionalProperties": False,
+                            "required": ["from_caller", "to_caller", "dropped_too_big", "dropped_rate"],
+                            "properties": {
+                                "from_caller": {**_COUNT, "description": "messages from the caller (each sent to every watcher)"},
+                                "to_caller": {**_COUNT, "description": "messages from watchers to the caller"},
+                                "dropped_too_big": {**_COUNT, "description": "dropped: larger than [video] max_data_bytes"},
+                                "dropped_rate": {**_COUNT, "description": "dropped: past [video] data_rate_per_s"},
+                            },
+                        },
                     },
                 },
                 "Stats": {

@@ -10,7 +10,9 @@ a :class:`Grant` saying what the holder may do. Claims (docs/protocol.md, "Call 
   expression the destination must fully match. Without either the token allows no
   destination (only public ones remain callable, with the token's identity);
 - ``max_duration``: seconds; the call's limit is the smallest of token, route and global;
-- ``display_name``, ``caller_id``, ``session_id``: when present, the call uses exactly these.
+- ``display_name``, ``caller_id``, ``session_id``: when present, the call uses exactly these;
+- ``watch``: a session ID, a list of them, or ``"*"`` (any live call): the calls whose video and
+  data the holder may watch (``webgate/calls/watch.py``, docs/protocol.md "Who may watch").
 
 Every string claim is validated like client input (no CR/LF/controls, no SIP syntax), so a
 claim can never inject a header or a URI. Algorithms are pinned to HS256: ``alg: none`` and
@@ -36,6 +38,7 @@ __all__ = [
     "INVALID_TOKEN",
     "MAX_TOKEN_LENGTH",
     "TOKEN_EXPIRED",
+    "WATCH_ANY",
     "Grant",
     "TokenError",
     "call_access_allowed",
@@ -49,6 +52,10 @@ ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 4096
 MAX_PATTERN_LENGTH = 256
 MAX_DESTS = 64
+#: the most session IDs one ``watch`` claim may list
+MAX_WATCH = 64
+#: the ``watch`` claim's value for "any live call" (agents)
+WATCH_ANY = "*"
 MAX_SUB_LENGTH = 128
 #: the longest call a token can grant (one day); the global and route limits still apply
 MAX_TOKEN_DURATION_S = 86400
@@ -86,11 +93,17 @@ class Grant:
     caller_id: str | None = None
     session_id: str | None = None
     expires: float = 0.0
+    #: the ``watch`` claim: session IDs whose calls the holder may watch, or ``("*",)`` for any
+    watch: tuple[str, ...] = ()
 
     def allows(self, destination: str) -> bool:
         if destination in self.dests:
             return True
         return self.dest_pattern is not None and self.dest_pattern.fullmatch(destination) is not None
+
+    def may_watch(self, session_id: str) -> bool:
+        """The ``watch`` claim covers the call with ``session_id`` (``"*"``: every call)."""
+        return WATCH_ANY in self.watch or session_id in self.watch
 
 
 def _invalid(message: str) -> TokenError:
@@ -170,6 +183,8 @@ def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
     if session_id is not None and not is_valid_session_id(session_id):
         raise _invalid("claim 'session_id' must be a string of 8-10 digits")
 
+    watch = _watch_claim(claims.get("watch"))
+
     return Grant(
         sub=sub,
         dests=tuple(dests),
@@ -179,7 +194,22 @@ def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
         caller_id=caller_id,
         session_id=session_id,
         expires=expires,
+        watch=watch,
     )
+
+
+def _watch_claim(raw: object) -> tuple[str, ...]:
+    """The ``watch`` claim: a session ID, ``"*"``, or a list of 1-MAX_WATCH of them."""
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    rule = f"claim 'watch' must be a session ID (8-10 digits), \"*\", or a list of 1-{MAX_WATCH} of them"
+    if not isinstance(items, list) or not items or len(items) > MAX_WATCH:
+        raise _invalid(rule)
+    for item in items:
+        if item != WATCH_ANY and not (is_valid_session_id(item) and item.isascii() and item.isdigit()):
+            raise _invalid(rule)
+    return tuple(dict.fromkeys(items))
 
 
 def verify_token(token: object, config: Any, now: float | None = None) -> Grant:
@@ -293,6 +323,7 @@ def mint_token(
     display_name: str | None = None,
     caller_id: str | None = None,
     session_id: str | None = None,
+    watch: str | list[str] | tuple[str, ...] | None = None,
     issuer: str = "",
     audience: str = "",
     now: float | None = None,
@@ -307,6 +338,8 @@ def mint_token(
     claims: dict[str, Any] = {"iat": t, "exp": t + int(ttl_s)}
     if dest is not None:
         claims["dest"] = dest if isinstance(dest, str) else list(dest)
+    if watch is not None:
+        claims["watch"] = list(watch) if isinstance(watch, (list, tuple)) else watch
     optional = {
         "dest_pattern": dest_pattern,
         "max_duration": max_duration,
