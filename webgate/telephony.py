@@ -77,6 +77,8 @@ class TelephonyService(service.Service):
             max_connections_per_ip=sip.max_connections_per_ip,
             idle_timeout_s=sip.idle_timeout_s,
             partial_timeout_s=sip.partial_timeout_s,
+            max_send_buffer=sip.max_send_buffer,
+            send_stall_s=sip.send_stall_s,
         )
         # listen now (before anything else) so that port 0 resolves for the advertised address
         adv = sip.advertised_address

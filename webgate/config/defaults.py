@@ -60,6 +60,8 @@ max_connections = 256
 max_connections_per_ip = 32
 idle_timeout_s = 120
 partial_timeout_s = 10
+max_send_buffer = 262144
+send_stall_s = 30
 
 [rtp]
 bind = "127.0.0.1"

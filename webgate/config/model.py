@@ -227,6 +227,10 @@ class SipConfig:
     idle_timeout_s: int = 120
     #: a partly received SIP message with no message completed for this long closes the connection
     partial_timeout_s: int = 10
+    #: SIP written to a TCP/TLS peer that does not read, past Twisted's buffer, before the connection is aborted
+    max_send_buffer: int = 262144
+    #: ... or seconds its buffer may stay full
+    send_stall_s: int = 30
 
 
 @dataclass(frozen=True)

@@ -401,6 +401,8 @@ class _Validator:
             max_connections_per_ip=s.integer("max_connections_per_ip", 0, 1000000),
             idle_timeout_s=s.integer("idle_timeout_s", 0, 86400),
             partial_timeout_s=s.integer("partial_timeout_s", 1, 3600),
+            max_send_buffer=s.integer("max_send_buffer", 4096, 1 << 30),
+            send_stall_s=s.integer("send_stall_s", 1, 3600),
         )
         s.finish()
         if isinstance(values["outbound_proxy"], str):
