@@ -274,7 +274,7 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     if config.rtmp.listen is not None or config.rtmp.tls_listen is not None:
         from webgate.adapters.rtmp import RtmpFactory
 
-        rtmp_factory = RtmpFactory(telephony, config.rtmp, reactor)
+        rtmp_factory = RtmpFactory(telephony, config.rtmp, reactor, video_config=config.video)
         gateway.metrics.limiters.append(rtmp_factory.limiter)
         if config.rtmp.listen is not None:
             gateway.add_listener("rtmp", "tcp", config.rtmp.listen, rtmp_factory)

@@ -1,5 +1,6 @@
 // webgate Flash webphone: NetConnection + NetStream publish/play, Microphone (Speex or G.711),
-// optional Camera, dial pad, DTMF, session ID display. Speaks the Flash RPC protocol of
+// optional Camera, dial pad, DTMF, session ID display, and a chat with whoever watches the call
+// (sendData / the data and watchers callbacks). Speaks the Flash RPC protocol of
 // docs/protocol.md ("RTMP" section). Build: see ../README.md.
 package {
     import flash.display.Sprite;
@@ -21,7 +22,7 @@ package {
     import flash.text.TextFieldType;
     import flash.text.TextFormat;
 
-    [SWF(width="320", height="420", backgroundColor="#f4f4f4", frameRate="24")]
+    [SWF(width="320", height="500", backgroundColor="#f4f4f4", frameRate="24")]
     public class Webphone extends Sprite {
         // FlashVars: server (rtmp://HOST/sip/USER@DOMAIN), auth, password, name, codec (speex|pcmu|pcma), camera (1)
         private var server:String = "rtmp://127.0.0.1/sip/alice@example.net";
@@ -40,6 +41,8 @@ package {
         private var dest:TextField;
         private var status:TextField;
         private var sessionField:TextField;
+        private var chatInput:TextField;   // a message to the call's watchers (sendData)
+        private var chatLog:TextField;     // what was sent and what watchers sent back (data)
 
         public function Webphone() {
             stage.scaleMode = StageScaleMode.NO_SCALE;
@@ -146,6 +149,16 @@ package {
             show("rejected");
         }
 
+        // a message to everyone watching the call (an agent's console, a supervisor), label "webgate"
+        private function sendChat():void {
+            var text:String = chatInput.text;
+            if (!inCall || text.length == 0) return;
+            nc.call("sendData", new Responder(
+                function(ok:Boolean):void { chatLog.appendText("me: " + text + "\n"); chatInput.text = ""; },
+                function(err:Object):void { show("not sent: " + (err.reason || err.description)); }
+            ), text);
+        }
+
         private function sendDigit(d:String):void {
             if (inCall) nc.call("sendDTMF", null, d);
             else dest.appendText(d);
@@ -163,6 +176,13 @@ package {
         public function registered(user:String = ""):void { show("ready; receiving calls for " + user); }
         public function unregistered(reason:String = ""):void { show("not receiving calls: " + reason); }
         public function dtmf(digit:String):void { show("DTMF " + digit + " from the phone"); }
+        // who watches the call (the caller should know who is looking), and what they write
+        public function watchers(count:int):void { show(count == 1 ? "1 watcher" : count + " watchers"); }
+        public function data(message:String, label:String = null, from:String = null, encoding:String = null):void {
+            if (encoding == "base64") message = "(" + message.length + " base64 characters of binary data)";
+            chatLog.appendText((from || "watcher") + (label && label != "webgate" ? " [" + label + "]" : "") + ": " + message + "\n");
+            chatLog.scrollV = chatLog.maxScrollV;
+        }
         public function onBWDone(...args):void {}
 
         // ---- UI -----------------------------------------------------------------------------
@@ -181,6 +201,11 @@ package {
             addChild(button("Resume", 200, 230, 110, 40, function(e:MouseEvent):void { nc.call("hold", null, false); show("resumed"); }));
             addChild(button("Accept", 200, 275, 110, 40, function(e:MouseEvent):void { accept(); }));
             addChild(button("Reject", 200, 320, 110, 40, function(e:MouseEvent):void { reject(); }));
+            chatInput = field(10, 415, 230, 24, fmt, true);
+            addChild(button("Send", 245, 415, 65, 24, function(e:MouseEvent):void { sendChat(); }));
+            chatLog = field(10, 444, 300, 50, new TextFormat("_sans", 12), false);
+            chatLog.multiline = true;
+            chatLog.wordWrap = true;
         }
 
         private function digitHandler(d:String):Function {

@@ -22,7 +22,7 @@ class Gateway:
 
     def __init__(self, extra: dict[str, Any] | None = None) -> None:
         self.svc = start_telephony(make_config(extra))
-        self.factory = RtmpFactory(self.svc.manager, self.svc.config.rtmp, reactor)
+        self.factory = RtmpFactory(self.svc.manager, self.svc.config.rtmp, reactor, video_config=self.svc.config.video)
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.rtmp_port: int = self.port.getHost().port
 

@@ -20,6 +20,10 @@ these librtmp does the digest handshake and verifies the server's, ``steps`` (li
 Player mode instead: ``play_seconds`` + ``flv_out``: play PLAYPATH and write what ``RTMP_Read`` returns
 (an FLV file) for that long; events ``playing``, ``played`` (bytes).
 
+Watch mode: ``watch`` (bool): play PLAYPATH (``RTMP_ConnectStream``), event ``playing``, then run the
+steps while the reader thread reports every data message (type 18/15) as
+``{"event": "data_message", "name", "args"}`` (``RTMP_Read`` passes only ``onMetaData`` on).
+
 Every server->client invoke is printed as ``{"event": "invoke", "name", "tid", "args"}``; the handshake
 result as ``{"event": "handshake", "genuine_server": bool, "lines": [...]}`` (librtmp's own log lines
 about verifying the server's digest and S2 signature). One JSON object per line on stdout; exit code
@@ -192,6 +196,14 @@ class Client:
                     self.cond.notify_all()
                 if name == "close":
                     return
+            elif pkt.type in (0x12, 0x0F):
+                body = pkt.body[1:] if pkt.type == 0x0F else pkt.body
+                try:
+                    values = decode_amf(body)
+                except AMFError as e:
+                    emit(event="bad_amf", error=str(e))
+                    continue
+                emit(event="data_message", name=values[0] if values else None, args=list(values[1:]))
             elif pkt.type in (0x01, 0x03, 0x04, 0x05, 0x06):
                 with self.send_lock:
                     self.conn.handle_packet(pkt)
@@ -226,7 +238,14 @@ class Client:
         if self.spec.get("play_seconds"):
             self.play(float(self.spec["play_seconds"]), self.spec["flv_out"])
             return
-        if self.spec.get("publish"):
+        if self.spec.get("watch"):
+            try:
+                self.stream = self.conn.create_stream()
+            except RTMPError as e:
+                emit(event="play_failed", error=str(e))
+                raise SystemExit(2) from None
+            emit(event="playing")
+        elif self.spec.get("publish"):
             try:
                 self.stream = self.conn.create_stream(writeable=True)
             except RTMPError as e:

@@ -6,8 +6,14 @@ Two ways to signal a call (see docs/protocol.md, "RTMP"):
   places a call; playing ``rtmp://HOST/call/DESTINATION`` (while that publish is live) or
   ``rtmp://HOST/session/SESSIONID`` receives the far end's audio; ending the publish hangs up.
 * **Flash RPC** (siprtmp-compatible): connect to ``rtmp://HOST/sip/USER[@DOMAIN]``, then call
-  ``invite``/``accept``/``reject``/``bye``/``sendDTMF``/``hold``; the server calls back
-  ``ringing``/``accepted``/``rejected``/``cancelled``/``byed``/``invited``/``dtmf``/``sessionId``.
+  ``invite``/``accept``/``reject``/``bye``/``sendDTMF``/``hold``/``sendData``; the server calls back
+  ``ringing``/``accepted``/``rejected``/``cancelled``/``byed``/``invited``/``dtmf``/``sessionId``/
+  ``watchers``/``data``.
+
+Watching a call (issue 14): playing ``rtmp://HOST/watch/SESSIONID?token=JWT`` gives the caller's
+video and data (``CallManager.authorize_watch``, then a
+:class:`~webgate.legs.rtmp_watch.RtmpWatcher` on the call's hub). A publisher's video tags and
+data messages go to its call's hub (never to SIP).
 
 Adapter rule: after every call into the core, write ``data_to_send()`` and drop the connection
 if the core is ``closed``. A failure while handling one connection closes that connection only.
@@ -30,7 +36,9 @@ from webgate.adapters.rtmp_rpc import APP_SIP, FlashRpc
 from webgate.calls.call import Call
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import client_ip
+from webgate.calls.watch import NOT_FOUND
 from webgate.counters import count_error
+from webgate.legs.hub import TOO_MANY_WATCHERS, MediaHub, WatchRefused
 from webgate.legs.rtmp import (
     LiveLegs,
     Player,
@@ -41,6 +49,7 @@ from webgate.legs.rtmp import (
     normalise_codec,
     split_stream_name,
 )
+from webgate.legs.rtmp_watch import RtmpWatcher
 from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
@@ -59,12 +68,13 @@ from webgate.proto.rtmp import (
     VideoReceived,
 )
 from webgate.security.connlimit import PROBE, ConnectionLimiter, StreamDeadlines
-from webgate.security.tokens import looks_like_jwt
+from webgate.security.tokens import TokenError, looks_like_jwt, verify_token
 
 log = Logger()
 
 APP_CALL = "call"
 APP_SESSION = "session"
+APP_WATCH = "watch"
 _REFUSED_BAD_NAME = {"invalid_destination", "destination_not_allowed", "invalid_session_id", "session_id_in_use"}
 # the call token on RTMP: "?token=" on the stream name (encoder style) or on the connect URL
 # (rtmp://HOST/call?token=...), or the Flash RPC connect's second argument when it is a JWT
@@ -96,6 +106,54 @@ class _StreamSink:
         self.conn.flush()
 
 
+class _WatchStream:
+    """A watcher's RTMP stream on one connection (implements webgate.legs.rtmp_watch.WatchSink)."""
+
+    def __init__(self, conn: RtmpProtocol, stream_id: int, session_id: str) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.session_id = session_id
+        self.live = True
+
+    @property
+    def open(self) -> bool:
+        return self.live and self.conn.is_open
+
+    def writable(self) -> bool:
+        return self.conn.video_wanted()
+
+    def accept(self, metadata: dict[str, Any] | None) -> None:
+        try:
+            self.conn.core.accept_play(self.stream_id, metadata=metadata, info={"sessionId": self.session_id})
+        except LocalProtocolError:
+            self.live = False
+            return
+        self.conn.flush()
+
+    def send_video(self, timestamp_ms: int, body: bytes) -> None:
+        if not self.open:
+            return
+        try:
+            self.conn.core.send_video(self.stream_id, timestamp_ms, body)
+        except LocalProtocolError:
+            self.live = False
+            return
+        self.conn.flush()
+
+    def send_data(self, timestamp_ms: int, name: str, value: Any) -> None:
+        if not self.open:
+            return
+        try:
+            self.conn.core.send_data(self.stream_id, name, value, timestamp_ms=timestamp_ms)
+        except LocalProtocolError:
+            self.live = False
+            return
+        self.conn.flush()
+
+    def end(self, cause: str) -> None:
+        self.conn.end_watch(self.stream_id, cause)
+
+
 class RtmpProtocol(FlashRpc, protocol.Protocol):
     """One RTMP connection. In Flash RPC mode with a call token whose ``sub`` is the connect
     URL's user, it is also the registration of that web user (``webgate.calls.users``):
@@ -119,6 +177,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         self.publishes: dict[int, RtmpLeg] = {}  # stream id -> leg (encoder style)
         self.flash_publish: int | None = None  # stream id of the Flash mic stream
         self.players: dict[int, tuple[Player, _StreamSink, RtmpLeg]] = {}
+        self.watches: dict[int, tuple[RtmpWatcher, _WatchStream, MediaHub]] = {}  # stream id -> (watcher, sink, hub)
         self.destination_by_stream: dict[int, str] = {}
         self.lost = False
         self._timeout: Any = None
@@ -130,6 +189,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         self._linger: Any = None  # aborts a closed connection whose peer reads nothing
         self.play_failures = 0
         self.audio_dropped = 0  # audio tags not sent to this client's players (back-pressure)
+        self.video_dropped = 0  # video tags and data not sent to this client's watchers (back-pressure)
 
     # ---- Twisted
     def connectionMade(self) -> None:
@@ -184,6 +244,8 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         self._linger = None
         for sid in list(self.players):
             self._drop_player(sid)
+        for sid in list(self.watches):
+            self._drop_watch(sid)
         for sid in list(self.publishes):
             self._end_publish(sid, "connection lost")
         self._unregister()
@@ -244,6 +306,28 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
             )
         return False
 
+    def video_wanted(self) -> bool:
+        """Back-pressure for this connection's watchers: False (the watcher drops video until the
+        next keyframe, and data) once its unsent data has waited ``[rtmp] player_max_queue_ms``;
+        past ``player_max_behind_s`` the connection is closed."""
+        outbox = self.outbox
+        if outbox is None or outbox.waiting_since is None:
+            return True
+        waited = outbox.waited(self.factory.reactor.seconds())
+        if waited > self.factory.player_max_behind_s:
+            self._abort_slow(waited)
+            return False
+        if waited * 1000.0 <= self.factory.player_max_queue_ms:
+            return True
+        self.video_dropped += 1
+        self.factory.watcher_video_dropped += 1
+        if self.video_dropped in (1, 100, 10000):
+            log.info(
+                "RTMP {client}: slow watcher, {n} video messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
+                client=self.client, n=self.video_dropped, waited=waited, queued=outbox.queued_bytes,
+            )
+        return False
+
     def _abort_slow(self, waited: float) -> None:
         log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
             "RTMP {client}: player {waited:.1f} s behind ({queued} bytes queued), closing the connection",
@@ -292,8 +376,12 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
     def _handle(self, ev: Event) -> None:
         if isinstance(ev, AudioReceived):
             self._on_audio(ev)
-        elif isinstance(ev, (VideoReceived, DataReceived)):
-            self.media_dropped += 1  # video and data never reach SIP (kept for a later issue)
+        elif isinstance(ev, VideoReceived):
+            self.media_dropped += 1  # video and data never reach SIP: they go to the call's hub
+            self._on_video(ev)
+        elif isinstance(ev, DataReceived):
+            self.media_dropped += 1
+            self._on_data(ev)
         elif isinstance(ev, ConnectRequested):
             self._on_connect(ev)
         elif isinstance(ev, PublishRequested):
@@ -319,7 +407,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
             if isinstance(arg, dict) and "codec" in arg:
                 codec = normalise_codec(arg.get("codec")) or codec
         token = opts.get(TOKEN_OPTION) or None
-        if base in (APP_CALL, APP_SESSION) and not rest:
+        if base in (APP_CALL, APP_SESSION, APP_WATCH) and not rest:
             self.mode = base
             self.conn_codec = codec
             self.conn_token = token
@@ -342,7 +430,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
             secret = args[1] if len(args) > 1 else None
             self.conn_token = secret if looks_like_jwt(secret) else token
             self.conn_codec = codec or default_codec_for_flash(ev.command_object.get("flashVer"))
-            leg = RtmpLeg(self.client, flash=self, label=user)
+            leg = RtmpLeg(self.client, flash=self, label=user, video=self.factory.video_config)
             leg.on_ended.append(self._flash_call_ended)
             self.flash_leg = leg
             self.core.accept_connect()
@@ -352,7 +440,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
                     self.rpc_callback("unregistered", refused.code)
         else:
             self.core.reject_connect(
-                "NetConnection.Connect.InvalidApp", f"unknown application {base!r}: use call, session or sip"
+                "NetConnection.Connect.InvalidApp", f"unknown application {base!r}: use call, session, watch or sip"
             )
             return
         if self._timeout is not None and self._timeout.active():
@@ -376,7 +464,7 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
             )
             self.close()
             return
-        leg = RtmpLeg(self.client, label=name)
+        leg = RtmpLeg(self.client, label=name, video=self.factory.video_config)
         try:
             call = leg.place(
                 self.manager,
@@ -430,6 +518,9 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
     # ---- play
     def _on_play(self, ev: PlayRequested) -> None:
         name, opts = split_stream_name(ev.name)
+        if self.mode == APP_WATCH:
+            self._on_watch(ev.stream_id, name, opts)
+            return
         requested = opts.get("codec")
         codec = normalise_codec(requested) if requested is not None else None
         if requested is not None and codec is None:
@@ -508,6 +599,88 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
                      client=self.client, code=code, n=self.play_failures)
             self.close()
 
+    # ---- watch (issue 14: the caller's video and data by session ID)
+    def _on_watch(self, stream_id: int, name: str, opts: dict[str, str]) -> None:
+        """Play ``watch/SESSIONID?token=JWT[&audio=none]``: who may watch is
+        ``CallManager.authorize_watch`` (it counts the attempt); every case of "no such call or not
+        yours" gets the same ``NetStream.Play.StreamNotFound``."""
+        audio = opts.get("audio", "none").strip().lower()
+        if audio != "none":
+            # options first: refused whatever the session ID, so nothing is learnt about calls
+            why = "audio=both is not supported yet" if audio == "both" else f"audio must be none, not {audio[:16]!r}"
+            self._refuse_play(stream_id, "NetStream.Play.Failed", why, close=False)
+            return
+        token = opts.get(TOKEN_OPTION) or self.conn_token
+        try:
+            call = self.manager.authorize_watch(name, token, self.peer_ip)
+        except CallRefused as e:
+            if e.code == NOT_FOUND:
+                self._watch_not_found(stream_id, name)
+            else:  # the address's attempt rate: as for a play at its limit
+                self._refuse_play(stream_id, "NetStream.Play.Failed", f"{e.code}: {e.message}", close=True)
+            return
+        hub = getattr(call, "hub", None)
+        if not isinstance(hub, MediaHub):
+            self._watch_not_found(stream_id, name)
+            return
+        if stream_id in self.players:
+            self._drop_player(stream_id)
+        if stream_id in self.watches:
+            self._drop_watch(stream_id)
+        if not self.players and not self.watches and self.outbox is not None:
+            self.outbox.limit_kernel_buffer(self.factory.player_send_buffer)
+        sink = _WatchStream(self, stream_id, call.session_id)
+        watcher = RtmpWatcher(sink, identity=self._token_sub(token), session_id=call.session_id, clock=self.factory.reactor.seconds)
+        try:
+            hub.add_watcher(watcher)
+        except WatchRefused as e:
+            if e.code == TOO_MANY_WATCHERS:
+                log.info("RTMP {client}: watch of {session_id} refused: {code}", client=self.client, session_id=call.session_id, code=e.code)
+                self._refuse_play(stream_id, "NetStream.Play.Failed", TOO_MANY_WATCHERS, close=False)
+            else:
+                self._watch_not_found(stream_id, name)
+            return
+        self.watches[stream_id] = (watcher, sink, hub)
+        watcher.begin()
+        log.info("RTMP {client}: watching call {session_id} ({codec})", client=self.client, session_id=call.session_id, codec=watcher.codec)
+
+    def _token_sub(self, token: str | None) -> str | None:
+        """The watcher's identity: its (already accepted) token's ``sub``."""
+        try:
+            return verify_token(token, self.manager.tokens, self.manager.wall_clock()).sub
+        except TokenError:
+            return None
+
+    def _watch_not_found(self, stream_id: int, name: str) -> None:
+        """StreamNotFound for every not-found case (the attempt was counted by authorize_watch);
+        after ``[rtmp] play_failures_before_close`` of them the connection is closed."""
+        self.play_failures += 1
+        close = self.play_failures >= self.factory.play_failures_before_close
+        self._refuse_play(stream_id, "NetStream.Play.StreamNotFound", f"no live call {name[:64]!r}", close=close)
+
+    def _drop_watch(self, stream_id: int) -> None:
+        entry = self.watches.pop(stream_id, None)
+        if entry is not None:
+            watcher, sink, hub = entry
+            sink.live = False
+            watcher.live = False
+            hub.remove_watcher(watcher)
+
+    def end_watch(self, stream_id: int, cause: str) -> None:
+        """The watched call ended (the hub already let the watcher go): Stream EOF +
+        NetStream.Play.Stop, as for a player."""
+        entry = self.watches.pop(stream_id, None)
+        if entry is None:
+            return
+        entry[1].live = False
+        log.info("RTMP {client}: watch of {session_id} ended ({cause})", client=self.client, session_id=entry[0].session_id, cause=cause)
+        if self.is_open:
+            try:
+                self.core.end_stream(stream_id)
+            except LocalProtocolError:
+                pass
+            self.flush()
+
     def _drop_player(self, stream_id: int) -> None:
         entry = self.players.pop(stream_id, None)
         if entry is not None:
@@ -535,14 +708,29 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         if stream_id == self.flash_publish:
             self.flash_publish = None
         self._drop_player(stream_id)
+        self._drop_watch(stream_id)
 
-    # ---- audio in
-    def _on_audio(self, ev: AudioReceived) -> None:
-        leg = self.publishes.get(ev.stream_id)
-        if leg is None and ev.stream_id == self.flash_publish:
+    # ---- media in
+    def _publishing_leg(self, stream_id: int) -> RtmpLeg | None:
+        leg = self.publishes.get(stream_id)
+        if leg is None and stream_id == self.flash_publish:
             leg = self.flash_leg
+        return leg
+
+    def _on_audio(self, ev: AudioReceived) -> None:
+        leg = self._publishing_leg(ev.stream_id)
         if leg is not None:
             leg.audio_tag(ev.data)
+
+    def _on_video(self, ev: VideoReceived) -> None:
+        leg = self._publishing_leg(ev.stream_id)
+        if leg is not None:
+            leg.video_tag(ev.timestamp_ms, ev.data)
+
+    def _on_data(self, ev: DataReceived) -> None:
+        leg = self._publishing_leg(ev.stream_id)
+        if leg is not None:
+            leg.data_message(ev.name, ev.values)
 
 
 class RtmpFactory(protocol.Factory):
@@ -554,9 +742,10 @@ class RtmpFactory(protocol.Factory):
 
     noisy = False  # no "Starting factory" lines (the gateway logs its listeners itself)
 
-    def __init__(self, manager: Any, rtmp_config: Any, reactor: Any) -> None:
+    def __init__(self, manager: Any, rtmp_config: Any, reactor: Any, video_config: Any = None) -> None:
         self._manager_source = manager
         self.config = rtmp_config
+        self.video_config = video_config  # [video] for the calls' hubs (None: the hub's defaults)
         self.reactor = reactor
         self.server_config = RtmpServerConfig(
             limits=RtmpLimits(
@@ -579,6 +768,7 @@ class RtmpFactory(protocol.Factory):
         self.player_send_buffer = rtmp_config.player_send_buffer
         self.play_failures_before_close = rtmp_config.play_failures_before_close
         self.player_audio_dropped = 0
+        self.watcher_video_dropped = 0
         self.slow_players_closed = 0
         self.plays_refused = 0
 

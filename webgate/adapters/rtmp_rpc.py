@@ -1,9 +1,10 @@
 """Flash RPC on an RTMP connection: what a siprtmp-style client's commands do.
 
 A Flash client connects to ``rtmp://HOST/sip/USER[@DOMAIN]`` and calls ``invite``/``accept``/
-``reject``/``bye``/``sendDTMF``/``hold``/``register``; the server calls back ``ringing``/
+``reject``/``bye``/``sendDTMF``/``hold``/``register``/``sendData``; the server calls back ``ringing``/
 ``accepted``/``rejected``/``cancelled``/``byed``/``invited``/``dtmf``/``sessionId``/``registered``/
-``unregistered`` (docs/protocol.md, "RTMP"). With a call token whose ``sub`` is the URL's user the
+``unregistered``/``watchers``/``data`` (docs/protocol.md, "RTMP"; the last two and ``sendData`` are
+the call's watchers: its media hub, webgate/legs/hub.py). With a call token whose ``sub`` is the URL's user the
 connection is also the registration of that web user (``webgate.calls.users.WebUserEndpoint``:
 ``busy``, ``invited``, ``unregistered``). The connection itself (bytes, streams, connect, publish,
 play, back-pressure) is webgate/adapters/rtmp.py, whose ``RtmpProtocol`` is a ``FlashRpc``; the
@@ -166,6 +167,7 @@ class FlashRpc:
             "sendDTMF": self._rpc_send_dtmf,
             "hold": self._rpc_hold,
             "register": self._rpc_register,
+            "sendData": self._rpc_send_data,
         }.get(name)
         if handler is not None:
             handler(tid, args)
@@ -282,6 +284,34 @@ class FlashRpc:
             return
         if tid:
             self.core.send_result(tid, True)
+
+    def _rpc_send_data(self, tid: float, args: list[Any]) -> None:
+        """``sendData(message)``: to every watcher of the current call, label ``webgate`` (a string
+        as it is, a ByteArray as binary, another value as its JSON). ``_result`` ``true``;
+        ``_error`` ``no_call`` without a live call, ``data_dropped`` when the message was over
+        ``[video] max_data_bytes`` or past ``data_rate_per_s``."""
+        leg = self._data_leg()
+        if leg is None or not args:
+            if tid:
+                reason = "no_call" if leg is None else "invalid_data"
+                self.core.send_error(tid, call_failed("sendData needs a call and a message", reason=reason))
+            return
+        if not leg.send_data(args[0]):
+            if tid:
+                self.core.send_error(tid, call_failed("the message was dropped (size or rate)", reason="data_dropped"))
+            return
+        if tid:
+            self.core.send_result(tid, True)
+
+    def _data_leg(self) -> RtmpLeg | None:
+        """The leg whose call ``sendData`` goes to: the Flash RPC call, else the newest live publish."""
+        if self.flash_leg is not None:
+            call = self.flash_leg.call
+            return self.flash_leg if call is not None and not call.ended else None
+        for leg in reversed(list(self.publishes.values())):
+            if leg.call is not None and not leg.call.ended:
+                return leg
+        return None
 
     def _rpc_hold(self, tid: float, args: list[Any]) -> None:
         leg = self.flash_leg

@@ -15,11 +15,19 @@ Placing, holding and listening to a call are the leg's too: :meth:`RtmpLeg.place
   the client chose (:data:`OUT_CODECS`): G.711 pass-through, Nellymoser, Speex or AAC (sequence
   header first). Timestamps come from the count of samples sent, so RTMP milliseconds never drift
   from the RTP clock over a long call.
+* **Video and data** (issue 14) never reach SIP: the leg gives the call a media hub
+  (:func:`~webgate.legs.hub.attach_hub`) and feeds it the publisher's FLV video tags and AMF data
+  messages (:func:`amf_data_json`); as the hub's caller it passes watchers' data and the watcher
+  count to a Flash RPC client (``data``/``watchers`` callbacks). Watchers of the call over RTMP
+  are :class:`~webgate.legs.rtmp_watch.RtmpWatcher`.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import datetime
+import json
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
@@ -30,6 +38,7 @@ from twisted.logger import Logger
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.policy import client_ip
+from webgate.legs.hub import FlvVideo, MediaHub, attach_hub
 from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
@@ -48,6 +57,7 @@ from webgate.media.speex import FRAME_SAMPLES as SPEEX_FRAME_SAMPLES
 from webgate.media.speex import split_frames as speex_frames
 from webgate.proto import flv
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.rtmp.amf import Undefined
 from webgate.security.tokens import TokenError, call_access_allowed
 
 log = Logger()
@@ -126,6 +136,75 @@ def may_listen(call: Call, token: str | None, manager: Any, *, by_destination: b
         )
     except TokenError:
         return False
+
+
+#: data message names of a publisher that are stream metadata, not data for watchers
+_NOT_DATA = frozenset({"onMetaData", "@setDataFrame", "@clearDataFrame", "|RtmpSampleAccess"})
+#: data label of the Flash RPC ``sendData`` call (and of the WebSocket caller's default channel)
+DATA_LABEL = "webgate"
+
+
+def _bytes_of(value: Any) -> bytes | None:
+    """The bytes of an AMF binary value (bytes, or Py3AMF's ByteArray, a byte stream), else None."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    getvalue = getattr(value, "getvalue", None)
+    if callable(getvalue):
+        raw = getvalue()
+        if isinstance(raw, (bytes, bytearray)):
+            return bytes(raw)
+    return None
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """An AMF value (Py3AMF's types) as plain JSON: objects and ECMA arrays -> objects, arrays ->
+    lists, undefined -> null, dates -> ISO 8601, ByteArray/bytes -> base64, whole numbers -> ints,
+    non-finite numbers -> null, anything else -> its text."""
+    if depth > 32:
+        return None
+    if value is None or value is Undefined or isinstance(value, (bool, str)):
+        return None if value is Undefined else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    raw = _bytes_of(value)
+    if raw is not None:
+        return base64.b64encode(raw).decode("ascii")
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def amf_data_json(values: list[Any]) -> str:
+    """The data of a publisher's AMF data message for watchers: the JSON text of its values (an
+    array, the message name not included), e.g. ``onTextData({text: "hi"})`` -> ``[{"text":"hi"}]``."""
+    return _json_text(list(values))
+
+
+def is_watcher_data(name: str) -> bool:
+    """Whether a publisher's data message goes to watchers: any but stream metadata
+    (``@setDataFrame onMetaData``, ``onMetaData``)."""
+    return name not in _NOT_DATA and not name.startswith("|")
+
+
+def data_from_flash(message: Any) -> str | bytes:
+    """A Flash RPC ``sendData(message)`` argument as hub data: a string as it is, a ByteArray as
+    binary, any other AMF value as its JSON text."""
+    if isinstance(message, str):
+        return message
+    raw = _bytes_of(message)
+    return raw if raw is not None else _json_text(message)
 
 
 class AudioSink(Protocol):
@@ -468,11 +547,15 @@ class RtmpLeg:
     # G.711 and wideband Speex from SIP are fanned out to players undecoded
     packet_codecs: ClassVar[tuple[str, ...]] = ("PCMU", "PCMA", "SPEEX/16000")
 
-    def __init__(self, client: str, *, flash: Any = None, label: str = "") -> None:
+    def __init__(self, client: str, *, flash: Any = None, label: str = "", video: Any = None) -> None:
         self.client = client
         self.flash = flash  # an object with rpc_callback(name, *args) (Flash RPC mode)
         self.label = label
+        self.video_config = video  # [video] (config.video) for the call's hub; None: its defaults
         self.call: Call | None = None
+        self.hub: MediaHub | None = None  # the current call's (call.hub)
+        self.video_tags = 0
+        self.data_messages = 0
         self.audio_in = AudioIn(label)
         self.players: list[Player] = []
         self.on_hold = False
@@ -485,6 +568,10 @@ class RtmpLeg:
     def attach_call(self, call: Call) -> None:
         self.call = call
         self.audio_in.reset()
+        hub = attach_hub(call, caller=self, video=self.video_config)
+        self.hub = hub
+        if call.ended:  # ended while it was being placed: nobody may watch it
+            hub.close(call.end_cause or "ended")
         clock = call.manager.rtp_pool.clock
 
         def tick(now: float) -> None:
@@ -504,6 +591,69 @@ class RtmpLeg:
         call = self.call
         if call is not None and not call.ended:
             self.audio_in.feed(call, tag)
+
+    # -- video and data (to the call's hub; never to SIP)
+    def _live_hub(self) -> MediaHub | None:
+        call, hub = self.call, self.hub
+        if call is None or call.ended or hub is None or hub.closed or call.hub is not hub:
+            return None
+        return hub
+
+    def video_tag(self, timestamp_ms: int, body: bytes) -> None:
+        """A published FLV video tag body: to the call's watchers as it came."""
+        self.video_tags += 1
+        hub = self._live_hub()
+        if hub is not None:
+            hub.flv_from_caller(FlvVideo(timestamp_ms, body))
+
+    def data_message(self, name: str, values: list[Any]) -> None:
+        """A published AMF data message (``onTextData``, ``onCuePoint``, ...): to the watchers with
+        label = its name, data = the JSON text of its values. Stream metadata is not data."""
+        if not is_watcher_data(name):
+            return
+        self.data_messages += 1
+        hub = self._live_hub()
+        if hub is not None:
+            hub.data_from_caller(name, amf_data_json(values))
+
+    def send_data(self, message: Any, label: str = DATA_LABEL) -> bool:
+        """Flash RPC ``sendData(message)``: to every watcher (False: no call, or the hub dropped it
+        for its size or rate)."""
+        hub = self._live_hub()
+        if hub is None:
+            return False
+        st = hub.stats
+        before = st.data_dropped_too_big + st.data_dropped_rate
+        hub.data_from_caller(label, data_from_flash(message))
+        return st.data_dropped_too_big + st.data_dropped_rate == before
+
+    def _close_hub(self, call: Call, cause: str) -> None:
+        hub = call.hub
+        if isinstance(hub, MediaHub) and hub.caller is self:
+            hub.close(cause)
+        if self.hub is hub:
+            self.hub = None
+
+    # -- HubCaller (the hub's side of this leg)
+    def watchers_changed(self, count: int) -> None:
+        if self.flash is not None:
+            self.flash.rpc_callback("watchers", count)
+
+    def data_to_caller(self, label: str, data: str | bytes, sender: str | None) -> None:
+        """A watcher's message: the Flash client's ``data(message, label, from)`` callback (binary
+        as base64 with a fourth argument ``"base64"``). An encoder cannot receive: dropped."""
+        if self.flash is None:
+            return
+        if isinstance(data, str):
+            self.flash.rpc_callback("data", data, label, sender)
+        else:
+            self.flash.rpc_callback("data", base64.b64encode(data).decode("ascii"), label, sender, "base64")
+
+    def request_keyframe(self) -> None:
+        """An RTMP encoder cannot be asked for a keyframe (the hub replays its cached GOP)."""
+
+    def limit_bitrate(self, bps: int) -> None:
+        """An RTMP encoder's bitrate is its own."""
 
     def add_player(self, player: Player) -> None:
         self.players.append(player)
@@ -562,6 +712,7 @@ class RtmpLeg:
 
     def call_ended(self, call: Call, cause: str, status: int | None) -> None:
         self._detach_clock(call)
+        self._close_hub(call, cause)
         if call is self.call:
             self.call = None
             self.audio_in.reset()
@@ -580,6 +731,7 @@ class RtmpLeg:
         """Forget ``call`` without hanging it up (the caller ends it another way, e.g. reject)."""
         if call is self.call:
             self._detach_clock(call)
+            self._close_hub(call, "rejected")
             self.call = None
             self.audio_in.reset()
 
@@ -588,6 +740,7 @@ class RtmpLeg:
         if call is None:
             return
         self._detach_clock(call)
+        self._close_hub(call, "client_hangup")
         self.call = None
         self.audio_in.reset()
         call.hangup()
