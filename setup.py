@@ -54,6 +54,7 @@ setup(
         "py3amf",
         "prometheus_client",
         "pyjwt",
+        "redis>=5",  # [cluster]: redis.asyncio on the asyncio reactor (webgate/cluster/)
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff", "import-linter"],
