@@ -212,12 +212,15 @@ class WebUsers:
 class InboundAllowList:
     """Which SIP sources may call web users (``[sip] inbound_from``).
 
-    Entries: IP addresses, CIDR networks, ``"loopback"`` (127.0.0.0/8 and ::1) and
-    ``"trunks"`` (the host of every ``[[trunk]]`` target that is an IP address literal; a trunk
-    named by DNS name must be listed by address). An empty list lets nobody call web users."""
+    Entries: IP addresses, CIDR networks, DNS names, ``"loopback"`` (127.0.0.0/8 and ::1) and
+    ``"trunks"`` (the host of every ``[[trunk]]`` target). DNS names (entries, and trunk hosts that
+    are names) are in :attr:`names`; whoever resolves them (``adapters/sip_resolver.py``) gives
+    their addresses with :meth:`set_addresses`, again at each refresh; until then they match
+    nothing. An empty list lets nobody call web users."""
 
     def __init__(self, entries: Iterable[str] = ("trunks", "loopback"), trunk_hosts: Iterable[str] = ()) -> None:
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        names: list[str] = []
         for entry in entries:
             e = entry.strip().lower()
             if e == "loopback":
@@ -227,10 +230,25 @@ class InboundAllowList:
                     try:
                         nets.append(ipaddress.ip_network(host.strip("[]")))
                     except ValueError:
-                        continue  # a DNS name: not resolved here (list its address explicitly)
+                        names.append(host.rstrip(".").lower())  # a DNS name: resolved at run time
             else:
-                nets.append(ipaddress.ip_network(e, strict=False))
+                try:
+                    nets.append(ipaddress.ip_network(e.strip("[]"), strict=False))
+                except ValueError:
+                    names.append(e.rstrip("."))
         self.networks = tuple(nets)
+        self.names = tuple(dict.fromkeys(names))
+        self._resolved: dict[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]] = {}
+
+    def set_addresses(self, name: str, addresses: Iterable[str]) -> None:
+        """The current addresses of the DNS name ``name`` (replacing the previous ones)."""
+        out = []
+        for a in addresses:
+            try:
+                out.append(ipaddress.ip_address(a.strip("[]")))
+            except ValueError:
+                continue
+        self._resolved[name.rstrip(".").lower()] = tuple(out)
 
     def allows(self, ip: str) -> bool:
         try:
@@ -239,4 +257,6 @@ class InboundAllowList:
             return False
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        return any(addr.version == n.version and addr in n for n in self.networks)
+        if any(addr.version == n.version and addr in n for n in self.networks):
+            return True
+        return any(addr in found for found in self._resolved.values())

@@ -55,6 +55,8 @@ def cdr_of(call: Any) -> dict[str, Any]:
         "remote_reported_lost": info["to_sip"]["lost"],
         "dtmf_sent": info["dtmf_sent"],
         "dtmf_received": info["dtmf_received"],
+        # only a call the SIP far end transferred (REFER) has it: {"to", "referred_by", "at", "sip_call_id"}
+        **({"transfers": info["transfers"]} if info.get("transfers") else {}),
     }
 
 
