@@ -82,7 +82,7 @@ def test_builtin_answer_follows_the_offer_order() -> None:
     _, nm = sdp.negotiate_answer(offer, order, "127.0.0.1", 5000)
     assert nm.codec.name == "GSM" and nm.codec.payload_type == 3
     # a codec the offer lacks is never chosen; an offer with nothing we know is refused (488)
-    only = sdp.build_offer([sdp.Codec("G729", 8000, payload_type=18)], "127.0.0.1", 4000, 1)
+    only = sdp.build_offer([sdp.Codec("G728", 8000, payload_type=15)], "127.0.0.1", 4000, 1)
     with pytest.raises(Exception) as e:
         sdp.negotiate_answer(only, _in_offer_order(only, list(BUILTIN_CODECS)), "127.0.0.1", 5000)
     assert getattr(e.value, "status_hint", None) == 488

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from webgate.media.audio import PCM, Framer, Resampler
-from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec
+from webgate.media.codecs import CodecInfo, Decoder, Encoder, create_decoder, create_encoder, get_codec, packet_plan
 from webgate.proto import rtp
 from webgate.proto.errors import RemoteProtocolError
 from webgate.proto.rtp_source import SourceGuard
@@ -43,6 +43,8 @@ class _NoLog:
 
 HostPort = tuple[str, int]
 RTCP_INTERVAL = 5.0
+MAX_PACKETS_PER_TICK = 8  # 10 ms packets play two per tick; a burst of late ones no more than this
+MAX_CONCEALED_MS = 120  # the longest gap one Loss is concealed for
 
 
 @dataclass
@@ -55,6 +57,7 @@ class StreamStats:
     dtmf_received: int = 0
     bad_packets: int = 0
     concealed: int = 0
+    recovered: int = 0  # lost packets rebuilt from the next one's in-band FEC (Opus)
 
 
 @dataclass
@@ -99,6 +102,13 @@ class RtpAudioStream:
         self.source_guard = SourceGuard(strict_source, relearn_after_s)
         self._framer: Framer | None = None
         self._resamplers = _Resamplers()
+        #: (frame_ms, frames per packet) we send with: the far end's ptime/maxptime
+        self.packet_plan: tuple[int, int] = (20, 1)
+        self._pending: list[bytes] = []  # encoded frames waiting for the rest of their packet
+        self._packet_samples = 0  # RTP timestamp step of one packet we send
+        self._rx_samples = 0  # duration of the last packet received (codec rate samples)
+        self._rx_last: tuple[int, int] | None = None  # packet path: (sequence, timestamp) of the last payload
+        self._rx_step = 0  # packet path: the far end's timestamp step (RTP clock)
         self._dtmf_queue: list[rtp.RtpPacket] = []
         self._pending_digits: list[tuple[str, int]] = []
         self._next_rtcp = 0.0
@@ -128,11 +138,27 @@ class RtpAudioStream:
         elif remote is None or g.locked is None:
             self.remote, self.remote_rtcp = remote, remote_rtcp
         # else: the same SDP address (hold, unhold, a codec change): keep sending where its packets come from
+        plan_changed = False
         if changed:
             info = get_codec(c.name, c.clock_rate, c.channels, c.fmtp)
             self.codec = info
-            self.encoder = create_encoder(info) if info.can_encode else None
             self.decoder = create_decoder(info) if info.can_decode else None
+            self._rx_samples = info.frame_samples
+        if self.codec is not None:
+            plan = packet_plan(self.codec, media.ptime, media.maxptime)
+            plan_changed = plan != self.packet_plan
+            self.packet_plan = plan
+        if (changed or plan_changed) and self.codec is not None:
+            info = self.codec
+            self.encoder = create_encoder(info, frame_ms=self.packet_plan[0]) if info.can_encode else None
+            self._pending = []
+            if self.encoder is not None:
+                frames = self.packet_plan[1] if self.encoder.joinable else 1
+                self.packet_plan = (self.packet_plan[0], frames)
+                self._packet_samples = frames * self.encoder.frame_samples * info.rtp_clock_rate // info.sample_rate
+        if changed:
+            assert self.codec is not None
+            info = self.codec
             pt = c.payload_type if c.payload_type is not None else 0
             if self.sender is None:
                 self.sender = rtp.RtpSender(pt, info.rtp_clock_rate)
@@ -140,6 +166,7 @@ class RtpAudioStream:
                 self.sender.payload_type = pt
                 self.sender.clock_rate = info.rtp_clock_rate
             self.jitter = rtp.JitterBuffer(info.rtp_clock_rate, ptime=0.02, min_delay=self.jitter_min, max_delay=self.jitter_max)
+            self._rx_last, self._rx_step = None, 0
             self.rx_stats = rtp.RtpStats(info.rtp_clock_rate)
             self._framer = Framer(info.frame_samples)
             self._resamplers = _Resamplers()
@@ -212,10 +239,22 @@ class RtpAudioStream:
         if self.rx_stats is not None:
             self.rx_stats.update(packet, now)
         if self.on_payload is not None:
-            self.on_payload(packet.payload, self.samples_per_packet, packet)
+            self.on_payload(packet.payload, self._payload_samples(packet), packet)
             return
         if self.jitter is not None:
             self.jitter.put(packet, now)
+
+    def _payload_samples(self, packet: rtp.RtpPacket) -> int:
+        """Packet path: the duration of a received payload (RTP clock), from the timestamp step
+        between consecutive packets (the far end's packet time: 10, 20, 30 ms ...), 20 ms until
+        one is seen."""
+        last = self._rx_last
+        self._rx_last = (packet.sequence, packet.timestamp)
+        if last is not None and packet.sequence == (last[0] + 1) & 0xFFFF and self.codec is not None:
+            step = (packet.timestamp - last[1]) & 0xFFFFFFFF
+            if 0 < step <= self.codec.rtp_clock_rate * 12 // 100:
+                self._rx_step = step
+        return self._rx_step or self.samples_per_packet
 
     def _admit(self, data: bytes, source: HostPort, now: float) -> bool:
         """A packet not from the locked source (the slow path): the guard decides; a new lock
@@ -283,24 +322,58 @@ class RtpAudioStream:
                 self.stats.dtmf_received += 1
                 if self.on_dtmf is not None:
                     self.on_dtmf(d.digit, d.duration_ms)
-        if self.jitter is not None and self.on_payload is None:
-            item = self.jitter.get(now)
-            pcm: PCM | None = None
-            if isinstance(item, rtp.RtpPacket):
-                if self.decoder is not None:
-                    try:
-                        pcm = self.decoder.decode(item.payload)
-                    except RemoteProtocolError:
-                        self.stats.bad_packets += 1
-                        pcm = self.decoder.conceal()
-            elif isinstance(item, rtp.Loss) and self.decoder is not None:
-                self.stats.concealed += 1
-                pcm = self.decoder.conceal()
-            if pcm is not None and self.on_audio is not None and self.codec is not None and len(pcm):
-                self.on_audio(pcm, self.codec.sample_rate)
+        if self.jitter is not None and self.on_payload is None and self.codec is not None:
+            # play 20 ms of audio: one packet, two of 10 ms, or none while a 30 ms one lasts
+            budget = self.codec.sample_rate // 50
+            played = 0
+            for _ in range(MAX_PACKETS_PER_TICK):
+                item = self.jitter.get(now)
+                if item is None:
+                    break
+                pcm = self._play(item)
+                if pcm is not None and len(pcm):
+                    played += len(pcm)
+                    if self.on_audio is not None:
+                        self.on_audio(pcm, self.codec.sample_rate)
+                if played >= budget:
+                    break
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
             self._send_report(now)
+
+    def _play(self, item: rtp.RtpPacket | rtp.Loss) -> PCM | None:
+        """Decode one packet from the jitter buffer, or conceal one that was lost (the codec's
+        own concealment, Opus FEC from the packet that follows, or repeat-and-fade)."""
+        decoder = self.decoder
+        if decoder is None or self.jitter is None:
+            return None
+        if isinstance(item, rtp.RtpPacket):
+            try:
+                pcm = decoder.decode(item.payload)
+            except RemoteProtocolError:
+                self.stats.bad_packets += 1
+                return decoder.conceal(self._rx_samples or None)
+            if len(pcm) and len(pcm) != self._rx_samples:
+                self._rx_samples = len(pcm)
+                self.jitter.ptime = len(pcm) / decoder.sample_rate
+            if decoder.mode_request is not None:
+                if self.encoder is not None:
+                    self.encoder.request_mode(decoder.mode_request)
+                decoder.mode_request = None
+            return pcm
+        # the whole gap (the jitter buffer skips several packets at once when the next one is
+        # already due), at most MAX_CONCEALED_MS: past that the far end went quiet, not lost
+        self.stats.concealed += item.count
+        each = self._rx_samples or decoder.sample_rate // 50
+        total = min(item.count * each, decoder.sample_rate * MAX_CONCEALED_MS // 1000)
+        following = self.jitter.peek() if item.count == 1 else None
+        if following is not None and following.sequence == (item.sequence + 1) & 0xFFFF:
+            before = getattr(decoder, "fec_recovered", None)
+            pcm = decoder.recover(following.payload, total)
+            if before is not None and getattr(decoder, "fec_recovered", before) != before:
+                self.stats.recovered += 1
+            return pcm
+        return decoder.conceal(total)
 
     def _send_report(self, now: float) -> None:
         if self._send_rtcp is None or self.remote_rtcp is None or self.sender is None:
@@ -326,7 +399,8 @@ class RtpAudioStream:
         self._send_rtp(data, self.remote)
 
     def send_pcm(self, pcm: PCM, rate: int) -> None:
-        """Frame path: any rate, any length -> 20 ms packets in the negotiated codec."""
+        """Frame path: any rate, any length -> packets in the negotiated codec, of the packet
+        time the far end asked for (:attr:`packet_plan`: whole codec frames per packet)."""
         if self.encoder is None or self.codec is None or self.sender is None or self._framer is None:
             return
         if rate != self.codec.sample_rate:
@@ -334,8 +408,16 @@ class RtpAudioStream:
             if rs is None:
                 rs = self._resamplers.to_codec[rate] = Resampler(rate, self.codec.sample_rate)
             pcm = rs.resample(pcm)
+        frames = self.packet_plan[1]
         for payload in self.encoder.encode(pcm):
-            self.send_payload(payload, self.samples_per_packet)
+            if frames <= 1:
+                self.send_payload(payload, self._packet_samples)
+                continue
+            self._pending.append(payload)
+            if len(self._pending) >= frames:
+                packet = self.encoder.pack(self._pending)
+                self._pending = []
+                self.send_payload(packet, self._packet_samples)
 
     def send_payload(self, payload: bytes, samples: int | None = None, marker: bool = False) -> None:
         """Packet path: an already-encoded payload in the negotiated codec."""

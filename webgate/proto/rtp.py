@@ -1048,6 +1048,13 @@ class JitterBuffer:
             self.stats.overflow += 1
             self._next_seq = max(self._next_seq, oldest + 1)
 
+    def peek(self) -> RtpPacket | None:
+        """The earliest packet held, left in place (after a :class:`Loss`: the packet that
+        follows the lost one, whose in-band FEC may rebuild it)."""
+        if not self._packets:
+            return None
+        return self._packets[min(self._packets)]
+
     def get(self, now: float) -> RtpPacket | Loss | None:
         if self._next_seq is None or not self._packets or self._ssrc is None:
             return None

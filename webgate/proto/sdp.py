@@ -19,10 +19,18 @@ from dataclasses import dataclass, field
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "AAL2_G726_32",
+    "AMR_BE",
+    "AMR_OA",
+    "AMR_WB_BE",
+    "AMR_WB_OA",
     "CN",
     "DIRECTIONS",
     "G722",
+    "G723",
+    "G726_32",
     "G729",
+    "G729_NO_ANNEXB",
     "GSM",
     "OPUS",
     "PCMA",
@@ -31,6 +39,7 @@ __all__ = [
     "SPEEX_16K",
     "STATIC_CODECS",
     "TELEPHONE_EVENT",
+    "TELEPHONE_EVENT_16K",
     "TELEPHONE_EVENT_48K",
     "Codec",
     "Connection",
@@ -39,12 +48,15 @@ __all__ = [
     "Origin",
     "RtcpAttribute",
     "SessionDescription",
+    "answer_fmtp",
     "apply_answer",
     "build_offer",
     "effective_connection",
     "effective_direction",
+    "fmtp_params",
     "mirror_direction",
     "negotiate_answer",
+    "offer_ptime",
     "parse_sdp",
 ]
 
@@ -88,7 +100,10 @@ class Codec:
         return self.name.lower() == "cn"
 
     def matches(self, other: Codec) -> bool:
-        """Same payload format (name case-insensitive, clock rate, channels); ignores PT and fmtp."""
+        """Same payload format (name case-insensitive, clock rate, channels); ignores PT and
+        fmtp, except where fmtp changes the format: AMR's ``octet-align`` (RFC 4867 §8.3.1:
+        the two packings are different formats), and AMR options webgate does not implement
+        (CRC, robust sorting, interleaving, several channels), which match nothing."""
         name = self.name.lower()
         if name != other.name.lower():
             return False
@@ -98,6 +113,8 @@ class Codec:
             return False
         if name == "opus":
             return True  # RFC 7587: always opus/48000/2, tolerate a missing channel count
+        if name in _AMR_NAMES:
+            return self.channels == other.channels == 1 and _amr_compatible(self.fmtp, other.fmtp)
         return self.channels == other.channels
 
     def with_payload_type(self, payload_type: int) -> Codec:
@@ -108,21 +125,30 @@ class Codec:
 
 
 PCMU = Codec("PCMU", 8000, payload_type=0)
+G726_32 = Codec("G726-32", 8000)  # RFC 3551: dynamic (PT 2 without an rtpmap is read as it too)
 GSM = Codec("GSM", 8000, payload_type=3)
 G723 = Codec("G723", 8000, payload_type=4)
 PCMA = Codec("PCMA", 8000, payload_type=8)
 G722 = Codec("G722", 8000, payload_type=9)
 CN = Codec("CN", 8000, payload_type=13)
 G729 = Codec("G729", 8000, payload_type=18)
+G729_NO_ANNEXB = Codec("G729", 8000, fmtp="annexb=no", payload_type=18)  # what webgate offers
+AAL2_G726_32 = Codec("AAL2-G726-32", 8000)
+AMR_OA = Codec("AMR", 8000, fmtp="octet-align=1")
+AMR_BE = Codec("AMR", 8000)  # bandwidth-efficient: RFC 4867's default
+AMR_WB_OA = Codec("AMR-WB", 16000, fmtp="octet-align=1")
+AMR_WB_BE = Codec("AMR-WB", 16000)
 OPUS = Codec("opus", 48000, 2, fmtp="minptime=10;useinbandfec=1")
 SPEEX_8K = Codec("speex", 8000)
 SPEEX_16K = Codec("speex", 16000)
 TELEPHONE_EVENT = Codec("telephone-event", 8000, fmtp="0-16")
 TELEPHONE_EVENT_48K = Codec("telephone-event", 48000, fmtp="0-16")
+TELEPHONE_EVENT_16K = Codec("telephone-event", 16000, fmtp="0-16")  # DTMF beside AMR-WB
 
 #: RFC 3551 static payload types (audio ones we may meet).
 STATIC_CODECS: dict[int, Codec] = {
     0: PCMU,
+    2: Codec("G726-32", 8000, payload_type=2),  # RFC 1890's G721, still sent by PBXs as G.726-32
     3: GSM,
     4: G723,
     5: Codec("DVI4", 8000, payload_type=5),
@@ -140,11 +166,80 @@ STATIC_CODECS: dict[int, Codec] = {
 }
 
 
+#: static numbers we read but never assign (RFC 3551 made G.726-32 dynamic)
+_READ_ONLY_STATIC = frozenset({2})
+
+
 def _static_pt_for(codec: Codec) -> int | None:
     for pt, static in STATIC_CODECS.items():
-        if static.matches(codec):
+        if pt not in _READ_ONLY_STATIC and static.matches(codec):
             return pt
     return None
+
+
+# --- codec parameters (fmtp) ------------------------------------------------------------------
+
+_AMR_NAMES = frozenset({"amr", "amr-wb"})
+#: the AMR parameters an answer repeats from the offer (RFC 4867 §8.3.1: the answerer honours them)
+_AMR_ANSWER_KEYS = ("octet-align", "mode-set", "mode-change-period", "mode-change-capability",
+                    "mode-change-neighbor", "max-red")
+
+
+def fmtp_params(fmtp: str | None) -> dict[str, str]:
+    """``"mode-set=0,2; octet-align=1"`` -> ``{"mode-set": "0,2", "octet-align": "1"}``."""
+    out: dict[str, str] = {}
+    for part in (fmtp or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip():
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def _amr_supported(params: dict[str, str]) -> bool:
+    return (params.get("crc", "0") != "1" and params.get("robust-sorting", "0") != "1"
+            and "interleaving" not in params and params.get("channels", "1") == "1")
+
+
+def _amr_compatible(a: str | None, b: str | None) -> bool:
+    pa, pb = fmtp_params(a), fmtp_params(b)
+    if not (_amr_supported(pa) and _amr_supported(pb)):
+        return False
+    if (pa.get("octet-align", "0") == "1") != (pb.get("octet-align", "0") == "1"):
+        return False
+    sa = {m.strip() for m in pa.get("mode-set", "").split(",") if m.strip()}
+    sb = {m.strip() for m in pb.get("mode-set", "").split(",") if m.strip()}
+    return not (sa and sb and not sa & sb)
+
+
+def answer_fmtp(mine: Codec, offered: Codec) -> str | None:
+    """The fmtp an answer gives the offered codec it chose: AMR repeats the offer's packing,
+    mode set and mode-change rules (we send within them); G.729 says ``annexb=no`` (we send no
+    Annex B frames and decode them if they come); others keep our own fmtp, else the offer's."""
+    name = offered.name.lower()
+    if name in _AMR_NAMES:
+        params = fmtp_params(offered.fmtp)
+        kept = [f"{k}={params[k]}" for k in _AMR_ANSWER_KEYS if k in params]
+        return "; ".join(kept) or None
+    if name == "g729":
+        return "annexb=no"
+    return mine.fmtp if mine.fmtp is not None else offered.fmtp
+
+
+def _answered_codec(offered: Codec, answered: Codec) -> Codec:
+    """The codec an answer chose for one of our payload types: an AMR answer that dropped the
+    offer's ``octet-align`` keeps our packing (the payload type is ours), with its mode set."""
+    if answered.name.lower() not in _AMR_NAMES or offered.matches(answered):
+        return answered
+    ours, theirs = fmtp_params(offered.fmtp), fmtp_params(answered.fmtp)
+    merged = {**theirs, "octet-align": ours.get("octet-align", "0")}
+    return answered.with_fmtp("; ".join(f"{k}={v}" for k, v in merged.items()))
+
+
+def offer_ptime(codecs: Sequence[Codec], default: int = 20) -> int:
+    """The ``a=ptime`` of an offer led by ``codecs[0]``: G.723.1's frames are 30 ms."""
+    if codecs and codecs[0].name.lower() == "g723" and default % 30:
+        return 30
+    return default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,6 +732,7 @@ class NegotiatedMedia:
     rtcp_mux: bool = False
     media_index: int = 0
     telephone_event_clock_rate: int | None = None
+    maxptime: int | None = None  # the far end's a=maxptime (caps what we send)
 
     @property
     def sends(self) -> bool:
@@ -728,7 +824,7 @@ def build_offer(
     media = MediaDescription(kind="audio", port=port, proto=proto)
     for codec in _assign_payload_types(local_codecs):
         media.add_codec(codec)
-    media.ptime = ptime
+    media.ptime = offer_ptime(local_codecs, ptime) if ptime is not None else None
     media.direction = direction
     if rtcp_port is not None:
         media.rtcp = RtcpAttribute(rtcp_port)
@@ -826,7 +922,7 @@ def negotiate_answer(
             answer.media.append(_rejected_copy(media))
             continue
         answer_media = MediaDescription(kind="audio", port=port, proto=media.proto)
-        answer_codec = chosen.with_fmtp(mine.fmtp if mine.fmtp is not None else chosen.fmtp)
+        answer_codec = chosen.with_fmtp(answer_fmtp(mine, chosen))
         answer_media.add_codec(answer_codec)
         if te is not None:
             answer_media.add_codec(te)
@@ -851,6 +947,7 @@ def negotiate_answer(
         rtcp_mux=use_mux,
         media_index=chosen_index,
         telephone_event_clock_rate=te.clock_rate if te is not None else None,
+        maxptime=offered_media.maxptime,
     )
     return answer, negotiated
 
@@ -886,6 +983,10 @@ def apply_answer(offer: SessionDescription, answer: SessionDescription) -> Negot
         if same_pt is not None and same_pt.matches(codec):
             chosen = codec
             break
+        if (same_pt is not None and same_pt.name.lower() in _AMR_NAMES
+                and same_pt.name.lower() == codec.name.lower() and same_pt.clock_rate == codec.clock_rate):
+            chosen = _answered_codec(same_pt, codec)
+            break
         if any(c.matches(codec) for c in offered):
             chosen = codec
             break
@@ -918,4 +1019,5 @@ def apply_answer(offer: SessionDescription, answer: SessionDescription) -> Negot
         rtcp_mux=use_mux,
         media_index=index,
         telephone_event_clock_rate=te.clock_rate if te is not None else None,
+        maxptime=theirs.maxptime,
     )

@@ -1,6 +1,6 @@
 """What a codec's own bytes say about themselves, read without a decoder: the duration of an
-Opus packet (its TOC byte, RFC 6716 §3.1) and the MPEG-4 AudioSpecificConfig of AAC (as carried
-in an FLV AAC sequence header). Malformed input raises
+Opus packet (its TOC byte, RFC 6716 §3.1), whether it carries in-band FEC data, and the MPEG-4
+AudioSpecificConfig of AAC (as carried in an FLV AAC sequence header). Malformed input raises
 :class:`~webgate.proto.errors.RemoteProtocolError`.
 """
 
@@ -47,6 +47,23 @@ def opus_packet_samples(payload: bytes) -> int:
     if samples > 5760:  # 120 ms
         raise RemoteProtocolError(f"Opus packet longer than 120 ms ({samples} samples)")
     return samples
+
+
+def opus_has_lbrr(payload: bytes) -> bool | None:
+    """Whether a one-frame (code 0) SILK or Hybrid Opus packet carries in-band FEC (LBRR) data for
+    the packet before it; None when that cannot be told this way (CELT-only, several frames).
+
+    RFC 6716 §4.2.3: the SILK layer opens with one VAD flag per SILK frame (1 for 10/20 ms, 2 for
+    40 ms, 3 for 60 ms) and then the LBRR flag, all coded with probability 1/2; such symbols at the
+    start of the range coder are the plain leading bits of the first byte after the TOC (§4.1)."""
+    if len(payload) < 2:
+        return None
+    toc = payload[0]
+    config = toc >> 3
+    if config >= 16 or toc & 0x03:  # CELT-only, or not one frame
+        return None
+    silk_frames = {480: 1, 960: 1, 1920: 2, 2880: 3}[_OPUS_FRAME_SAMPLES[config]]
+    return bool(payload[1] & (0x80 >> silk_frames))
 
 
 # --- AAC AudioSpecificConfig ------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Literal
 import av
 
 from webgate.media import _native
+from webgate.media.codecs import libraries
 from webgate.proto.errors import LocalProtocolError
 
 #: packet-loss concealment: repeat the last frame, fading out (waveform codecs), or silence
@@ -59,16 +60,20 @@ class CodecSpec:
     av_encoder: tuple[str, ...] = ()
     av_decoder: tuple[str, ...] = ()
     av_format: str = "s16"  # encoder input sample format
-    native: str | None = None  # "pcmu" | "pcma" | "l16" | "s16le" | "gsm" | "speex"
+    native: str | None = None  # "pcmu" | "pcma" | "l16" | "s16le" | "gsm" | "speex" | "g729" | "amrnb" | "amrwb" | "g726" | "g723" | "opus"
     codec_frame_ms: float | None = 20.0  # None: the encoder's own frame_size
     conceal: Conceal = "silence"
     bit_rate: int | None = None
     aliases: tuple[str, ...] = field(default=())
+    #: payloads of consecutive frames concatenate into one RTP payload (a packet time of n frames)
+    joinable: bool = False
+    #: a waveform codec whose frame may be any multiple of 10 ms (the packet time itself)
+    frameless: bool = False
 
 
 _SPECS: tuple[CodecSpec, ...] = (
-    CodecSpec("PCMU", (8000,), payload_type=0, native="pcmu", conceal="repeat"),
-    CodecSpec("PCMA", (8000,), payload_type=8, native="pcma", conceal="repeat"),
+    CodecSpec("PCMU", (8000,), payload_type=0, native="pcmu", conceal="repeat", joinable=True, frameless=True),
+    CodecSpec("PCMA", (8000,), payload_type=8, native="pcma", conceal="repeat", joinable=True, frameless=True),
     CodecSpec(
         "G722",
         (16000,),
@@ -78,6 +83,7 @@ _SPECS: tuple[CodecSpec, ...] = (
         av_decoder=("g722",),
         conceal="repeat",
         bit_rate=64000,
+        joinable=True,
     ),
     CodecSpec(
         "opus",
@@ -86,7 +92,23 @@ _SPECS: tuple[CodecSpec, ...] = (
         av_encoder=("libopus",),
         av_decoder=("libopus", "opus"),
         bit_rate=32000,
+        native="opus",  # decoded by the system libopus when it loads: real PLC and in-band FEC
     ),
+    # G.729 / G.729A (RFC 3551; Annex B SID frames decoded): libbcg729 both ways
+    CodecSpec("G729", (8000,), payload_type=18, native="g729", codec_frame_ms=10.0, joinable=True),
+    # AMR-NB / AMR-WB (RFC 4867): opencore (PyAV or the system library), vo-amrwbenc encodes WB
+    CodecSpec("AMR", (8000,), native="amrnb", av_encoder=("libopencore_amrnb",),
+              av_decoder=("libopencore_amrnb",), joinable=True),
+    CodecSpec("AMR-WB", (16000,), native="amrwb", av_decoder=("libopencore_amrwb",), joinable=True),
+    # G.726-32: RFC 3551 packing (first codeword in the low bits) and ITU-T I.366.2 (AAL2) packing
+    CodecSpec("G726-32", (8000,), native="g726", av_decoder=("adpcm_g726le",), conceal="repeat",
+              joinable=True, frameless=True),
+    CodecSpec("AAL2-G726-32", (8000,), native="g726", av_decoder=("adpcm_g726",), conceal="repeat",
+              joinable=True, frameless=True),
+    # G.723.1 at 6.3 kbit/s (PT 4, 30 ms frames; 5.3 kbit/s and SID frames decoded)
+    CodecSpec("G723", (8000,), payload_type=4, native="g723", av_encoder=("g723_1",),
+              av_decoder=("g723_1",), codec_frame_ms=30.0, conceal="repeat", bit_rate=6300,
+              joinable=True),
     CodecSpec("speex", (8000, 16000, 32000), av_decoder=("speex",), native="speex"),
     CodecSpec("GSM", (8000,), payload_type=3, av_decoder=("gsm",), native="gsm"),
     CodecSpec("iLBC", (8000,), av_decoder=("ilbc",), codec_frame_ms=30.0),
@@ -95,6 +117,8 @@ _SPECS: tuple[CodecSpec, ...] = (
         (8000, 16000, 11025, 22050, 32000, 44100, 48000),
         native="l16",
         conceal="repeat",
+        joinable=True,
+        frameless=True,
     ),
     CodecSpec(
         "pcm_s16le",
@@ -109,6 +133,7 @@ _SPECS: tuple[CodecSpec, ...] = (
         av_decoder=("nellymoser",),
         av_format="flt",
         codec_frame_ms=None,
+        conceal="repeat",
     ),
     CodecSpec(
         "aac",
@@ -119,6 +144,7 @@ _SPECS: tuple[CodecSpec, ...] = (
         codec_frame_ms=None,
         bit_rate=64000,
         aliases=("mpeg4-generic",),
+        conceal="repeat",
     ),
     CodecSpec(
         "mp3",
@@ -162,6 +188,31 @@ def pick_av_codec(names: tuple[str, ...], mode: Literal["r", "w"]) -> str | None
     return None
 
 
+#: FFmpeg's own decoders, the last resort of the AMR decoders (no concealment through PyAV)
+AMR_FALLBACK_DECODERS = {"amrnb": "amrnb", "amrwb": "amrwb"}
+
+
+def encode_libraries(spec: CodecSpec) -> tuple[str, ...]:
+    """The system libraries (:mod:`~webgate.media.codecs.libraries` keys) this build still
+    needs to encode ``spec``: empty when it needs none or PyAV's FFmpeg has the encoder."""
+    if spec.native == "g729":
+        return ("bcg729",)
+    if spec.native == "amrnb":
+        return () if pick_av_codec(spec.av_encoder, "w") else ("amrnb",)
+    if spec.native == "amrwb":
+        return ("amrwbenc",)
+    if spec.native == "g726":
+        return ("spandsp",)
+    return ()
+
+
+def required_libraries(name: str) -> tuple[str, ...]:
+    """The system libraries a codec named as in a configuration (``"G729"``,
+    ``"speex/16000"``) needs to be offered; unknown names need none."""
+    spec = _BY_NAME.get(name.split("/", 1)[0].lower())
+    return encode_libraries(spec) if spec is not None else ()
+
+
 def _can_encode(spec: CodecSpec) -> bool:
     if spec.native in ("pcmu", "pcma", "l16", "s16le"):
         return True
@@ -169,13 +220,40 @@ def _can_encode(spec: CodecSpec) -> bool:
         return True
     if spec.native == "speex" and _native.speex_available():
         return True
+    if spec.native in ("g729", "amrnb", "amrwb", "g726"):
+        return all(libraries.available(k) for k in encode_libraries(spec))
     return pick_av_codec(spec.av_encoder, "w") is not None
 
 
 def _can_decode(spec: CodecSpec) -> bool:
     if spec.native in ("pcmu", "pcma", "l16", "s16le"):
         return True
+    if spec.native == "g729":
+        return libraries.available("bcg729")
+    if spec.native in AMR_FALLBACK_DECODERS:
+        if pick_av_codec(spec.av_decoder, "r") or libraries.available(spec.native):
+            return True
+        return _av_has(AMR_FALLBACK_DECODERS[spec.native], "r")
     return pick_av_codec(spec.av_decoder, "r") is not None
+
+
+def packet_plan(info: CodecInfo, ptime: int | None, maxptime: int | None = None) -> tuple[int, int]:
+    """How to send ``info`` at the packet time the far end asked for (SDP ``ptime``, capped by
+    ``maxptime``): ``(frame_ms, frames per packet)``. Waveform codecs make frames of the packet
+    time itself (a multiple of 10 ms, 10..120); codecs with frames of their own put as many
+    whole frames in a packet as fit (at least one: G.723.1's 30 ms when 20 ms is asked); the
+    others (Opus) send one 20 ms frame per packet."""
+    spec = codec_spec(info)
+    want = ptime if ptime is not None and ptime > 0 else 20
+    if maxptime is not None and maxptime > 0:
+        want = min(want, maxptime)
+    want = max(10, min(want, 120))
+    if spec.frameless:
+        return max(10, want // 10 * 10), 1
+    frame = spec.codec_frame_ms
+    if frame is None or not spec.joinable:
+        return int(frame or 20), 1
+    return int(frame), max(1, int(want // frame))
 
 
 def parse_fmtp(fmtp: str | None) -> dict[str, str]:
