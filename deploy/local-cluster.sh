@@ -31,8 +31,8 @@ DS_PING_INTERVAL=${DS_PING_INTERVAL:-2}
 HEARTBEAT_S=${HEARTBEAT_S:-1}
 NODE_TTL_S=${NODE_TTL_S:-3}
 ON_REDIS_DOWN=${ON_REDIS_DOWN:-refuse}
-# 1 = write the [cluster] section into the nodes' configuration (once webgate has it)
-WITH_CLUSTER=${WITH_CLUSTER:-0}
+# 1 = the nodes share their state through Redis ([cluster] section); 0 = two independent nodes
+WITH_CLUSTER=${WITH_CLUSTER:-1}
 
 PIDS=$CLUSTER_DIR/pids
 STATUS=$CLUSTER_DIR/cluster.json
@@ -101,6 +101,7 @@ EOF
     [ "$WITH_CLUSTER" = 1 ] && cat <<EOF
 
 [cluster]
+enabled = true
 redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
 node_id = "node$i"
 ws_url = "ws://$addr:$NODE_HTTP_PORT/ws"

@@ -178,6 +178,11 @@ def wait(check: Any, timeout: float) -> bool:
     return bool(check())
 
 
+def _health(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base + "/health", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
 def test_status_json_and_everything_answers(cluster: Cluster) -> None:
     r = cluster.run("status")
     assert r.returncode == 0, r.stderr
@@ -192,6 +197,9 @@ def test_status_json_and_everything_answers(cluster: Cluster) -> None:
         assert node["rtmp"] == f"rtmp://{addr}:{cluster.env['NODE_RTMP_PORT']}"
         with urllib.request.urlopen(node["http"] + "/health", timeout=5) as resp:
             assert resp.status == 200
+            # the nodes share their state through the script's Redis (WITH_CLUSTER=1, the default)
+            assert wait(lambda: _health(node["http"])["cluster"]["redis"] == "up", 10), _health(node["http"])
+            assert _health(node["http"])["cluster"]["node_id"] == node["id"]
     host, port = cluster.kamailio
     assert sip_request(cluster, "OPTIONS", f"sip:{host}:{port}")[-1].startswith("SIP/2.0 200")
     # the dispatcher probes both nodes with OPTIONS and has them active (A) and probed (P)

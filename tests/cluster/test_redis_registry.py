@@ -21,7 +21,7 @@ from webgate.calls.errors import CallRefused
 from webgate.calls.session_id import SessionIdError
 from webgate.cluster.node import ClusterNode, connect
 from webgate.cluster.redis_registry import ClusterSessionIds, RedisCallRegistry
-from webgate.cluster.settings import ClusterSettings
+from webgate.config import ClusterConfig
 
 
 TTL_S = 2.0  # node_ttl_s: long enough for a busy machine, short for the expiry test
@@ -41,7 +41,7 @@ class FakeCall:
 
 
 def node(server: RedisServer, node_id: str, on_redis_down: str = "refuse", **limits: Any) -> ClusterNode:
-    settings = ClusterSettings(redis_url=server.url, node_id=node_id, ws_url=f"ws://{node_id}:8080/ws",
+    settings = ClusterConfig(enabled=True, redis_url=server.url, node_id=node_id, ws_url=f"ws://{node_id}:8080/ws",
                                rtmp_url=f"rtmp://{node_id}:1935", sip_contact=f"sip:{node_id}:5060",
                                heartbeat_s=0.25, node_ttl_s=TTL_S, on_redis_down=on_redis_down)
     return ClusterNode(connect(settings, 0.5), settings, **limits)
@@ -97,18 +97,25 @@ async def test_session_ids_are_unique_across_nodes(server: RedisServer) -> None:
         await a.flush()
         assert (await refused(b.reserve("198.51.100.3", session_id="55500001"))).code == "session_id_in_use"
         assert (await refused(a.reserve("198.51.100.3", session_id="5550x"))).code == "invalid_session_id"
-        # the call manager's allocator hands out only what the node reserved
+        # the call manager's allocator hands out what the node reserved, or an ID claimed ahead
         ids = ClusterSessionIds(b)
         mine = await b.reserve("198.51.100.4", session_id="55500002")
         assert ids.allocate(mine) == mine
-        with pytest.raises(SessionIdError):
-            ids.allocate(None)
+        assert await until(lambda: _pooled(b), 2.0)
+        pooled = ids.allocate(None)
+        assert pooled not in sids and b.is_held(pooled)
+        assert (await refused(a.reserve("198.51.100.5", session_id=pooled))).code == "session_id_in_use"
         with pytest.raises(SessionIdError):
             ids.allocate("55500001")
         ids.release(mine)
-        assert not b.is_held(mine)
+        ids.release(pooled)
+        assert not b.is_held(mine) and not b.is_held(pooled)
     finally:
         await close(a, b)
+
+
+async def _pooled(n: ClusterNode) -> bool:
+    return n.pooled >= 16
 
 
 @twisted_test

@@ -5,7 +5,9 @@
 - the **heartbeat**: every ``heartbeat_s`` the node's hash and its index keys get ``node_ttl_s``
   again, so a killed node's calls, counts and users vanish within ``node_ttl_s``;
 - **session IDs**, allocated cluster-wide (``SET NX`` with the reuse window as TTL), and
-  client-chosen IDs checked cluster-wide (:meth:`ClusterNode.reserve`);
+  client-chosen IDs checked cluster-wide (:meth:`ClusterNode.reserve`); a small pool of IDs
+  claimed ahead (:meth:`ClusterNode.allocate_now`) serves the paths that cannot wait for Redis
+  (a call from SIP toward a web user, an ingress without the async admission step);
 - the **index of live calls** (session ID -> node, ingress, state, identity): written when a call
   starts, its state refreshed by the heartbeat, withdrawn when it ends;
 - **registered web users** -> node (the newest registration across the cluster wins);
@@ -26,9 +28,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,23 +46,30 @@ from twisted.logger import Logger
 from webgate.adapters import aio
 from webgate.calls import errors
 from webgate.calls.errors import CallRefused
+from webgate.calls.errors import CLUSTER_UNAVAILABLE
 from webgate.calls.policy import WINDOW_S
 from webgate.cluster import scripts
 from webgate.cluster.entries import CallEntry, NodeInfo, UserEntry, pairs_to_dict
-from webgate.cluster.settings import ClusterSettings
+from webgate.config import ClusterConfig
 from webgate.syntax import SESSION_ID_RULE, is_valid_session_id
 
-__all__ = ["CLUSTER_UNAVAILABLE", "LOCAL_FIRST_DIGIT", "ClusterNode", "ClusterUnavailable", "connect"]
+__all__ = ["CLUSTER_UNAVAILABLE", "LOCAL_FIRST_DIGIT", "ClusterNode", "ClusterUnavailable", "connect", "default_node_id"]
 
 log = Logger()
 
-#: the refusal code while Redis is unreachable (HTTP/SIP 503)
-CLUSTER_UNAVAILABLE = "cluster_unavailable"
 #: session IDs allocated without Redis start with this digit (then the node's prefix)
 LOCAL_FIRST_DIGIT = "9"
 SESSION_IDS_EXHAUSTED = "session_ids_exhausted"
 
 Op = Callable[[Pipeline], Awaitable[Any]]
+#: the pool of session IDs claimed ahead: at least this many, refilled below half
+POOL_MIN = 32
+POOL_MAX = 1024
+
+
+def default_node_id(port: int) -> str:
+    """The default ``node_id``: the host name plus a port (the node's HTTP or SIP port)."""
+    return f"{socket.gethostname()}:{port}"
 
 
 class ClusterUnavailable(CallRefused):
@@ -69,7 +79,7 @@ class ClusterUnavailable(CallRefused):
         super().__init__(CLUSTER_UNAVAILABLE, message, 503)
 
 
-def connect(settings: ClusterSettings, timeout_s: float = 1.0, max_connections: int = 16) -> Redis:
+def connect(settings: ClusterConfig, timeout_s: float = 1.0, max_connections: int = 16) -> Redis:
     """A redis.asyncio client for ``settings.redis_url`` that fails fast: ``timeout_s`` to
     connect and per command, one immediate retry (a pooled connection broken by a Redis restart).
     At most ``max_connections``: a burst of call set-ups waits for a free one (up to five times
@@ -84,7 +94,7 @@ class ClusterNode:
     def __init__(
         self,
         redis: Redis,
-        settings: ClusterSettings,
+        settings: ClusterConfig,
         *,
         session_id_length: int = 10,
         reuse_after_s: float = 3600.0,
@@ -123,10 +133,15 @@ class ClusterNode:
         self._flusher: Any = None  # the asyncio task sending _pending
         self._republishing = False
         self._task: Any = None
+        self._stopped = False
+        self._pool: deque[tuple[str, float]] = deque()  # session IDs claimed ahead, (sid, claimed monotonic)
+        self._pool_task: Any = None  # the asyncio task refilling it
+        self._taken: deque[float] = deque()  # when pooled IDs were taken in the last 10 s (sizes the pool)
         r = redis.register_script
         self._attempt, self._reserve, self._release = r(scripts.ATTEMPT), r(scripts.RESERVE), r(scripts.RELEASE)
         self._heartbeat, self._republish_s = r(scripts.HEARTBEAT), r(scripts.REPUBLISH)
         self._lookup_call, self._lookup_user, self._nodes = r(scripts.LOOKUP_CALL), r(scripts.LOOKUP_USER), r(scripts.NODES)
+        self._claim = r(scripts.CLAIM)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -138,17 +153,21 @@ class ClusterNode:
     # -- life ----------------------------------------------------------------------------------
     async def start(self) -> None:
         """First heartbeat (Redis may be down: the loop keeps trying), then the heartbeat loop."""
+        self._stopped = False
         try:
             await self.heartbeat()
         except ClusterUnavailable:
             pass
-        self._task = aio.spawn(self._run(), "cluster heartbeat", node=self.node_id)
+        if not self._stopped:
+            self._task = aio.spawn(self._run(), "cluster heartbeat", node=self.node_id)
 
     async def stop(self, leave: bool = True) -> None:
         """Stop the heartbeat; with ``leave``, send what is queued and remove the node's keys
         (after its calls ended: a drained node leaves at once instead of after ``node_ttl_s``)."""
+        self._stopped = True
         aio.cancel(self._task)
-        self._task = None
+        aio.cancel(self._pool_task)
+        self._task = self._pool_task = None
         if leave and self.available:
             await self.flush()
             base = self._key("node", self.node_id)
@@ -179,6 +198,7 @@ class ClusterNode:
 
     def _went_down(self, e: BaseException) -> None:
         self._pending.clear()  # the re-publish rebuilds it all from the node's own state
+        self._pool.clear()  # a Redis that comes back empty lost their claims
         if self.available:
             self.available = False
             log.warn("cluster: Redis unreachable ({error}); new calls: {mode}", error=repr(e),
@@ -200,8 +220,12 @@ class ClusterNode:
         elif prefix:
             self.local_prefix_confirmed = True
         if not existed or not self.available:
+            if not existed:
+                self._pool.clear()  # Redis lost the node's keys (restarted?): the claims may be gone too
             await self.republish()
+            self._refill_soon()
             return
+        self._refill_soon()
         current = {e.session_id: e.to_json() for e in self.calls_source()}
         changed = {sid: j for sid, j in current.items() if self._published.get(sid) != j}
         gone = [sid for sid in self._published if sid not in current]
@@ -236,7 +260,8 @@ class ClusterNode:
             ips: dict[str, int] = {}
             idents: dict[str, int] = {}
             for ip, ident, _at in self._held.values():
-                ips[ip] = ips.get(ip, 0) + 1
+                if ip:  # "" = an ID from the pool (a call from SIP): no slot
+                    ips[ip] = ips.get(ip, 0) + 1
                 if ident is not None:
                     idents[ident] = idents.get(ident, 0) + 1
             sids = {sid: self.reuse_ms for sid in self._held}
@@ -355,6 +380,57 @@ class ClusterNode:
                 self._held[sid] = (ip, identity, time.monotonic())
                 return sid
         raise CallRefused(SESSION_IDS_EXHAUSTED, "no free session ID")
+
+    # -- session IDs claimed ahead (for the paths that cannot wait) ---------------------------
+    def allocate_now(self) -> str:
+        """A session ID without waiting for Redis: one claimed ahead (the pool), or, while Redis
+        is unreachable and ``on_redis_down = "local"``, one of this node's prefix. It holds no
+        call slot (no IP, no identity); :meth:`release` gives it back. Raises
+        :class:`ClusterUnavailable` (Redis unreachable and ``"refuse"``, or a burst emptied the
+        pool before the refill came back)."""
+        now = time.monotonic()
+        self._taken.append(now)
+        while self._taken and now - self._taken[0] > 10.0:
+            self._taken.popleft()
+        try:
+            while self._pool:
+                sid, at = self._pool.popleft()
+                # a claim lives for the reuse window; the heartbeat refreshes held IDs after half of it
+                if (now - at) * 2000 < self.reuse_ms and sid not in self._held and sid not in self._released:
+                    self._held[sid] = ("", None, now)
+                    return sid
+            if not self.available:
+                return self._reserve_locally("", None, None)
+            raise ClusterUnavailable("no session ID claimed ahead yet (a burst of calls); retry")
+        finally:
+            self._refill_soon()
+
+    @property
+    def pool_target(self) -> int:
+        """How many IDs the pool holds when full: twice what was taken in the last 10 s."""
+        return max(POOL_MIN, min(POOL_MAX, 2 * len(self._taken)))
+
+    @property
+    def pooled(self) -> int:
+        return len(self._pool)
+
+    def _refill_soon(self) -> None:
+        if self.available and self._pool_task is None and len(self._pool) < self.pool_target // 2 + 1:
+            self._pool_task = aio.spawn(self._refill(), "cluster session-ID pool", node=self.node_id)
+
+    async def _refill(self) -> None:
+        try:
+            while self.available and len(self._pool) < self.pool_target:
+                want = self.pool_target - len(self._pool)
+                sids = {self._generate(str(1 + secrets.randbelow(8))) for _ in range(want)}
+                async with self._guard():
+                    got = await self._claim(args=[self.prefix, self.node_id, self.reuse_ms, *sids])
+                now = time.monotonic()
+                self._pool.extend((str(sid), now) for sid in got or ())
+        except ClusterUnavailable:
+            pass
+        finally:
+            self._pool_task = None
 
     def _generate(self, head: str) -> str:
         n = self.length - len(head)

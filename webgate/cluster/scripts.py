@@ -19,7 +19,7 @@ on one Redis (primary/replica, Sentinel); on Redis Cluster the shared hash tag k
 
 from __future__ import annotations
 
-__all__ = ["ATTEMPT", "HEARTBEAT", "LOOKUP_CALL", "LOOKUP_USER", "NODES", "RELEASE", "REPUBLISH", "RESERVE"]
+__all__ = ["ATTEMPT", "CLAIM", "HEARTBEAT", "LOOKUP_CALL", "LOOKUP_USER", "NODES", "RELEASE", "REPUBLISH", "RESERVE"]
 
 _PRELUDE = """
 local P, me = ARGV[1], ARGV[2]
@@ -79,6 +79,15 @@ if ident ~= '' then
   redis.call('PEXPIRE', base .. ':identity', ttl)
 end
 return {'ok', 0}
+"""
+
+#: ARGV: P, node, reuse_ms, sid, sid, ... -> the session IDs claimed (``SET NX``) for the node's pool
+CLAIM = _PRELUDE + """
+local out = {}
+for i = 4, #ARGV do
+  if redis.call('SET', P .. 'sid:' .. ARGV[i], me, 'NX', 'PX', ARGV[3]) then out[#out + 1] = ARGV[i] end
+end
+return out
 """
 
 #: ARGV: P, node, sid, reuse_ms, ip ('' = none), identity ('' = none) -> 1
