@@ -68,6 +68,10 @@ WS_URL = "ws://127.0.0.1:18080/ws"
 RTMP_URL = "rtmp://127.0.0.1:11935"
 JANUS_WS = "ws://127.0.0.1:18188/"
 FAREND_URI = "sip:bench@127.0.0.1:25060"
+WATCH_CONFIG = """\
+[tokens]
+key = "{key}"
+"""   # appended for the watched-video scenario only: watching needs a token with a ``watch`` claim
 CALLS_PER_WORKER = 50
 CHROMIUM_START_S = 3.0   # seconds to start one headless Chromium on the callers' (busy) CPU
 # Janus (libnice) gathers no candidate on a loopback interface, so its WebRTC calls need a host
@@ -149,11 +153,12 @@ class Bench:
         if not line.startswith("READY"):
             raise RuntimeError(f"far end did not start: {line!r}; see {self.work / 'farend.err'}")
 
-    def start_webgate(self) -> None:
-        """A fresh webgate for each scenario: memory per call is measured from its RSS at start."""
+    def start_webgate(self, extra: str = "") -> None:
+        """A fresh webgate for each scenario: memory per call is measured from its RSS at start.
+        ``extra``: TOML appended to the generated config (the watched-video scenario's token key)."""
         self.starts += 1
         cfg = self.work / "webgate.toml"
-        cfg.write_text(CONFIG.format(log_level=self.args.log_level))
+        cfg.write_text(CONFIG.format(log_level=self.args.log_level) + extra)
         cmd = pinned([PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                       "-l", str(self.work / f"webgate-{self.starts}.log"), "webgate", "--config", str(cfg)], GATEWAY_CPU)
         self.webgate = subprocess.Popen(cmd, cwd=self.work, stdout=subprocess.DEVNULL,
@@ -288,6 +293,33 @@ class Bench:
 
     def load_shape(self) -> str:
         return "sync" if self.args.sync else "spread"
+
+    def watch_step(self, n: int, key: str, idle_window: float = 0.0) -> dict[str, Any]:
+        """The watched-video scenario at ``n`` (``bench/watch_load.py``, on the callers' CPU): n
+        audio-only calls to ``echo``, then n calls with 1 Mbit/s VP8 video and a watcher each, the
+        gateway's CPU measured over a window in each phase. Returns watch_load's JSON."""
+        gw = self.webgate
+        assert gw is not None and gw.poll() is None, "webgate is not running"
+        self.step_no += 1
+        tag = f"s{self.step_no:03d}-watch-{n}"
+        cmd = [PY, str(HERE / "watch_load.py"), "--url", WS_URL, "--dest", "echo", "--calls", str(n),
+               "--gateway-pid", str(gw.pid), "--window", f"{self.args.window:.2f}",
+               "--rate", f"{min(self.args.rate, 10.0):.2f}", "--idle-window", f"{idle_window:.1f}",
+               "--out", str(self.work / f"{tag}.jsonl")]
+        err = self.work / f"{tag}.err"
+        budget = 60 + idle_window + 2 * (n / min(self.args.rate, 10.0) + 40 + 2 * self.args.window)
+        try:
+            r = subprocess.run(pinned(cmd, LOAD_CPU), capture_output=True, text=True, timeout=budget, check=False,
+                               env={**os.environ, "WEBGATE_TOKEN_KEY": key})
+        except subprocess.TimeoutExpired:
+            return {"calls": n, "error": f"watch_load did not finish within {budget:.0f} s"}
+        err.write_text(r.stderr)
+        try:
+            out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"calls": n, "error": (r.stderr or r.stdout)[-300:]}
+        out["load_shape"] = self.load_shape()
+        return out
 
     def shape_args(self) -> list[str]:
         return ((["--sync"] if self.args.sync else []) + (["--plain-rtp"] if self.args.plain_rtp else [])
@@ -583,6 +615,7 @@ def report(results: dict[str, Any], scns: list[Scenario]) -> str:
             lines.append(f"  most calls held         {median(best['g711']):.0f} vs {bj:.0f}")
     lines.extend(_report_fixed(results))
     lines.extend(_report_xcheck(results))
+    lines.extend(_report_watch(results))
     cc = results.get("codec_cost")
     if cc:
         lines.append("")
@@ -648,6 +681,39 @@ def _report_xcheck(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _report_watch(results: dict[str, Any]) -> list[str]:
+    ws = [w for w in results.get("watch") or [] if not w.get("error")]
+    errs = [w for w in results.get("watch") or [] if w.get("error")]
+    if not ws and not errs:
+        return []
+    out = ["", ("Watched video (issue 14): N calls to echo, audio only vs with 1 Mbit/s VP8 video and one watcher each "
+                "(medians over runs):"),
+           (f"  {'calls':>5}{'cpu% audio':>11}{'cpu% watched':>13}{'per call: audio':>16}{'watched':>9}"
+            f"{'video fwd':>10}{'fwd loss%':>10}{'seq loss%':>10}{'watch>frame p50/p99 ms':>24}{'watchers ok':>12}")]
+    for n in sorted({w["calls"] for w in ws}):
+        fs = [w for w in ws if w["calls"] == n]
+
+        def m(*path: str, fs: list[dict[str, Any]] = fs) -> float | None:
+            vals = []
+            for f in fs:
+                v: Any = f
+                for k in path:
+                    v = v.get(k) if isinstance(v, dict) else None
+                vals.append(v)
+            return median(vals)
+
+        out.append(f"  {n:>5}{_f(m('gateway_cpu_pct', 'audio_only')):>11}{_f(m('gateway_cpu_pct', 'watched')):>13}"
+                   f"{_f(m('gateway_cpu_pct', 'per_audio_call'), '{:.3f}'):>16}{_f(m('gateway_cpu_pct', 'per_watched_call'), '{:.3f}'):>9}"
+                   f"{_f(m('gateway_cpu_pct', 'video_forward_per_call'), '{:.3f}'):>10}"
+                   f"{_f(m('forwarded_loss', 'loss_pct'), '{:.3f}'):>10}{_f(m('forwarded_loss', 'seq_loss_pct'), '{:.3f}'):>10}"
+                   f"{_f(m('watch_to_first_frame_ms', 'p50')) + '/' + _f(m('watch_to_first_frame_ms', 'p99')):>24}"
+                   f"{_f(m('ok', 'watchers'), '{:.0f}'):>12}")
+    out.append("  (cpu: % of one core; 'video fwd' = (watched - audio) / calls: one video to one watcher)")
+    for w in errs:
+        out.append(f"  {w['calls']} calls: {w['error'][:120]}")
+    return out
+
+
 def in_own_netns(argv: list[str]) -> int:
     """Re-run this command inside a network namespace made for it; remove the namespace after."""
     name = f"webgate-bench-{os.getpid()}"
@@ -676,8 +742,12 @@ def main() -> int:
     ap.add_argument("--rtmp-steps", default="20,40,60")
     ap.add_argument("--rate", type=float, default=25.0, help="new calls per second during a ramp step")
     ap.add_argument("--window", type=float, default=10.0, help="seconds measured with every call up")
-    ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac,xcheck "
-                                               "(xcheck: the Chromium cross-check)")
+    ap.add_argument("--watch-steps", default="10,50",
+                    help="calls of the watched-video scenario (--only watch): audio-only, then with video and a "
+                         "watcher each, at each step")
+    ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac,xcheck,watch "
+                                               "(xcheck: the Chromium cross-check; watch: the watched-video "
+                                               "scenario, only when named here)")
     ap.add_argument("--no-janus", action="store_true")
     ap.add_argument("--no-setup-rate", action="store_true")
     ap.add_argument("--sync", action="store_true",
@@ -782,6 +852,19 @@ def main() -> int:
             if not args.no_setup_rate:
                 b.start_webgate()
                 results["setup_rate"].append(b.setup_rate("webgate", 60))
+                b.stop_gateway("webgate")
+        if args.only and "watch" in args.only.split(","):   # the watched-video scenario (issue 14): named only
+            import secrets
+
+            results["watch"] = []
+            key = secrets.token_hex(24)
+            for run in range(args.runs):
+                b.start_webgate(WATCH_CONFIG.format(key=key))
+                for i, n in enumerate(int(x) for x in args.watch_steps.split(",") if x):
+                    w = b.watch_step(n, key, args.idle_window if i == 0 else 0.0)   # idle: the gateway's fixed cost
+                    w["run"] = run
+                    results["watch"].append(w)
+                    print(f"[run {run + 1}] watch  {n:>4} calls: {json.dumps(w)}", flush=True)
                 b.stop_gateway("webgate")
         for xr in range(args.xcheck_runs if xscns else 0):
             run = xr

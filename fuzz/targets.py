@@ -230,7 +230,11 @@ class _FakeSrtp:
 def _direct_audio(on_rtp: Callable[..., None], passed: list[bytes]) -> Any:
     from webgate.adapters.webrtc_direct import DirectAudio
 
-    proto = SimpleNamespace(transport=SimpleNamespace(sendto=lambda d, a: None))
+    class _Protocol(SimpleNamespace):  # weak-referenceable and hashable by identity, like aioice's StunProtocol
+        __hash__ = object.__hash__      # (SrtpTap keys on it)
+        __eq__ = object.__eq__
+
+    proto = _Protocol(transport=SimpleNamespace(sendto=lambda d, a: None))
     proto.datagram_received = lambda d, a: passed.append(d)
     pair = SimpleNamespace(protocol=proto, remote_addr=("127.0.0.1", 50000))
     dtls = SimpleNamespace(transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})),

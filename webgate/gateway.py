@@ -14,7 +14,9 @@ REST API, metrics and CDR writer (``webgate.ops``). Extension points:
 - ``gateway.site`` — the twisted.web Site; add resources with
   ``gateway.site.resource.putChild(b"api", ...)``;
 - ``gateway.drain()`` — awaited on shutdown after ``shutting_down`` is set (health
-  answers 503) and before listeners close: hang up / wait for calls there.
+  answers 503) and before listeners close: hang up / wait for calls there;
+- ``gateway.cluster`` — with ``[cluster] enabled``, the node's parts
+  (``webgate.cluster.service.ClusterService``, owned by the telephony service), else ``None``.
 
 Add components as child services (``svc.setServiceParent(gateway)``) so they start
 and stop with the gateway.
@@ -121,6 +123,7 @@ class Gateway(service.MultiService):
         self.registry: Any = None
         self.rtp_ports: Any = None
         self.telephony: Any = None
+        self.cluster: Any = None  # webgate.cluster.service.ClusterService with [cluster] enabled
         self.metrics: Any = None  # webgate.ops.metrics.GatewayMetrics
         self.cdr: Any = None  # webgate.ops.cdr.CdrWriter, when [cdr] file or webhook_url is set
 
@@ -161,6 +164,7 @@ class Gateway(service.MultiService):
                 **{name: str(l.bound or l.address) for name, l in self.listeners.items()},
                 **({f"sip_{t}": f"{h}:{p}" for t, (h, p) in self.telephony.bound.items()} if self.telephony is not None else {}),
             },
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 
     # -- lifecycle
@@ -176,6 +180,8 @@ class Gateway(service.MultiService):
         )
         super().startService()
         self._attach_observers()
+        if self.cluster is not None:  # the node's public addresses, now that the listeners are bound
+            self.cluster.addresses(http=self.listening_address("http"), rtmp=self.listening_address("rtmp"))
 
     def _attach_observers(self) -> None:
         """Metrics and CDR writer watch the call manager (built when telephony starts)."""
@@ -246,6 +252,7 @@ def build_gateway(config: Config, reactor: Any = None) -> Gateway:
     telephony.setServiceParent(gateway)
     gateway.telephony = telephony
     gateway.registry = telephony.registry
+    gateway.cluster = telephony.cluster
     # WebRTC: WebSocket signalling at /ws, the demo page at / and the JS client at /html5_client/
     from webgate.web.static import add_static
     from webgate.web.ws import make_ws_resource

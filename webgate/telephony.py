@@ -1,6 +1,9 @@
 """Builds the telephony side of the gateway from the configuration: the SIP user agent
 and its transports, the RTP port pool, the dial plan, the call registry and the call
-manager; and runs them as one Twisted service."""
+manager; and runs them as one Twisted service. With ``[cluster] enabled = true`` the registry,
+the session IDs, the web users and the cluster-wide admission step are a cluster node's
+(``webgate/cluster/service.py``), which joins the cluster when the service starts and leaves
+it when the service stops (after the drain ended the calls)."""
 
 from __future__ import annotations
 
@@ -13,13 +16,16 @@ from twisted.logger import Logger
 
 from webgate.adapters.rtp import RtpPortPool
 from webgate.adapters.sip import SipTransport
+from webgate.adapters.sip_resolver import SipLocator, start_locator
 from webgate.calls.dialplan import DialPlan
 from webgate.calls.manager import CallManager
 from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
-from webgate.calls.users import InboundAllowList
+from webgate.calls.users import InboundAllowList, WebUsers
+from webgate.config import HostPort
 from webgate.listen import ListenError, tls_server_context, tls_trust_root
+from webgate.media.codecs import set_library_paths
 from webgate.proto.sip.message import SipURI
 from webgate.proto.sip.transaction import TimerConfig, TransactionState
 from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
@@ -48,13 +54,26 @@ class TelephonyService(service.Service):
     def __init__(self, config: Any, reactor: Any, registry: CallRegistry | None = None) -> None:
         self.config = config
         self.reactor = reactor
-        self.registry = registry or InMemoryCallRegistry()
+        # [codecs]: where the codec libraries are loaded from (an absent one: its codecs not offered)
+        set_library_paths(config.codecs.library_paths())
+        #: the cluster node's parts (webgate.cluster.service.ClusterService), None in one process
+        self.cluster: Any = None
+        if config.cluster.enabled and registry is None:
+            from webgate.cluster.service import ClusterService
+
+            self.cluster = ClusterService(config, reactor)
+            registry = self.cluster.registry
+        self.registry = registry if registry is not None else InMemoryCallRegistry()
         self.ua: UserAgent | None = None
         self.transport: SipTransport | None = None
         self.rtp_pool: RtpPortPool | None = None
         self.manager: CallManager | None = None
         self.bound: dict[str, tuple[str, int]] = {}
         self.registrations: list[Any] = []
+        #: RFC 3263 DNS for trunks named by DNS name (None: none is); ``locator_ready`` fires
+        #: once its first lookups are done
+        self.locator: SipLocator | None = None
+        self.locator_ready: defer.Deferred[Any] = defer.succeed(None)
 
     # ------------------------------------------------------------------------------
     def build(self) -> None:
@@ -115,7 +134,11 @@ class TelephonyService(service.Service):
                 builtin_target.params["transport"] = t
         dialplan = DialPlan(cfg, builtin=builtin, builtin_target=builtin_target)
         trunk_hosts = [t.target.host for t in cfg.trunks]
-        sids = SessionIdAllocator(cfg.session_id.length, float(cfg.session_id.reuse_after_s), clock=self.reactor.seconds)
+        sids: SessionIdAllocator = (
+            self.cluster.session_ids if self.cluster is not None
+            else SessionIdAllocator(cfg.session_id.length, float(cfg.session_id.reuse_after_s), clock=self.reactor.seconds)
+        )
+        web_users: WebUsers | None = self.cluster.web_users(self.reactor) if self.cluster is not None else None
         self.manager = CallManager(
             self.reactor,
             self.ua,
@@ -138,7 +161,13 @@ class TelephonyService(service.Service):
             tokens=cfg.tokens,
             inbound_from=InboundAllowList(sip.inbound_from, trunk_hosts),
             builtin_sip_from=InboundAllowList(cfg.builtin.sip_from, trunk_hosts),
+            web_users=web_users,
         )
+        self.locator, self.locator_ready = start_locator(
+            cfg, self.reactor, dialplan, [self.manager.inbound_from, self.manager.builtin_sip_from], ua_cfg.endpoints)
+        if self.cluster is not None:
+            self.manager.cluster = self.cluster.node  # the cluster-wide admission step
+            self.manager.observers.append(self.cluster.index)
         # REGISTER for trunks that require it
         now = self.reactor.seconds()
         for trunk in cfg.trunks:
@@ -166,6 +195,11 @@ class TelephonyService(service.Service):
         if self.ua is None:
             self.build()
         super().startService()
+        if self.cluster is not None:
+            bound = self.bound.get("udp") or self.bound.get("tcp")
+            if bound is not None:
+                self.cluster.addresses(sip=HostPort(self.config.sip.advertised_address or bound[0], bound[1]))
+            self.cluster.start()  # in the background: the gateway fills in its HTTP and RTMP addresses first
 
     def drain(self, timeout_s: float = 10.0) -> defer.Deferred[None]:
         """End every live call (BYE/CANCEL; clients told, cause ``shutdown``), remove
@@ -201,8 +235,12 @@ class TelephonyService(service.Service):
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
         ds = []
+        if self.cluster is not None:
+            ds.append(self.cluster.stop(leave=True))  # the drain ended the calls: leave at once
         if self.transport is not None:
             ds.append(self.transport.stop())
+        if self.locator is not None:
+            self.locator.stop()
         if self.rtp_pool is not None:
             for ep in list(self.rtp_pool.in_use.values()):
                 ep.release()

@@ -1,6 +1,6 @@
 """An aiortc client offering audio + video + a data channel: the call works, audio still arrives
-both ways, the data channel opens and stays open, its messages are dropped cleanly, and the video
-section is answered inactive (nothing of it received or decoded)."""
+both ways, the data channel opens and stays open, its messages reach no watcher and are dropped
+cleanly, and the video section is answered recvonly (received for watchers, nothing decoded)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ async def test_audio_video_and_data_channel_offer() -> None:
         browser.channel.send(b"\x00" * 1000)
         assert await wait_for(lambda: leg.stats.data_messages_dropped == 6, 5), leg.stats
         assert leg.stats.data_channels == 1
-        # the video section is answered inactive: none is received, none decoded
-        # (a peer sending video anyway: tests/security/test_webrtc_video.py)
+        # the video section is answered recvonly (for watchers, issue 14): read off the socket,
+        # none decoded (tests/security/test_webrtc_video.py, tests/adapters/test_webrtc_watch.py)
         assert leg.stats.video_tracks == 1
         video = browser.pc.getTransceivers()[1]
-        assert video.kind == "video" and video.currentDirection == "inactive"
+        assert video.kind == "video" and video.currentDirection == "sendonly"
         # audio still works both ways through the echo (G.711 packet path)
         measured, level = await browser.heard()
         print(f"\necho with video + data channel: {measured:.1f} Hz, {level:.1f} dBFS, path {call.media_path}")

@@ -321,16 +321,23 @@ def test_keyframe_requests_are_rate_limited() -> None:
     hub.rtp_from_caller(RtpVideo("VP8", 1, 0, True, vp8_payload(False)))
     assert caller.keyframe_requests == 1  # the first video with a watcher present: one PLI
     b = Watcher()
-    hub.add_watcher(b)  # a new watcher within 0.5 s: no second PLI
-    hub.keyframe_wanted(a)
+    hub.add_watcher(b)  # a new watcher within 0.5 s: no second PLI at its join
     assert caller.keyframe_requests == 1
+    hub.keyframe_wanted(a)  # a watcher's first own request (its transport is up): not throttled
+    assert caller.keyframe_requests == 2
+    hub.keyframe_wanted(a)  # its next ones are
+    assert caller.keyframe_requests == 2
+    hub.keyframe_wanted(b)  # b's first own request
+    assert caller.keyframe_requests == 3
+    hub.keyframe_wanted(b)
+    assert caller.keyframe_requests == 3
     clock.now += 0.5
     hub.keyframe_wanted(b)
     hub.keyframe_wanted(a)
-    assert caller.keyframe_requests == 2
+    assert caller.keyframe_requests == 4
     clock.now += 0.6
     hub.add_watcher(Watcher())  # a new watcher triggers one
-    assert caller.keyframe_requests == 3 == hub.snapshot()["video"]["keyframe_requests"]
+    assert caller.keyframe_requests == 5 == hub.snapshot()["video"]["keyframe_requests"]
 
 
 def test_bitrate_bound_is_the_lowest_estimate_under_the_maximum() -> None:

@@ -47,6 +47,9 @@ class FakeCall:
         self.manager = manager
         self.ended = False
         self.held = False
+        self.session_id = "12345678"
+        self.grant = None
+        self.hub = None
 
 
 def test_place_attaches_the_call_to_the_media_clock() -> None:

@@ -153,9 +153,9 @@ def _run_schemathesis(base: str, live_sid: str) -> list[str]:
         assert len(resp.json()["calls"]) == 1
     except Exception as e:  # noqa: BLE001
         failures.append(f"live list: {e}")
-    # schemathesis leaves out the document's own path; the other five operations ran
+    # schemathesis leaves out the document's own path; the other six operations ran
     assert sorted(ran) == ["DELETE /api/calls/{session_id}", "GET /api/calls", "GET /api/calls/{session_id}",
-                           "GET /api/calls/{session_id}/snapshot.jpg", "GET /api/stats"], ran
+                           "GET /api/calls/{session_id}/snapshot.jpg", "GET /api/nodes", "GET /api/stats"], ran
     print(f"\nschemathesis: {len(calls)} generated requests over {len(ran)} operations, {len(failures)} failures")
     assert len(calls) >= 4 * 5, calls
     return failures

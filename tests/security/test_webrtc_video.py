@@ -1,6 +1,6 @@
-"""Browser video is not decoded (issue 12): until the gateway forwards video, a video section is
-answered ``inactive``, aiortc starts no video receiver, and a peer that sends video anyway costs
-no decoding. Measured three ways: aiortc's own decoder factory (spied on for the whole process),
+"""Browser video is not decoded (issue 12): the gateway receives it for watchers (issue 14: the
+section is answered ``recvonly``), reads it off the socket and never starts aiortc's video
+receiver, so video received costs no decoding. Measured three ways: aiortc's own decoder factory (spied on for the whole process),
 the leg's ``video_frames_decoded`` and ``webgate_webrtc_video_frames_decoded_total`` in /metrics.
 Audio still echoes."""
 
@@ -88,8 +88,9 @@ async def test_video_from_a_peer_that_sends_it_anyway_is_never_decoded(video_dec
         print(f"video RTP packets sent to the gateway: {sent}")
         assert sent > 30
         assert video_decoding == {"decoders": 0, "frames": 0}
-        # because the gateway asked for none: video answered inactive, no receiver started
-        assert "a=inactive" in video_answer, video_answer
+        # received for watchers (answered recvonly) and read off the socket: no receiver started
+        assert "a=recvonly" in video_answer, video_answer
+        assert call.leg.stats.video_packets > 30
         assert call.leg.stats.video_tracks == 1 and call.leg.stats.video_frames_decoded == 0
         assert _metric(metrics, "webgate_webrtc_video_frames_decoded_total") == 0
 

@@ -1,9 +1,11 @@
 """The WebRTC peer connection of a browser call: aiortc's ``RTCPeerConnection``, protocol I/O only.
 
 :class:`WebRtcPeer` owns one call's peer connection: offer/answer (codec preferences, the
-telephone-event answered, video answered ``inactive``), ICE candidates, the connection state,
-the hook that takes audio RTP off aiortc's receiver, the tasks that read decoded audio and video
-off aiortc's tracks, data channels, and the direct-SRTP audio of :mod:`webgate.adapters.webrtc_direct`.
+telephone-event answered, video answered ``recvonly`` in the codecs a watcher can take), ICE
+candidates, the connection state, the hook that takes audio RTP off aiortc's receiver, the task
+that reads decoded audio off aiortc's track, the data channels (:mod:`webgate.adapters.webrtc_data`),
+the direct-SRTP audio of :mod:`webgate.adapters.webrtc_direct` and the caller's video read off
+the socket (:mod:`webgate.adapters.webrtc_video`).
 Everything it receives goes to the call leg (:class:`webgate.legs.webrtc.WebRtcCallLeg`), which
 holds what the call does with the media. :class:`SipAudioTrack` is the leg's paced audio toward
 the browser as an aiortc track.
@@ -21,10 +23,14 @@ DTMF from the browser: aiortc does not negotiate ``telephone-event`` by itself, 
 the offer's telephone-event (at the chosen codec's clock rate) to the answer; its packets are
 taken off the receiver before aiortc would try to decode them.
 
-Video: until the session hub forwards video somewhere, the gateway receives none. The answer
-makes every video section ``inactive`` (:meth:`WebRtcPeer._refuse_video`), so aiortc never starts
-the video receiver: no decoder thread, no jitter buffer, and video RTP that arrives anyway (a
-peer ignoring the answer) is discarded by aiortc's RTP router, which has no receiver for it.
+Video (issue 14): the first video section is answered ``recvonly`` with only VP8 and H.264
+packetization-mode 1, in the offer's order, without RTX and without header extensions but
+``mid`` (:meth:`WebRtcPeer._accept_video`); an offer with neither, and every further video
+section, is answered ``inactive``. aiortc's video receiver is never started (its ``receive`` is
+replaced on the instance): no decoder thread, no jitter buffer, and a video packet that reaches
+aiortc anyway (before the socket hook, or a peer ignoring the answer) is discarded by its RTP
+router, which has no receiver for it. From DTLS connected on the video RTP is read off the
+socket for the call's hub (:class:`~webgate.adapters.webrtc_video.CallerVideo`).
 
 All asyncio work is started through :mod:`webgate.adapters.aio`.
 """
@@ -49,10 +55,13 @@ from aiortc.sdp import candidate_from_sdp
 from twisted.logger import Logger
 
 from webgate.adapters import aio
+from webgate.adapters.webrtc_data import DataChannels
 from webgate.adapters.webrtc_direct import DirectAudio
+from webgate.adapters.webrtc_video import CallerVideo, forwardable
 from webgate.legs.webrtc import (
     AnswerInfo,
     SipAudioSource,
+    VideoFormat,
     WebRtcCallLeg,
     WebRtcSettings,
 )
@@ -62,7 +71,7 @@ from webgate.security.candidates import CandidateGate
 
 log = Logger()
 
-__all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcPeer", "ice_servers_for_aiortc"]
+__all__ = ["InvalidOffer", "SipAudioTrack", "WebRtcLeg", "WebRtcPeer", "add_remote_candidate", "ice_servers_for_aiortc"]
 
 # aiortc codec names (mimeType subtype, lower case) by the names the trunk config uses
 _AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
@@ -71,6 +80,25 @@ _AIORTC_NAMES = {"pcmu": "pcmu", "pcma": "pcma", "g722": "g722", "opus": "opus"}
 def ice_servers_for_aiortc(servers: tuple[dict[str, Any], ...]) -> list[RTCIceServer]:
     """An explicit list (possibly empty): aiortc then never asks its default public STUN server."""
     return [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers]
+
+
+async def add_remote_candidate(pc: RTCPeerConnection, cand: dict[str, Any] | None) -> None:
+    """A peer's trickled candidate (``None`` or an empty candidate: end of candidates), already
+    admitted by its connection's :class:`~webgate.security.candidates.CandidateGate`."""
+    if not cand or not cand.get("candidate"):
+        await pc.addIceCandidate(None)
+        return
+    text = str(cand["candidate"])
+    text = text.removeprefix("candidate:")
+    c = candidate_from_sdp(text)
+    c.sdpMid = cand.get("sdpMid")
+    c.sdpMLineIndex = cand.get("sdpMLineIndex")
+    await pc.addIceCandidate(c)
+
+
+async def _never_receive(parameters: Any) -> None:
+    """Stands in for ``RTCRtpReceiver.receive`` of a forwarded video: aiortc never starts that
+    receiver (no decoder thread, no jitter buffer, no RTP routed to it)."""
 
 
 class InvalidOffer(Exception):
@@ -111,12 +139,16 @@ class WebRtcPeer:
         self.leg: WebRtcCallLeg | None = None
         self.track: SipAudioTrack | None = None
         self.direct: DirectAudio | None = None
+        self.video: CallerVideo | None = None
+        self._video_tr: Any = None  # the video transceiver answered recvonly
+        self._video_pts: dict[int, str] = {}
         self._answer: RTCSessionDescription | None = None
         self._tasks: list[Any] = []  # asyncio tasks (aio.spawn)
-        self._channels: list[Any] = []
+        self.data: DataChannels | None = None
 
     def bind(self, leg: WebRtcCallLeg) -> None:
         self.leg = leg
+        self.data = DataChannels(self.pc, leg.data_from_browser, leg.data_channel_opened)
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -150,7 +182,7 @@ class WebRtcPeer:
         if main._codecs:  # aiortc has no public API for the negotiated codecs
             audio_pt = main._codecs[0].payloadType
             event = self._add_telephone_event(main, offer_sdp)
-        self._refuse_video()
+        video = self._accept_video()
         try:
             self._answer = await self.pc.createAnswer()
         except Exception as e:  # noqa: BLE001 - any aiortc failure on a remote offer is the offer's fault
@@ -158,18 +190,38 @@ class WebRtcPeer:
         codec = self._answer_codec(self._answer.sdp)
         if codec is None:
             raise InvalidOffer("no common audio codec (offer Opus, G722, PCMU or PCMA)")
+        media = {"video_pts": tuple(self._video_pts.items()), "video": video, "data": self.pc.sctp is not None}
         if event is None:
-            return AnswerInfo(codec, audio_pt)
-        return AnswerInfo(codec, audio_pt, event_pt=event[0], event_rate=event[1])
+            return AnswerInfo(codec, audio_pt, **media)  # type: ignore[arg-type]
+        return AnswerInfo(codec, audio_pt, event_pt=event[0], event_rate=event[1], **media)  # type: ignore[arg-type]
 
-    def _refuse_video(self) -> None:
-        """Answer every video section ``inactive`` (before ``createAnswer``): the browser then
-        sends no video, and aiortc, which starts a receiver (and its decoder thread) only for a
-        direction that receives, never decodes any. The section stays in the answer (same
-        transport, bundle intact), so the offer needs no change when video is forwarded later."""
+    def _accept_video(self) -> VideoFormat | None:
+        """Answer the first video section ``recvonly`` with only the codecs a watcher can take as
+        they are (VP8, H.264 packetization-mode 1), in the offer's order, without RTX and with
+        no header extension but ``mid`` (before ``createAnswer``); every other video section,
+        or one without such a codec, ``inactive``. aiortc's receiver of the accepted one is never
+        started: the video is read off the socket (:meth:`start_video`). Returns the codec the
+        browser will send (the answer's first), or None."""
+        chosen: VideoFormat | None = None
         for tr in self.pc.getTransceivers():
-            if tr.kind == "video":
+            if tr.kind != "video":
+                continue
+            codecs = [] if chosen is not None or self._video_tr is not None else [
+                c for c in (tr._codecs or []) if c.payloadType is not None and forwardable(c.name, c.parameters) is not None
+            ]
+            if not codecs or tr._offerDirection not in ("recvonly", "sendrecv"):
                 tr.direction = "inactive"
+                continue
+            tr._codecs = codecs
+            tr._headerExtensions = [x for x in (tr._headerExtensions or []) if x.uri == "urn:ietf:params:rtp-hdrext:sdes:mid"]
+            tr.direction = "recvonly"
+            setattr(tr.receiver, "receive", _never_receive)  # aiortc looks it up on the instance
+            self._video_tr = tr
+            self._video_pts = {int(c.payloadType or 0): str(forwardable(c.name, c.parameters)) for c in codecs}
+            first = codecs[0]
+            chosen = VideoFormat(self._video_pts[int(first.payloadType or 0)],
+                                 tuple((str(k), str(v)) for k, v in (first.parameters or {}).items()))
+        return chosen
 
     @staticmethod
     def _add_telephone_event(main: Any, offer_sdp: str) -> tuple[int, int] | None:
@@ -238,15 +290,7 @@ class WebRtcPeer:
 
     async def add_candidate(self, cand: dict[str, Any] | None) -> None:
         """A browser candidate (``None`` or an empty candidate: end of candidates)."""
-        if not cand or not cand.get("candidate"):
-            await self.pc.addIceCandidate(None)
-            return
-        text = str(cand["candidate"])
-        text = text.removeprefix("candidate:")
-        c = candidate_from_sdp(text)
-        c.sdpMid = cand.get("sdpMid")
-        c.sdpMLineIndex = cand.get("sdpMLineIndex")
-        await self.pc.addIceCandidate(c)
+        await add_remote_candidate(self.pc, cand)
 
     # -- PeerLink ---------------------------------------------------------------------------
     @property
@@ -275,12 +319,29 @@ class WebRtcPeer:
         self.direct = direct
         return direct
 
+    def start_video(self, on_rtp: Callable[[str, int, int, bool, bytes], None]) -> CallerVideo | None:
+        tr = self._video_tr
+        if tr is None or not self._video_pts:
+            return None
+        video = CallerVideo(tr.sender, self._video_pts, on_rtp)
+        if not video.start():
+            return None
+        self.video = video
+        return video
+
+    def send_data(self, label: str, data: str | bytes, protocol: str) -> bool:
+        return self.data is not None and self.data.send(label, data, protocol)
+
     def close(self) -> None:
         for t in self._tasks:
             aio.cancel(t)
         self._tasks.clear()
         if self.direct is not None:
             self.direct.stop()
+        if self.video is not None:
+            self.video.stop()
+        if self.data is not None:
+            self.data.close()
         if self.track is not None:
             self.track.stop()
         aio.spawn(self.pc.close(), "RTCPeerConnection.close", session_id=self._leg().session_id)
@@ -295,14 +356,9 @@ class WebRtcPeer:
             self._tasks.append(aio.spawn(self._count_video(track), "webrtc video check", session_id=leg.session_id))
 
     def _on_datachannel(self, channel: Any) -> None:
-        self._channels.append(channel)  # kept open with the session
-        leg = self._leg()
-        leg.data_channel_opened(channel.label)
-
-        def dropped(message: Any) -> None:
-            leg.data_message_dropped(len(message))
-
-        channel.on("message", dropped)
+        """A channel the browser opened: kept open with the session, relayed by its label."""
+        if self.data is not None:
+            self.data.adopt(channel)
 
     def _on_connection_state(self) -> None:
         self._leg().peer_state_changed(self.pc.connectionState)
@@ -319,8 +375,8 @@ class WebRtcPeer:
                 leg.audio_from_browser(*audio)
 
     async def _count_video(self, track: MediaStreamTrack) -> None:
-        """Video is answered ``inactive`` (:meth:`_refuse_video`), so this track never yields a
-        frame; should aiortc decode one anyway the leg counts it (nothing queues)."""
+        """aiortc's video receiver is never started (:meth:`_accept_video`), so this track never
+        yields a frame; should aiortc decode one anyway the leg counts it (nothing queues)."""
         leg = self._leg()
         while True:
             try:
@@ -343,9 +399,10 @@ class WebRtcLeg(WebRtcCallLeg):
         settings: WebRtcSettings,
         signal: Callable[[dict[str, Any]], None],
         reactor: Any,
+        video: Any = None,
     ) -> None:
         peer = WebRtcPeer(settings)
-        super().__init__(client, settings, signal, reactor, peer)
+        super().__init__(client, settings, signal, reactor, peer, video=video)
         self._peer = peer
         peer.bind(self)
         #: the call's remote ICE candidates: capped for the call's life, no loopback/link-local/...

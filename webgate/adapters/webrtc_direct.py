@@ -25,12 +25,17 @@ Chromium tests on an upgrade): ``RTCRtpSender._ssrc`` and ``.transport`` (the
 ``.protocol``, a ``StunProtocol`` with ``.transport``, and ``.remote_addr``), and the sender's
 report counters.  :meth:`DirectAudio.start` returns False when any is missing; the leg then
 stays on aiortc's path.
+
+The socket hook is shared: :class:`SrtpTap` shadows ``datagram_received`` once per ICE socket
+and hands each RTP payload type to whoever took it (this audio, and the caller's video in
+:mod:`webgate.adapters.webrtc_video`); when the last one lets go the class's method is back.
 """
 
 from __future__ import annotations
 
 import random
 import struct
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +44,77 @@ from twisted.logger import Logger
 
 from webgate.proto.rtp import parse_payload
 
-__all__ = ["DirectAudio"]
+__all__ = ["DirectAudio", "SrtpTap", "nominated_path"]
 
 log = Logger()
 
 _HDR = struct.Struct("!BBHII")
 _SR_EVERY = 25  # refresh the sender report's NTP/RTP timestamp pair every 25 packets (0.5 s)
+
+
+#: one tap per ICE socket protocol (aioice ``StunProtocol``): shared by the audio and the video
+_TAPS: weakref.WeakKeyDictionary[Any, SrtpTap] = weakref.WeakKeyDictionary()
+
+
+def nominated_path(dtls: Any) -> tuple[Any, Callable[[bytes, Any], None], Any]:
+    """(ICE socket protocol, its ``sendto``, the remote address) of a connected DTLS transport's
+    nominated candidate pair. Raises AttributeError/KeyError/TypeError when aiortc/aioice differ."""
+    pair = dtls.transport._connection._nominated[1]
+    protocol = pair.protocol
+    return protocol, protocol.transport.sendto, pair.remote_addr
+
+
+class SrtpTap:
+    """The RTP of chosen payload types taken off one ICE socket before aioice and aiortc.
+
+    A datagram that is RTP (RFC 7983: first byte 128..191, not an RTCP packet type, RFC 5761)
+    with a taken payload type is unprotected once, with the DTLS transport's rx session, and
+    given to that payload type's handler (``None``: it failed SRTP authentication); everything
+    else goes on to aioice and aiortc untouched."""
+
+    def __init__(self, protocol: Any, unprotect: Callable[[bytes], bytes]) -> None:
+        self.protocol = protocol
+        self.unprotect = unprotect
+        self.routes: dict[int, Callable[[bytes | None], None]] = {}
+        original = protocol.datagram_received
+        routes = self.routes
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                route = routes.get(data[1] & 0x7F)
+                if route is not None:
+                    try:
+                        plain = unprotect(data)
+                    except Exception:  # noqa: BLE001 - pylibsrtp raises on auth failure / replay
+                        route(None)
+                        return
+                    route(plain)
+                    return
+            original(data, addr)
+
+        protocol.datagram_received = datagram_received  # asyncio looks it up on the instance
+
+    @classmethod
+    def take(cls, protocol: Any, unprotect: Callable[[bytes], bytes], payload_types: set[int] | frozenset[int],
+             handler: Callable[[bytes | None], None]) -> SrtpTap:
+        """Send ``payload_types`` arriving on ``protocol`` to ``handler`` (installs the hook once)."""
+        tap = _TAPS.get(protocol)
+        if tap is None or tap.protocol is not protocol:
+            tap = _TAPS[protocol] = cls(protocol, unprotect)
+        for pt in payload_types:
+            tap.routes[pt] = handler
+        return tap
+
+    def release(self, payload_types: set[int] | frozenset[int]) -> None:
+        """Give ``payload_types`` back to aiortc; the last release removes the hook."""
+        for pt in payload_types:
+            self.routes.pop(pt, None)
+        if not self.routes and _TAPS.get(self.protocol) is self:
+            del _TAPS[self.protocol]
+            try:
+                del self.protocol.datagram_received  # back to the class's method
+            except AttributeError:
+                pass
 
 
 class DirectAudio:
@@ -57,7 +127,7 @@ class DirectAudio:
         self._seq = random.randint(0, 0xFFFF)
         self._ts = random.randint(0, 0xFFFFFFFF)
         self._ssrc = 0
-        self._protocol: Any = None
+        self._tap: SrtpTap | None = None
         self._sendto: Callable[[bytes, Any], None] | None = None
         self._addr: Any = None
         self._protect: Callable[[bytes], bytes] | None = None
@@ -76,10 +146,7 @@ class DirectAudio:
             return True
         try:
             dtls = self._sender.transport
-            pair = dtls.transport._connection._nominated[1]
-            protocol = pair.protocol
-            self._sendto = protocol.transport.sendto
-            self._addr = pair.remote_addr
+            protocol, self._sendto, self._addr = nominated_path(dtls)
             self._protect = dtls._tx_srtp.protect
             self._unprotect = dtls._rx_srtp.unprotect
             self._ssrc = int(self._sender._ssrc)
@@ -92,34 +159,24 @@ class DirectAudio:
             # could make the browser's SRTP guess the wrong rollover counter; stay on its path
             log.info("WebRTC direct audio not started: aiortc already sent {n} packets", n=sent)
             return False
-        original = protocol.datagram_received
-        pts = self._pts
-        unprotect = self._unprotect
+        assert self._unprotect is not None
         on_rtp = self._on_rtp
 
-        def datagram_received(data: bytes, addr: Any) -> None:
-            # RFC 7983 demultiplexing: RTP/RTCP is 128..191; RTCP packet types 192..223 (RFC 5761)
-            if len(data) > 12 and 127 < data[0] < 192 and (data[1] & 0x7F) in pts and not 191 < data[1] < 224:
-                try:
-                    plain = unprotect(data)
-                except Exception:  # noqa: BLE001 - pylibsrtp raises on auth failure / replay
-                    self.srtp_errors += 1
-                    return
-                parsed = parse_payload(plain)
-                if parsed is not None:
-                    self.packets_received += 1
-                    try:
-                        on_rtp(*parsed)
-                    except Exception:  # noqa: BLE001 - one bad packet must not reach the event loop
-                        self.handler_errors += 1
-                        if self.handler_errors in (1, 100, 10000):
-                            log.failure("WebRTC direct audio: packet handling failed ({n} so far)", n=self.handler_errors)
+        def received(plain: bytes | None) -> None:
+            if plain is None:
+                self.srtp_errors += 1
                 return
-            original(data, addr)
+            parsed = parse_payload(plain)
+            if parsed is not None:
+                self.packets_received += 1
+                try:
+                    on_rtp(*parsed)
+                except Exception:  # noqa: BLE001 - one bad packet must not reach the event loop
+                    self.handler_errors += 1
+                    if self.handler_errors in (1, 100, 10000):
+                        log.failure("WebRTC direct audio: packet handling failed ({n} so far)", n=self.handler_errors)
 
-        protocol.datagram_received = datagram_received  # asyncio looks it up on the instance
-        self._protocol = protocol
-        self._original = original
+        self._tap = SrtpTap.take(protocol, self._unprotect, self._pts, received)
         self.active = True
         return True
 
@@ -151,11 +208,8 @@ class DirectAudio:
         self._ts = (self._ts + samples) & 0xFFFFFFFF
 
     def stop(self) -> None:
-        if self._protocol is not None:
-            try:
-                del self._protocol.datagram_received  # back to the class's method
-            except AttributeError:
-                pass
-            self._protocol = None
+        if self._tap is not None:
+            self._tap.release(self._pts)
+            self._tap = None
         self.active = False
         self._sendto = None

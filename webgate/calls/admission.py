@@ -43,6 +43,8 @@ class Admission:
     display_name: str | None
     caller_id: str | None
     max_duration_s: int  # 0 = none
+    #: the session ID was claimed across the cluster (:meth:`CallManager.reserve`)
+    reserved: bool = False
 
 
 class AdmissionHost(Protocol):

@@ -30,6 +30,9 @@ class CallState(enum.Enum):
     EARLY_MEDIA = "early_media"  # 183 with SDP: audio flows before answer
     ANSWERED = "answered"
     ENDED = "ended"
+    #: never a call's state: told to the leg (``call_progress``) when the SIP far end transferred
+    #: the call and the new far end answered (REFER, webgate/calls/transfer.py)
+    TRANSFERRED = "transferred"
 
 
 class IngressLeg(Protocol):
@@ -107,6 +110,8 @@ class Call:
         #: the call's video and data, reachable by session ID (webgate.legs.hub.MediaHub, made by
         #: the leg; None for legs without video or data, e.g. LocalLeg)
         self.hub: Any = None
+        #: blind transfers by the SIP far end (REFER): {"to", "referred_by", "at", "sip_call_id"}
+        self.transfers: list[dict[str, Any]] = []
 
     @property
     def ingress_kind(self) -> str:
@@ -216,6 +221,7 @@ class Call:
             },
             "dtmf_sent": len(self.dtmf_sent),
             "dtmf_received": len(self.dtmf_received),
+            "transfers": [dict(t) for t in self.transfers],
         }
 
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from webgate.calls import errors
 from webgate.calls.errors import CallRefused
 from webgate.config import Config, RouteConfig, TrunkConfig
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.sip.message import SipURI, check_user
+from webgate.proto.sip.transaction import Addr
 from webgate.proto.sip.useragent import Credentials
 from webgate.syntax import DESTINATION_RULE, is_valid_destination
 
-BUILTIN_ROUTE_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex/16000", "speex")
+BUILTIN_ROUTE_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex/16000", "speex",
+                        "G729", "AMR", "AMR-WB", "G726-32", "AAL2-G726-32", "G723")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,23 @@ class RouteDecision:
     headers: tuple[tuple[str, str], ...] = ()
     from_user: str = ""
     from_display: str = ""
+    #: RFC 4028 Session-Expires asked for in the INVITE (the trunk's session_expires_s); 0 = none
+    session_expires_s: int = 0
+    #: the far end may transfer the call (the route's ``transfer``; REFER, webgate/calls/transfer.py)
+    transfer: bool = False
+    #: the trunk's own outbound proxy (None: [sip] outbound_proxy, if any)
+    outbound_proxy: SipURI | None = None
+    #: where the INVITE goes, in failover order (RFC 3263, from the locator's cache); () = the
+    #: target's (or proxy's) host as it is
+    destinations: tuple[Addr, ...] = ()
+
+
+class ServerLocator(Protocol):
+    """RFC 3263 targets of a URI from a cache kept fresh elsewhere (``adapters/sip_resolver.py``)."""
+
+    def targets(self, uri: SipURI, transport: str | None) -> list[Addr] | None:
+        """The ordered (transport, IP, port) servers for ``uri``; None when not known (yet)."""
+        ...
 
 
 def validate_destination(destination: object) -> str:
@@ -87,6 +106,15 @@ def _apply_rewrite(rewrite: str, m: re.Match[str]) -> str:
     return rewrite.format(m.group(0), *groups, **{**named, "dest": m.string})
 
 
+def locate_key(config: Any, trunk: TrunkConfig) -> tuple[SipURI, str | None]:
+    """What to locate (RFC 3263) for calls through ``trunk``: its proxy (its own, else
+    ``[sip] outbound_proxy``) or its target, and the transport to look for: None for a ``udp``
+    trunk (the default: NAPTR may choose among the transports we listen on), else the trunk's."""
+    proxy = trunk.outbound_proxy or getattr(getattr(config, "sip", None), "outbound_proxy", None)
+    uri = SipURI.parse((proxy or trunk.target).text)
+    return uri, None if trunk.transport == "udp" else trunk.transport
+
+
 class DialPlan:
     def __init__(self, config: Any, builtin: dict[str, str] | None = None, builtin_target: SipURI | None = None) -> None:
         """``config`` is the gateway's :class:`webgate.config.Config`: its ``[[route]]`` table is
@@ -95,6 +123,8 @@ class DialPlan:
         self.config = config
         self.builtin = dict(builtin or {})
         self.builtin_target = builtin_target
+        #: DNS for trunks named by DNS name (set by the telephony service); None: hosts as they are
+        self.locator: ServerLocator | None = None
 
     def resolve(self, destination: object) -> RouteDecision:
         dest = validate_destination(destination)
@@ -122,6 +152,10 @@ class DialPlan:
         creds = None
         if trunk.username or trunk.auth_username:
             creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm)
+        proxy = SipURI.parse(trunk.outbound_proxy.text) if trunk.outbound_proxy is not None else None
+        destinations: tuple[Addr, ...] = ()
+        if self.locator is not None:
+            destinations = tuple(self.locator.targets(*locate_key(self.config, trunk)) or ())
         return RouteDecision(
             dest,
             target,
@@ -135,4 +169,8 @@ class DialPlan:
             headers=tuple(trunk.headers),
             from_user=trunk.from_user,
             from_display=trunk.from_display,
+            session_expires_s=trunk.session_expires_s,
+            transfer=bool(route.transfer),
+            outbound_proxy=proxy,
+            destinations=destinations,
         )

@@ -34,6 +34,8 @@ SESSION_ID_NOT_ALLOWED = "session_id_not_allowed"  # 403: differs from the token
 TOO_MANY_CALLS_FOR_IDENTITY = "too_many_calls_for_identity"  # 429: limits.max_calls_per_identity
 TOO_MANY_CALLS_FROM_IP = "too_many_calls_from_ip"  # 429: limits.max_calls_per_ip
 RATE_LIMITED = "rate_limited"  # 429: limits.max_attempts_per_ip_per_minute
+# a cluster node (docs/cluster.md)
+CLUSTER_UNAVAILABLE = "cluster_unavailable"  # 503: Redis unreachable and [cluster] on_redis_down = "refuse"
 # hold/resume (CallManager.hold: a SIP re-INVITE)
 HOLD_PENDING = "hold_pending"  # an offer/answer exchange (ours or the far end's) is in progress
 HOLD_FAILED = "hold_failed"  # the far end refused the re-INVITE (its SIP status); the call stays up

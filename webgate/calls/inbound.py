@@ -1,8 +1,9 @@
 """Calls toward registered web users: the gateway as UAS for a web client. An INVITE for a user
 that is not a built-in rings the user's connection (:meth:`InboundCalls.incoming`); the client
-accepts (:meth:`InboundCalls.accept`: 200 OK with our SDP) or rejects it. Everything after the
-answer (media paths, DTMF, hangup, limits, observers) is the outgoing call's code in the
-manager. See docs/protocol.md "Calls toward web users"."""
+accepts (:meth:`InboundCalls.accept`: 200 OK with our SDP) or rejects it. An INVITE without SDP
+(delayed offer) gets our offer in the 200 and its answer from the ACK (:meth:`InboundCalls.confirmed`).
+Everything after the answer (media paths, DTMF, hangup, limits, observers) is the outgoing
+call's code in the manager. See docs/protocol.md "Calls toward web users"."""
 
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ class InboundCalls:
 
         Order (docs/protocol.md "Calls toward web users"): shutting down 503, source not in
         ``[sip] inbound_from`` 403, no such registered user 404, client busy 486, no usable
-        offer 488, gateway at its call limit 503."""
+        offer 488 (no offer at all is a delayed offer: ours goes in the 200), gateway at its
+        call limit 503."""
         h = self.host
         session = ev.session
         req = ev.request
@@ -138,13 +140,9 @@ class InboundCalls:
         if endpoint.busy():
             self._reject_incoming(session, 486, "Busy Here", "web user busy", source, user)
             return
-        if not ev.offer:
-            # a delayed offer (INVITE without SDP) would need an offer from us: not supported
-            self._reject_incoming(session, 488, None, "no SDP offer", source, user)
-            return
         try:
-            offer = sdp.parse_sdp(ev.offer)
-            sdp.negotiate_answer(offer, INBOUND_CODECS, h.rtp_advertise, 9)  # is there a common codec?
+            if ev.offer:  # without one (delayed offer), ours goes in the 200
+                sdp.negotiate_answer(sdp.parse_sdp(ev.offer), INBOUND_CODECS, h.rtp_advertise, 9)  # a common codec?
         except (RemoteProtocolError, LocalProtocolError) as e:
             status = getattr(e, "status_hint", None) or 488
             self._reject_incoming(session, status, None, f"unusable offer: {e.message}", source, user)
@@ -221,8 +219,10 @@ class InboundCalls:
         prefer = [c for c in (prefer_codecs or []) if c]
         codecs = [c for name in prefer for c in INBOUND_CODECS if c.name.lower() == name.lower()]
         codecs += [c for c in INBOUND_CODECS if c not in codecs]
-        codecs += [sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
         assert call.rtp is not None and call.stream is not None
+        if call.remote_offer is None:
+            return self._offer_in_200(call, codecs)
+        codecs += [sdp.TELEPHONE_EVENT, sdp.TELEPHONE_EVENT_48K]
         try:
             answer, nm = sdp.negotiate_answer(sdp.parse_sdp(call.remote_offer or b""), codecs, h.rtp_advertise,
                                               call.rtp.rtp_port, session_id=call.sdp_session_id)
@@ -243,6 +243,22 @@ class InboundCalls:
                  session_id=call.session_id, user=safe(call.destination), codec=call.codec, path=call.media_path)
         return call.codec
 
+    def _offer_in_200(self, call: Call, codecs: list[sdp.Codec]) -> str:
+        """Delayed offer: the INVITE had no SDP, so the 200 carries our offer (the web client's
+        codec first) and the caller's ACK the answer (:meth:`confirmed`). Returns the codec we
+        prefer; the answer decides (the path is chosen again then)."""
+        h = self.host
+        assert call.rtp is not None and call.sip is not None
+        offer = sdp.build_offer([*codecs, sdp.TELEPHONE_EVENT], h.rtp_advertise, call.rtp.rtp_port, call.sdp_session_id)
+        call.offer_sdp = offer
+        call.answer_sdp = offer  # what our 200 carried: the call is accepted
+        h.sync_ua_clock()
+        call.sip.answer(offer.serialize())
+        h.transport.flush()
+        log.info("call {session_id}: web user {user} accepted, offered {codecs} in the 200 (delayed offer)",
+                 session_id=call.session_id, user=safe(call.destination), codecs=",".join(c.name for c in codecs))
+        return codecs[0].name
+
     def reject(self, call: Call, status: int = 486, reason: str | None = None) -> None:
         """The web client rejects an incoming ``call`` (486 Busy Here, 603 Decline, ...)."""
         h = self.host
@@ -259,10 +275,16 @@ class InboundCalls:
         h.transport.flush()
         h.finish(call, "rejected", status, notify_leg=False)
 
-    def confirmed(self, call: Call) -> None:
-        """The ACK for our 200 OK arrived: the incoming call is answered."""
+    def confirmed(self, call: Call, answer: bytes | None = None) -> None:
+        """The ACK for our 200 OK arrived: the incoming call is answered. After a delayed offer
+        it carries the caller's answer; an ACK without a usable one ends the call (BYE)."""
         if call.direction != "inbound" or call.state is CallState.ENDED or call.state is CallState.ANSWERED:
             return
+        if call.remote_offer is None and call.offer_sdp is not None:
+            if not self.host.media.apply_remote_sdp(call, answer):
+                log.warn("call {session_id}: the ACK has no usable answer to our offer", session_id=call.session_id)
+                self.host.hangup(call, "protocol_error")
+                return
         call.state = CallState.ANSWERED
         call.times.answered = time.time()
         log.info("call {session_id}: answered (ACK), codec {codec}, {path} path", session_id=call.session_id, codec=call.codec, path=call.media_path)

@@ -5,7 +5,9 @@ adapters implement (calls/ imports no adapter; adapters may import calls).
   (``adapters/rtp.py``: ``RtpPortPool``, ``RtpEndpoint``, ``MediaClock``); an allocator with no
   free pair raises :class:`webgate.calls.errors.NoPortsAvailable`;
 - :class:`SipSender`: the SIP transport that sends what the user agent queued
-  (``adapters/sip.py``: ``SipTransport``).
+  (``adapters/sip.py``: ``SipTransport``);
+- :class:`ClusterAdmission`: a cluster node's shared limits and session IDs
+  (``cluster/node.py``: ``ClusterNode``), the one asynchronous step of a call's admission.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from webgate.media.stream import RtpAudioStream
 
-__all__ = ["MediaPort", "MediaTicker", "PortAllocator", "SipSender"]
+__all__ = ["ClusterAdmission", "MediaPort", "MediaTicker", "PortAllocator", "SipSender"]
 
 
 class MediaTicker(Protocol):
@@ -66,4 +68,24 @@ class SipSender(Protocol):
 
     def flush(self) -> None:
         """Send every message the user agent has queued (run after each call into it)."""
+        ...
+
+
+class ClusterAdmission(Protocol):
+    """What the call manager asks of the cluster before it places a call (docs/cluster.md):
+    each coroutine is one atomic round trip to Redis and raises
+    :class:`~webgate.calls.errors.CallRefused` (``rate_limited``, ``too_many_calls_*``,
+    ``session_id_in_use``, ``invalid_session_id``, ``cluster_unavailable``)."""
+
+    async def attempt(self, ip: str) -> None:
+        """Count one call attempt from ``ip`` across the cluster."""
+        ...
+
+    async def reserve(self, ip: str, identity: str | None = None, session_id: str | None = None) -> str:
+        """Claim a session ID (``session_id`` or a new one) and one call slot of ``ip`` and
+        ``identity`` across the cluster; the session ID."""
+        ...
+
+    def release(self, session_id: str) -> None:
+        """Give a reservation back (idempotent; the call allocator does it when a call ends)."""
         ...

@@ -6,68 +6,42 @@ anything is allocated), :mod:`~webgate.calls.outbound` (the INVITE of an admitte
 :mod:`~webgate.calls.media_path` (RTP stream, packet/frame path, re-offers, hold/resume),
 :mod:`~webgate.calls.inbound` (calls from SIP toward registered web users) and
 :mod:`~webgate.calls.builtin` (the ``echo``/``tone`` destinations, answered as a real SIP UAS
-on loopback) and :mod:`~webgate.calls.watch` (who may watch a call's video and data)."""
+on loopback), :mod:`~webgate.calls.watch` (who may watch a call's video and data),
+:mod:`~webgate.calls.transfer` (REFER from the SIP far end) and :mod:`~webgate.calls.sip_events`
+(the user agent's events of every call)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
 
 from webgate.calls.admission import Admission, Admissions
-from webgate.calls.builtin import BUILTIN_KINDS, BuiltinCall, BuiltinCalls
+from webgate.calls.builtin import BuiltinCall, BuiltinCalls
 from webgate.calls.call import Call, CallState, IngressLeg
 from webgate.calls.dialplan import DialPlan, RouteDecision
 from webgate.calls.errors import CallRefused
 from webgate.calls.inbound import InboundCalls, offered_audio_codecs
-from webgate.calls.interfaces import PortAllocator, SipSender
+from webgate.calls.interfaces import ClusterAdmission, PortAllocator, SipSender
 from webgate.calls.media_path import HoldDone, MediaPaths
 from webgate.calls.outbound import OutboundCalls
 from webgate.calls.policy import CallPolicy
 from webgate.calls.registry import CallRegistry
 from webgate.calls.session_id import SessionIdAllocator
+from webgate.calls.sip_events import SipEvents
+from webgate.calls.transfer import Transfers
 from webgate.calls.users import InboundAllowList, WebUsers
 from webgate.calls.watch import Watches
 from webgate.logsafe import safe
 from webgate.proto.errors import LocalProtocolError
-from webgate.proto.sip.useragent import (
-    Answered,
-    Confirmed,
-    DtmfInfo,
-    EndCause,
-    Ended,
-    Event,
-    IncomingCall,
-    OfferReceived,
-    Progress,
-    Registered,
-    RegistrationFailed,
-    ReofferAnswered,
-    ReofferFailed,
-    UserAgent,
-)
+from webgate.proto.sip.useragent import Event, UserAgent
 
 __all__ = ["CallManager"]
 
 log = Logger()
-
-# the end causes a client sees (documented in docs/protocol.md)
-_CAUSES = {
-    EndCause.LOCAL_HANGUP: "local_hangup",
-    EndCause.REMOTE_HANGUP: "remote_hangup",
-    EndCause.CANCELLED: "cancelled",
-    EndCause.REMOTE_CANCELLED: "cancelled",
-    EndCause.REJECTED: "rejected",
-    EndCause.DECLINED: "rejected",
-    EndCause.TIMEOUT: "timeout",
-    EndCause.AUTH_FAILED: "auth_failed",
-    EndCause.NO_ACK: "no_ack",
-    EndCause.TRANSPORT_ERROR: "network_error",
-    EndCause.PROTOCOL_ERROR: "protocol_error",
-}
-
 
 class CallManager:
     def __init__(
@@ -131,6 +105,8 @@ class CallManager:
         #: SIP sources that may call echo/tone directly ([builtin] sip_from; default loopback only)
         self.builtin_sip_from = builtin_sip_from if builtin_sip_from is not None else InboundAllowList(("loopback",))
         self.counters.update({"inbound_offered": 0, "inbound_refused": 0, "builtin_refused": 0})
+        #: a cluster node's shared limits and session IDs (webgate/cluster); None in one process
+        self.cluster: ClusterAdmission | None = None
         # the parts this manager dispatches to
         self.media = MediaPaths(transport, self.counters, self.sync_ua_clock, rtp_advertise=rtp_advertise, jitter=self.jitter)
         self.admissions = Admissions(self)
@@ -138,6 +114,8 @@ class CallManager:
         self.inbound = InboundCalls(self)
         self.builtins = BuiltinCalls(self)
         self.watches = Watches(self)
+        self.transfers = Transfers(self)  # REFER from the SIP far end
+        self.sip_events = SipEvents(self)
 
     @property
     def builtin_calls(self) -> dict[str, BuiltinCall]:
@@ -186,10 +164,36 @@ class CallManager:
                 leg, destination, session_id=session_id, display_name=display_name, caller_id=caller_id,
                 identity=identity, route=route, max_duration_s=max_duration_s, token=token, source_ip=source_ip,
             )
-        with self.admissions.reporting_refusal(leg, destination):
-            call = self.outbound.place(leg, admission, prefer_codecs)
+        try:
+            with self.admissions.reporting_refusal(leg, destination):
+                call = self.outbound.place(leg, admission, prefer_codecs)
+        except BaseException:
+            self.release_reservation(admission)
+            raise
         self.emit("call_placed", call)
         return call
+
+    async def reserve(self, leg: IngressLeg, admission: Admission) -> Admission:
+        """On a cluster node, the one asynchronous step between :meth:`admit` and
+        :meth:`place_call`: the per-IP attempt rate and the per-IP and per-identity limits
+        across the cluster, and the call's session ID claimed there (the client's, or a new
+        one), each an atomic round trip to Redis. Returns the admission to place the call with
+        (``reserved``); in one process (no cluster) the admission as it is, at once. Raises
+        :class:`CallRefused` (reported like :meth:`admit`'s refusals). Await it from an asyncio
+        coroutine (``adapters/aio.py``). A reserved admission that does not become a call is
+        given back by :meth:`place_call`'s refusal, or else by :meth:`release_reservation`."""
+        if self.cluster is None or admission.reserved:
+            return admission
+        with self.admissions.reporting_refusal(leg, admission.route.destination):
+            await self.cluster.attempt(admission.source_ip)
+            sid = await self.cluster.reserve(admission.source_ip, admission.limit_identity, admission.session_id)
+        return replace(admission, session_id=sid, reserved=True)
+
+    def release_reservation(self, admission: Admission) -> None:
+        """Give back what :meth:`reserve` claimed, unless a live call holds it (idempotent)."""
+        sid = admission.session_id
+        if self.cluster is not None and admission.reserved and sid is not None and self.registry.by_session_id(sid) is None:
+            self.cluster.release(sid)
 
     def admit(
         self,
@@ -243,11 +247,12 @@ class CallManager:
             self.transport.flush()
         self.finish(call, cause, None, notify_leg=cause not in ("client_hangup",))
 
-    def hold(self, call: Call, on: bool, done: HoldDone | None = None) -> None:
-        """Put the SIP far end on hold (``on``) or resume it with a re-INVITE; ``done(ok,
-        sip_status)`` follows the answer. See :meth:`webgate.calls.media_path.MediaPaths.hold`
-        (raises :class:`CallRefused`: ``no_call``, ``hold_pending``)."""
-        self.media.hold(call, on, done)
+    def hold(self, call: Call, on: bool, done: HoldDone | None = None, method: str = "INVITE") -> None:
+        """Put the SIP far end on hold (``on``) or resume it with a re-INVITE (``method``
+        "UPDATE": an UPDATE); ``done(ok, sip_status)`` follows the answer. See
+        :meth:`webgate.calls.media_path.MediaPaths.hold` (raises :class:`CallRefused`:
+        ``no_call``, ``hold_pending``)."""
+        self.media.hold(call, on, done, method)
 
     def send_dtmf(self, call: Call, digits: str, duration_ms: int = 160) -> None:
         """DTMF toward SIP: RFC 4733 when negotiated and configured, else SIP INFO."""
@@ -291,55 +296,8 @@ class CallManager:
     # SIP events
 
     def handle_sip_event(self, ev: Event) -> None:
-        if isinstance(ev, (Registered, RegistrationFailed)):
-            if isinstance(ev, Registered):
-                log.info("registered {aor} for {expires} s", aor=str(ev.registration.aor), expires=ev.expires)
-            else:
-                log.warn("registration of {aor} failed: {status} {reason}", aor=str(ev.registration.aor), status=ev.status, reason=safe(ev.reason))
-            return
-        session = ev.session
-        owner = session.user_data
-        if isinstance(ev, IncomingCall):
-            user = ev.request.uri.user or ""
-            if self.builtin_enabled and user in BUILTIN_KINDS:
-                self.builtins.handle(ev)
-            else:
-                self.inbound.incoming(ev, user)
-            return
-        if isinstance(owner, BuiltinCall):
-            self.builtins.handle(ev)
-            return
-        if not isinstance(owner, Call):
-            return
-        call = owner
-        if isinstance(ev, Confirmed):
-            self.inbound.confirmed(call)
-        elif isinstance(ev, Progress):
-            has_media = self.media.apply_remote_sdp(call, ev.sdp) if ev.sdp else False
-            state = CallState.EARLY_MEDIA if has_media else CallState.RINGING
-            if call.state in (CallState.CALLING, CallState.RINGING) or (state is CallState.EARLY_MEDIA and call.state is not CallState.EARLY_MEDIA):
-                call.state = state
-                log.info("call {session_id}: {status} {state}", session_id=call.session_id, status=ev.status, state=state.value)
-                self.notify(call, state)
-                self.emit("call_progress", call, state)
-        elif isinstance(ev, Answered):
-            self.media.apply_remote_sdp(call, ev.sdp)
-            call.state = CallState.ANSWERED
-            call.times.answered = time.time()
-            log.info("call {session_id}: answered, codec {codec}, {path} path", session_id=call.session_id, codec=call.codec, path=call.media_path)
-            self.notify(call, CallState.ANSWERED)
-            self.emit("call_answered", call)
-        elif isinstance(ev, Ended):
-            cause = _CAUSES.get(ev.end.cause, "ended")
-            self.finish(call, cause, ev.end.status, notify_leg=True)
-        elif isinstance(ev, DtmfInfo):
-            self.media.dtmf_to_leg(call, ev.digit, "info")
-        elif isinstance(ev, OfferReceived):
-            self.media.answer_reoffer(session, ev.offer, call.rtp, call)
-        elif isinstance(ev, ReofferAnswered):
-            self.media.hold_answered(call, ev.sdp)
-        elif isinstance(ev, ReofferFailed):
-            self.media.hold_failed(call, ev.status, ev.reason)
+        """An event of the user agent (see :class:`webgate.calls.sip_events.SipEvents`)."""
+        self.sip_events.handle(ev)
 
     def notify(self, call: Call, state: CallState) -> None:
         """Tell the call's leg of its progress (a failing leg is logged)."""

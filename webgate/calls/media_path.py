@@ -1,6 +1,7 @@
 """The SIP side's media of a call: the RTP stream attached to it, the path its audio takes
 (packet or frame, :meth:`MediaPaths.choose_path`), the far end's SDP answers and re-offers
-(re-INVITE/UPDATE), and our own hold/resume re-INVITE (``CallManager.hold``)."""
+(re-INVITE/UPDATE; a re-INVITE without an offer gets a fresh offer of ours, answered in the
+ACK), and our own hold/resume re-INVITE or UPDATE (``CallManager.hold``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from webgate.calls import errors
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.interfaces import MediaPort, SipSender
-from webgate.calls.offers import BUILTIN_CODECS
+from webgate.calls.offers import BUILTIN_CODECS, sdp_codecs
 from webgate.logsafe import safe
 from webgate.proto import sdp
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -48,6 +49,8 @@ class MediaPaths:
         self.sync_ua_clock = sync_ua_clock
         self.rtp_advertise = rtp_advertise
         self.jitter = jitter
+        #: our offers in the 2xx of a re-INVITE without SDP, by session ID, until its ACK answers
+        self.reoffers: dict[str, sdp.SessionDescription] = {}
 
     # ------------------------------------------------------------------------------------
     # the stream and the leg
@@ -140,6 +143,9 @@ class MediaPaths:
         """Answer a re-INVITE/UPDATE offer (hold, unhold, a new media address), keeping our SDP
         session ID and raising its version (RFC 3264 §8)."""
         stream = endpoint.stream if endpoint is not None else None
+        if not offer and isinstance(owner, Call) and endpoint is not None and stream is not None and stream.media is not None:
+            self._reoffer(session, owner, endpoint)
+            return
         if not offer or endpoint is None or stream is None or stream.media is None:
             session.answer_offer(session.local_sdp)
             self.transport.flush()
@@ -165,12 +171,44 @@ class MediaPaths:
         session.answer_offer(answer.serialize())
         self.transport.flush()
 
+    def _reoffer(self, session: InviteSession, call: Call, endpoint: MediaPort) -> None:
+        """A re-INVITE without an offer (RFC 3261 §14.2): our offer in the 2xx, every codec
+        of the route with the current one first, o= version + 1; the ACK brings the answer
+        (:meth:`reoffer_acked`)."""
+        codecs = sdp_codecs(call.route.codecs, [call.codec] if call.codec else None) + [sdp.TELEPHONE_EVENT]
+        direction = "sendonly" if call.held else "sendrecv"
+        offer = sdp.build_offer(codecs, self.rtp_advertise, endpoint.rtp_port, call.sdp_session_id,
+                                call.sdp_version + 1, direction=direction)
+        call.sdp_version += 1
+        self.reoffers[call.session_id] = offer
+        log.info("call {session_id}: re-INVITE without SDP, offering {codecs}", session_id=call.session_id,
+                 codecs=",".join(c.name for c in codecs[:-1]))
+        session.answer_offer(offer.serialize())
+        self.transport.flush()
+
+    def reoffer_acked(self, call: Call, answer: bytes | None) -> None:
+        """The ACK answering the offer :meth:`_reoffer` put in our 2xx: apply it."""
+        offer = self.reoffers.pop(call.session_id, None)
+        if offer is None or call.stream is None:
+            return
+        try:
+            nm = sdp.apply_answer(offer, sdp.parse_sdp(answer or b""))
+        except (RemoteProtocolError, LocalProtocolError) as e:
+            log.warn("call {session_id}: unusable answer in the ACK: {e}", session_id=call.session_id, e=safe(e.message))
+            return
+        call.offer_sdp = offer  # the base of our next re-offer (hold)
+        call.stream.configure(self.held_media(call, nm))
+        call.codec = nm.codec.name
+        log.info("call {session_id}: re-offer answered in the ACK, codec {codec}", session_id=call.session_id, codec=call.codec)
+        self.choose_path(call)
+
     # ------------------------------------------------------------------------------------
     # our hold/resume
 
-    def hold(self, call: Call, on: bool, done: HoldDone | None = None) -> None:
-        """Put the SIP far end on hold (``on``) or resume it with a re-INVITE (RFC 3264 §8.4,
-        RFC 6337): our offer again, same codecs and o= session ID, version + 1, audio
+    def hold(self, call: Call, on: bool, done: HoldDone | None = None, method: str = "INVITE") -> None:
+        """Put the SIP far end on hold (``on``) or resume it with a re-INVITE, or an UPDATE
+        (``method``, RFC 3311) (RFC 3264 §8.4, RFC 6337): our offer again, same codecs and
+        o= session ID, version + 1, audio
         ``a=sendonly`` (``a=inactive`` when the far end already holds us) or ``a=sendrecv``.
         While held nothing is sent toward SIP. ``done(ok, sip_status)`` follows the far end's
         answer (or the call's end: ``done(False, None)``); the call stays up on a refusal.
@@ -195,12 +233,15 @@ class MediaPaths:
         offer.media[index].direction = direction
         self.sync_ua_clock()
         try:
-            session.reinvite(offer.serialize())
+            if method == "UPDATE":
+                session.update(offer.serialize())
+            else:
+                session.reinvite(offer.serialize())
         except LocalProtocolError as e:
             raise CallRefused(errors.HOLD_PENDING, e.message) from None
         call.hold_request = (on, offer, done)
-        log.info("call {session_id}: {what} (re-INVITE, a={direction})", session_id=call.session_id,
-                 what="hold" if on else "resume", direction=direction)
+        log.info("call {session_id}: {what} ({method}, a={direction})", session_id=call.session_id,
+                 what="hold" if on else "resume", method="UPDATE" if method == "UPDATE" else "re-INVITE", direction=direction)
         self.transport.flush()
 
     def hold_answered(self, call: Call, answer: bytes | None) -> None:
@@ -236,6 +277,8 @@ class MediaPaths:
 
     def hold_failed(self, call: Call, status: int | None, reason: str = "") -> None:
         """The far end refused our re-INVITE (``status``), or the call ended (None)."""
+        if status is None:
+            self.reoffers.pop(call.session_id, None)
         req, call.hold_request = call.hold_request, None
         if req is None:
             return

@@ -110,6 +110,10 @@ class OutboundCalls:
                 asserted_identity=pai,
                 credentials=route.credentials,
                 transport=route.transport if route.builtin is None else None,
+                session_expires=route.session_expires_s,
+                allow_refer=route.transfer,
+                destinations=list(route.destinations) or None,
+                outbound_proxy=route.outbound_proxy,
             )
         except LocalProtocolError as e:
             endpoint.release()

@@ -62,6 +62,7 @@ idle_timeout_s = 120
 partial_timeout_s = 10
 max_send_buffer = 262144
 send_stall_s = 30
+dns_servers = []
 
 [rtp]
 bind = "127.0.0.1"
@@ -136,4 +137,23 @@ webhook_retries = 3
 
 [shutdown]
 timeout_s = 10
+
+[codecs]
+bcg729_library = "libbcg729.so.0"
+amrnb_library = "libopencore-amrnb.so.0"
+amrwb_library = "libopencore-amrwb.so.0"
+amrwbenc_library = "libvo-amrwbenc.so.0"
+spandsp_library = "libspandsp.so.2"
+opus_library = "libopus.so.0"
+
+[cluster]
+enabled = false
+redis_url = "redis://127.0.0.1:6379/0"
+node_id = ""
+ws_url = ""
+rtmp_url = ""
+sip_contact = ""
+heartbeat_s = 2
+node_ttl_s = 6
+on_redis_down = "refuse"
 """

@@ -143,6 +143,16 @@ class Section:
                 return MISSING
         return value
 
+    def number(self, name: str, lo: float, hi: float) -> Any:
+        """An integer or a float in ``lo..hi``, as a float."""
+        value = self._get(name, (int, float), "a number", False)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not lo <= value <= hi:
+                self.v.err(self.key(name), f"{value} is out of range ({lo:g}..{hi:g})")
+                return MISSING
+            return float(value)
+        return value
+
     def boolean(self, name: str) -> Any:
         return self._get(name, (bool,), "true or false", False)
 
@@ -279,6 +289,34 @@ def check_http_url(value: str) -> str | None:
     if value and not _HTTP_URL_RE.fullmatch(value):
         return f"{value!r} is not an http:// or https:// URL"
     return None
+
+
+_REDIS_URL_RE = re.compile(r"(?:rediss?://[^\s/]+(?:/\d{1,2})?|unix:///[^\s]+)", re.IGNORECASE)
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def check_redis_url(value: str) -> str | None:
+    if not _REDIS_URL_RE.fullmatch(value):
+        return f"{value!r} is not a redis://HOST:PORT/DB, rediss:// or unix:///PATH URL"
+    return None
+
+
+def check_node_id(value: str) -> str | None:
+    if value and not _NODE_ID_RE.fullmatch(value):
+        return f"{value!r}: 1-128 letters, digits and . _ : - (\"\" = host name:port)"
+    return None
+
+
+def check_url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
+    """A check for a URL with one of ``schemes`` (or "")."""
+    pattern = re.compile(rf"(?:{'|'.join(schemes)}):[^\s]+", re.IGNORECASE)
+
+    def check(value: str) -> str | None:
+        if value and not pattern.fullmatch(value):
+            return f"{value!r} is not a {' or '.join(s + ':' for s in schemes)} URL"
+        return None
+
+    return check
 
 
 def strip_brackets(host: str) -> str:

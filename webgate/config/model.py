@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from webgate import __version__
 
 #: the codec names a ``[[trunk]]`` may list, in their canonical spelling
-KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex", "speex/16000")
+KNOWN_CODECS = ("PCMU", "PCMA", "G722", "opus", "GSM", "speex", "speex/16000",
+                "G729", "AMR", "AMR-WB", "G726-32", "AAL2-G726-32", "G723")
 #: the values of ``[log] level``
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
@@ -198,6 +199,35 @@ class ShutdownConfig:
     timeout_s: int = 10
 
 
+#: ``[cluster] on_redis_down`` values: "refuse" answers new calls ``cluster_unavailable`` (HTTP/SIP
+#: 503); "local" places them with session IDs from this node's own prefix
+ON_REDIS_DOWN = ("refuse", "local")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """This process as one node of a cluster sharing its state in Redis (docs/cluster.md)."""
+
+    #: false: one process, no Redis (the embedded default)
+    enabled: bool = False
+    #: may hold a password (redis://:PASSWORD@HOST:PORT/DB): kept out of repr()
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    #: this node's name in the cluster; "" = host name ":" HTTP port (SIP port without HTTP)
+    node_id: str = ""
+    #: the node's WebSocket URL for clients (ws[s]://HOST:PORT/ws); "" = from [http] listen
+    ws_url: str = ""
+    #: the node's RTMP URL for clients (rtmp[s]://HOST:PORT); "" = from [rtmp] listen
+    rtmp_url: str = ""
+    #: the node's SIP address as Kamailio sees it (sip:HOST:PORT); "" = from [sip] udp
+    sip_contact: str = ""
+    #: how often the node refreshes its keys in Redis
+    heartbeat_s: float = 2.0
+    #: a silent node's calls, counts and users disappear from Redis after this long
+    node_ttl_s: float = 6.0
+    #: new calls while Redis is unreachable: "refuse" (cluster_unavailable) or "local"
+    on_redis_down: str = "refuse"
+
+
 @dataclass(frozen=True)
 class SipConfig:
     udp: HostPort | None = HostPort("127.0.0.1", 5060)
@@ -231,6 +261,8 @@ class SipConfig:
     max_send_buffer: int = 262144
     #: ... or seconds its buffer may stay full
     send_stall_s: int = 30
+    #: DNS servers for trunks and proxies named by DNS name (RFC 3263 NAPTR/SRV/A); () = the system's
+    dns_servers: tuple[HostPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +328,30 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class CodecsConfig:
+    """``[codecs]``: where the codec libraries loaded at run time are (a soname looked up by the
+    dynamic loader, or a path; "" = do not load it: the codecs needing it are not offered)."""
+
+    bcg729_library: str = "libbcg729.so.0"  # G.729
+    amrnb_library: str = "libopencore-amrnb.so.0"  # AMR when PyAV's FFmpeg lacks opencore
+    amrwb_library: str = "libopencore-amrwb.so.0"  # AMR-WB decoding (same)
+    amrwbenc_library: str = "libvo-amrwbenc.so.0"  # AMR-WB encoding
+    spandsp_library: str = "libspandsp.so.2"  # G.726 encoding
+    opus_library: str = "libopus.so.0"  # Opus decoding with concealment and FEC
+
+    def library_paths(self) -> dict[str, str]:
+        """By library key, as :func:`webgate.media.codecs.set_library_paths` takes them."""
+        return {
+            "bcg729": self.bcg729_library,
+            "amrnb": self.amrnb_library,
+            "amrwb": self.amrwb_library,
+            "amrwbenc": self.amrwbenc_library,
+            "spandsp": self.spandsp_library,
+            "opus": self.opus_library,
+        }
+
+
+@dataclass(frozen=True)
 class TrunkConfig:
     name: str
     target: SipUri
@@ -312,6 +368,10 @@ class TrunkConfig:
     headers: tuple[tuple[str, str], ...] = ()
     from_user: str = ""
     from_display: str = ""
+    #: RFC 4028 session timer asked for in our INVITEs (Session-Expires, seconds); 0 = off
+    session_expires_s: int = 1800
+    #: calls through this trunk go through this proxy (a Route header); None = [sip] outbound_proxy
+    outbound_proxy: SipUri | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +385,8 @@ class RouteConfig:
     public: bool = False
     #: 0 = the global limit (limits.max_call_duration_s)
     max_duration_s: int = 0
+    #: the far end of a call through this route may transfer it (REFER; the target goes through the dial plan)
+    transfer: bool = False
     regex: re.Pattern[str] = field(default=re.compile(""), repr=False, compare=False)
 
 
@@ -344,6 +406,8 @@ class Config:
     api: ApiConfig = ApiConfig()
     cdr: CdrConfig = CdrConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    codecs: CodecsConfig = CodecsConfig()
     trunks: tuple[TrunkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     #: where it came from: a file path, or "<default>"

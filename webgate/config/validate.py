@@ -28,12 +28,16 @@ from webgate.config.fields import (
     check_file,
     check_host,
     check_http_url,
+    check_node_id,
+    check_redis_url,
+    check_url,
     check_nonempty_text,
     check_optional_host,
     check_sip_user,
     check_text,
     check_token,
     check_token_key,
+    parse_host_port,
     parse_sip_uri,
     strip_brackets,
     type_name,
@@ -41,10 +45,14 @@ from webgate.config.fields import (
 from webgate.config.model import (
     KNOWN_CODECS,
     LOG_LEVELS,
+    ON_REDIS_DOWN,
     ApiConfig,
     BuiltinConfig,
     CdrConfig,
+    ClusterConfig,
+    CodecsConfig,
     Config,
+    HostPort,
     HttpConfig,
     IceServerConfig,
     LimitsConfig,
@@ -61,6 +69,7 @@ from webgate.config.model import (
     VideoConfig,
     WebRtcConfig,
 )
+from webgate.media.codecs import missing_message, probe, required_libraries
 
 T = TypeVar("T")
 
@@ -78,7 +87,8 @@ class ConfigError(ValueError):
 # Headers the SIP UA writes itself; a trunk may not set them.
 _RESERVED_HEADERS = frozenset(
     h.lower()
-    for h in ["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m", "Content-Length", "l", "Content-Type", "c", "Max-Forwards", "Route", "Record-Route", "Authorization", "Proxy-Authorization", "Content-Encoding", "e", "Supported", "k", "Allow"]
+    for h in ["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m", "Content-Length", "l", "Content-Type", "c", "Max-Forwards", "Route", "Record-Route", "Authorization", "Proxy-Authorization", "Content-Encoding", "e", "Supported", "k", "Allow",
+              "Session-Expires", "x", "Min-SE", "RSeq", "RAck"]
 )
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9\-.\[\]:]+(?::\d{1,5})?/?", re.IGNORECASE)
@@ -105,7 +115,7 @@ class _Validator:
     def config(self, data: Mapping[str, Any], source: str) -> Config:
         sections = {
             "http", "rtmp", "sip", "rtp", "session_id", "builtin", "limits", "log", "trunk", "route",
-            "webrtc", "tokens", "video", "api", "cdr", "shutdown",
+            "webrtc", "tokens", "video", "api", "cdr", "shutdown", "cluster", "codecs",
         }
         for k in data:
             if k not in sections:
@@ -266,8 +276,13 @@ class _Validator:
         shutdown = self.build(ShutdownConfig, dict(timeout_s=s.integer("timeout_s", 1, 3600)))
         s.finish()
 
+        cluster = self.cluster(Section(self, "cluster", data.get("cluster", {}), ClusterConfig()))
+
+        codecs = self.codec_libraries(Section(self, "codecs", data.get("codecs", {}), CodecsConfig()))
         trunks = self.trunks(data.get("trunk", []))
         routes = self.routes(data.get("route", []), trunks)
+        if codecs is not MISSING:
+            self.check_codec_libraries(codecs, trunks)
 
         if self.errors:
             raise ConfigError(self.errors, source)
@@ -286,10 +301,52 @@ class _Validator:
             api=api,
             cdr=cdr,
             shutdown=shutdown,
+            cluster=cluster,
+            codecs=codecs,
             trunks=tuple(trunks),
             routes=tuple(routes),
             source=source,
         )
+
+    def cluster(self, s: Section) -> Any:
+        """``[cluster]`` (docs/cluster.md): off by default; a node's Redis, name, addresses, heartbeat."""
+        cluster = self.build(
+            ClusterConfig,
+            dict(
+                enabled=s.boolean("enabled"),
+                redis_url=s.string("redis_url", check=check_redis_url),
+                node_id=s.string("node_id", check=check_node_id),
+                ws_url=s.string("ws_url", check=check_url(("ws", "wss"))),
+                rtmp_url=s.string("rtmp_url", check=check_url(("rtmp", "rtmps"))),
+                sip_contact=s.string("sip_contact", check=check_url(("sip", "sips"))),
+                heartbeat_s=s.number("heartbeat_s", 0.1, 60),
+                node_ttl_s=s.number("node_ttl_s", 0.2, 600),
+                on_redis_down=s.choice("on_redis_down", ON_REDIS_DOWN),
+            ),
+        )
+        s.finish()
+        if cluster is not MISSING and cluster.node_ttl_s < 2 * cluster.heartbeat_s:
+            self.err(s.key("node_ttl_s"), f"{cluster.node_ttl_s:g} is less than twice heartbeat_s ({cluster.heartbeat_s:g})")
+        return cluster
+
+    def codec_libraries(self, s: Section) -> Any:
+        """``[codecs]``: where the codec libraries loaded at run time are (a soname or a path)."""
+        codecs = self.build(
+            CodecsConfig,
+            {f.name: s.string(f.name, check=check_text) for f in fields(CodecsConfig)},
+        )
+        s.finish()
+        return codecs
+
+    def check_codec_libraries(self, codecs: CodecsConfig, trunks: list[TrunkConfig]) -> None:
+        """A trunk codec whose library does not load from its ``[codecs]`` path is an error that
+        names the package: ``trunk pbx: codec G729 needs libbcg729 (apt install libbcg729-0)``."""
+        paths = codecs.library_paths()
+        for t in trunks:
+            for codec in t.codecs:
+                for key in required_libraries(codec):
+                    if probe(key, paths[key]) is None:
+                        self.err(f"trunk {t.name}", missing_message(codec, key))
 
     def tls_listener(self, s: Section) -> dict[str, Any]:
         """``tls_listen``/``tls_cert``/``tls_key`` of an HTTP or RTMP section."""
@@ -304,9 +361,31 @@ class _Validator:
                     self.err(s.key(k), "is required when tls_listen is set")
         return values
 
+    def dns_servers(self, s: Section) -> Any:
+        """``[sip] dns_servers``: "host:port" (or "host", port 53) of IP-literal DNS servers."""
+        s.known.add("dns_servers")
+        value = s.table.get("dns_servers", [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.err(s.key("dns_servers"), f"must be an array of \"host:port\" strings, not {value!r}")
+            return MISSING
+        out: list[HostPort] = []
+        for v in value:
+            text = v.strip()
+            try:
+                if text.startswith("[") or text.count(":") == 1:
+                    hp = parse_host_port(text)  # "v4:port", "[v6]:port"
+                else:
+                    hp = HostPort(text, 53)  # "v4", "v6"
+                ipaddress.ip_address(hp.host.strip("[]"))
+            except ValueError:
+                self.err(s.key("dns_servers"), f"{v!r} is not an IP address with an optional port (\"127.0.0.1:53\")")
+                return MISSING
+            out.append(hp)
+        return tuple(out)
+
     def source_list(self, s: Section, key: str) -> Any:
         """An allow-list of SIP sources (``[sip] inbound_from``, ``[builtin] sip_from``): IP
-        addresses, CIDR networks, "trunks", "loopback"."""
+        addresses, CIDR networks, DNS names (resolved at run time), "trunks", "loopback"."""
         s.known.add(key)
         if key not in s.table:
             return getattr(s.defaults, key)
@@ -321,8 +400,9 @@ class _Validator:
                 try:
                     ipaddress.ip_network(word.strip("[]"), strict=False)
                 except ValueError:
-                    self.err(s.key(key), f"{v!r} is not an IP address, a network (CIDR), \"trunks\" or \"loopback\"")
-                    return MISSING
+                    if check_host(word) is not None or "." not in word:
+                        self.err(s.key(key), f"{v!r} is not an IP address, a network (CIDR), a DNS name, \"trunks\" or \"loopback\"")
+                        return MISSING
             out.append(word)
         return tuple(out)
 
@@ -403,6 +483,7 @@ class _Validator:
             partial_timeout_s=s.integer("partial_timeout_s", 1, 3600),
             max_send_buffer=s.integer("max_send_buffer", 4096, 1 << 30),
             send_stall_s=s.integer("send_stall_s", 1, 3600),
+            dns_servers=self.dns_servers(s),
         )
         s.finish()
         if isinstance(values["outbound_proxy"], str):
@@ -483,8 +564,22 @@ class _Validator:
                 headers=self.headers(s),
                 from_user=s.string("from_user", check=check_sip_user),
                 from_display=s.string("from_display", check=check_text),
+                session_expires_s=s.integer("session_expires_s", 0, 86400),
+                outbound_proxy=s.string("outbound_proxy"),
             )
             s.finish()
+            if isinstance(values["outbound_proxy"], str):
+                if values["outbound_proxy"] == "":
+                    values["outbound_proxy"] = None
+                else:
+                    try:
+                        values["outbound_proxy"] = parse_sip_uri(values["outbound_proxy"])
+                    except ValueError:
+                        self.err(s.key("outbound_proxy"), f"invalid SIP URI {values['outbound_proxy']!r} (e.g. \"sip:proxy.example.com;lr\")")
+                        values["outbound_proxy"] = MISSING
+            se = values["session_expires_s"]
+            if isinstance(se, int) and 0 < se < 90:
+                self.err(s.key("session_expires_s"), f"{se} is below 90 (RFC 4028's smallest Min-SE); 0 turns the session timer off")
             if values["register"] is True and values["username"] == "":
                 self.err(s.key("username"), "is required when register = true")
             if isinstance(target, SipUri) and target.scheme == "sips" and values["transport"] not in ("tls", MISSING):
@@ -573,6 +668,7 @@ class _Validator:
                 rewrite=rewrite,
                 public=s.boolean("public"),
                 max_duration_s=s.integer("max_duration_s", 0),
+                transfer=s.boolean("transfer"),
                 regex=regex,
             )
             s.finish()
@@ -625,6 +721,7 @@ OVERRIDABLE = frozenset(
         ("api", ApiConfig),
         ("cdr", CdrConfig),
         ("shutdown", ShutdownConfig),
+        ("cluster", ClusterConfig),
     )
     for f in fields(cls)
     if f.name not in ("ice_servers", "allowed_origins", "inbound_from", "sip_from")

@@ -238,6 +238,7 @@ class MediaHub:
         self._estimates: dict[int, int] = {}
         self.bitrate_limit = max_bitrate_bps
         self._last_keyframe_request = -1e9
+        self._asked: set[int] = set()  # watchers (by id) that made their first keyframe request
         # RTP source (WebRTC caller)
         self._depacketizer: h264.Depacketizer | None = None  # H.264 toward FLV watchers / snapshot
         self._flv_watch: dict[int, _FlvWatch] = {}
@@ -275,6 +276,7 @@ class MediaHub:
         self.watchers.remove(watcher)
         self._flv_watch.pop(id(watcher), None)
         self._buckets.pop(id(watcher), None)
+        self._asked.discard(id(watcher))
         if self._estimates.pop(id(watcher), None) is not None:
             self._update_bitrate()
         if not self.closed:
@@ -308,7 +310,7 @@ class MediaHub:
     def _start(self, w: HubWatcher) -> None:
         """A new watcher: a keyframe as soon as possible."""
         if self.source == "rtp":
-            self.keyframe_wanted(w)
+            self.keyframe_wanted()
         elif self.source == "flv":
             self._replay(w)
 
@@ -321,7 +323,13 @@ class MediaHub:
             # must not make the hub send a whole GOP (up to gop_max_bytes) each time
             return
         now = self.clock()
-        if now - self._last_keyframe_request < _KEYFRAME_REQUEST_INTERVAL_S:
+        first = watcher is not None and id(watcher) not in self._asked and watcher in self.watchers
+        if first:
+            # a watcher's first own request comes when its transport is up (a WebRTC watcher's
+            # DTLS): the keyframe asked for at its join went out before it could receive it, so
+            # this one is not throttled (otherwise its first frame waits for the next interval)
+            self._asked.add(id(watcher))
+        elif now - self._last_keyframe_request < _KEYFRAME_REQUEST_INTERVAL_S:
             return
         self._last_keyframe_request = now
         self.stats.keyframe_requests += 1

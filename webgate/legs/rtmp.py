@@ -709,6 +709,8 @@ class RtmpLeg:
                 self.flash.rpc_callback("ringing")
         elif state is CallState.ANSWERED:
             self.flash.rpc_callback("accepted")
+        elif state is CallState.TRANSFERRED:
+            self.flash.rpc_callback("transferred")  # the SIP far end moved the call (REFER)
 
     def call_ended(self, call: Call, cause: str, status: int | None) -> None:
         self._detach_clock(call)

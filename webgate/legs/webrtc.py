@@ -28,10 +28,18 @@ clock rate), so the browser's ``RTCDTMFSender`` works; its RFC 4733 packets are 
 receiver and sent to SIP by the trunk's DTMF method. Digits from SIP go to the browser as
 ``dtmf`` signalling events (browsers do not surface received RFC 4733).
 
-Video and data: the peer answers video ``inactive`` and reports what still arrives
-(``stats.video_frames_decoded`` stays 0; ``webgate_webrtc_video_frames_decoded_total`` in
-/metrics); data channels are accepted and kept alive, their messages counted and dropped (never
-sent to SIP). Forwarding them by session ID will be added here.
+Video and data (issue 14) never reach SIP: the leg gives the call its media hub
+(:func:`~webgate.legs.hub.attach_hub`, ``call.hub``) and is the hub's :class:`HubCaller`. The
+peer answers the browser's video ``recvonly`` with only the codecs a watcher can take as they
+are (VP8, H.264 packetization-mode 1; a browser offering neither keeps video ``inactive``), and
+from DTLS connected on reads its RTP off the socket, never through aiortc's decoder
+(:class:`VideoPort`, ``webgate.adapters.webrtc_video``; ``stats.video_frames_decoded`` stays 0,
+``webgate_webrtc_video_frames_decoded_total`` in /metrics). The packets go to
+:meth:`~webgate.legs.hub.MediaHub.rtp_from_caller` as they came; the hub's keyframe requests
+become PLIs and its bitrate bound a REMB toward the browser. Messages on any of the browser's
+data channels go to the watchers by label (``data_from_browser``); a watcher's message comes
+back on a channel the peer opens with the watcher's identity as its ``protocol``
+(:meth:`data_to_caller`). A ``watchers`` signalling event tells the page how many watch.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from twisted.logger import Logger
 
 from webgate.calls.call import Call, CallState
 from webgate.config import WebRtcConfig
+from webgate.legs.hub import MediaHub, RtpVideo, attach_hub
 from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
@@ -74,6 +83,8 @@ __all__ = [
     "LegStats",
     "PeerLink",
     "SipAudioSource",
+    "VideoFormat",
+    "VideoPort",
     "WebRtcCallLeg",
     "WebRtcSettings",
     "packet_samples",
@@ -250,8 +261,11 @@ class SipAudioSource:
 class LegStats:
     frames_from_browser: int = 0
     frames_to_browser: int = 0
-    video_frames_decoded: int = 0  # frames aiortc's video decoder produced: stays 0 (video is not received)
-    data_messages_dropped: int = 0
+    video_frames_decoded: int = 0  # frames aiortc's video decoder produced: stays 0 (video is read off the socket)
+    video_packets: int = 0  # video RTP packets from the browser, to the hub undecoded
+    data_messages: int = 0  # messages on the browser's data channels (to the watchers)
+    data_messages_dropped: int = 0  # ... of which no watcher was there to take
+    data_to_browser: int = 0  # watchers' messages sent to the browser
     data_channels: int = 0
     video_tracks: int = 0
     packets_relayed: int = 0
@@ -263,6 +277,18 @@ class LegStats:
 
 
 @dataclass(frozen=True)
+class VideoFormat:
+    """A video codec as negotiated: the hub's name ("VP8", "H264") and its fmtp parameters
+    (H.264: ``packetization-mode``, ``profile-level-id``)."""
+
+    codec: str
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    def param(self, name: str, default: str = "") -> str:
+        return next((v for k, v in self.parameters if k == name), default)
+
+
+@dataclass(frozen=True)
 class AnswerInfo:
     """What the answer to the browser's offer settled (found by the peer)."""
 
@@ -270,6 +296,23 @@ class AnswerInfo:
     audio_pt: int | None  #: its payload type
     event_pt: int | None = None  #: the telephone-event payload type answered, if any
     event_rate: int = 8000  #: and its clock rate
+    #: the video the browser may send (answered recvonly): payload type -> hub codec name
+    video_pts: tuple[tuple[int, str], ...] = ()
+    #: the video codec it will send (the answer's first); None: video not received
+    video: VideoFormat | None = None
+    #: the browser negotiated data channels (an SCTP section)
+    data: bool = False
+
+
+class VideoPort(Protocol):
+    """The browser's video RTP read off the socket and our RTCP toward it
+    (``webgate.adapters.webrtc_video.CallerVideo``)."""
+
+    def request_keyframe(self) -> None: ...
+
+    def limit_bitrate(self, bps: int) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class DirectAudioPort(Protocol):
@@ -302,6 +345,15 @@ class PeerLink(Protocol):
         """Stop media and close the connection."""
         ...
 
+    def start_video(self, on_rtp: Callable[[str, int, int, bool, bytes], None]) -> VideoPort | None:
+        """Read the answered video RTP off the socket (connected; None: it cannot)."""
+        ...
+
+    def send_data(self, label: str, data: str | bytes, protocol: str) -> bool:
+        """A message to the browser on a channel labelled ``label`` that the gateway opens with
+        ``protocol`` (one per pair). False: dropped."""
+        ...
+
 
 class WebRtcCallLeg:
     """The ingress leg of one browser call (implements ``webgate.calls.call.IngressLeg``).
@@ -319,9 +371,12 @@ class WebRtcCallLeg:
         signal: Callable[[dict[str, Any]], None],
         reactor: Any,
         peer: PeerLink,
+        video: Any = None,
     ) -> None:
         self.client = client
         self.settings = settings
+        self.video_config = video  # [video] (config.video) for the call's hub; None: its defaults
+        self.hub: MediaHub | None = None  # the call's (call.hub), from attach on
         self.signal = signal
         self.reactor = reactor
         self.peer = peer
@@ -344,6 +399,12 @@ class WebRtcCallLeg:
         self._tx_encoder: Encoder | None = None
         self._tx_resamplers: dict[int, Resampler] = {}
         self._tx_step = 0  # RTP clock ticks per encoded frame toward the browser
+        # video (read off the socket from DTLS connected on) and data, for the hub
+        self._video_pts: tuple[tuple[int, str], ...] = ()
+        self.video_format: VideoFormat | None = None  # what a watcher's answer offers (None: no video)
+        self.data_negotiated = False
+        self._video: VideoPort | None = None
+        self._bitrate_bps: int | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -359,6 +420,9 @@ class WebRtcCallLeg:
             self._dtmf_rx = DtmfReceiver(answer.event_rate)
         self.stats.browser_codec = answer.codec
         self._codec = answer.codec.upper()
+        self._video_pts = answer.video_pts
+        self.video_format = answer.video
+        self.data_negotiated = answer.data
         if self.out_track is not None:
             self.out_track.set_rate(_PLAYOUT_RATES.get(self._codec, 48000))
         return answer.codec
@@ -368,8 +432,12 @@ class WebRtcCallLeg:
         self._ice_timer = self.reactor.callLater(self.settings.ice_timeout_s, self._ice_timeout)
 
     def attach(self, call: Call) -> None:
+        """The call is placed (or accepted): it gets its media hub, with this leg as the caller."""
         self.call = call
         self.stats.transcoded = None
+        hub = self.hub = attach_hub(call, caller=self, video=self.video_config)
+        if call.ended or self.closed:  # ended while it was being placed: nobody may watch it
+            hub.close(call.end_cause or "ended")
 
     @property
     def packet_codecs(self) -> tuple[str, ...]:
@@ -444,24 +512,81 @@ class WebRtcCallLeg:
         self.stats.video_tracks += 1
 
     def video_frame_decoded(self) -> None:
-        """Video is answered ``inactive``, so this never happens; should aiortc decode a frame
-        anyway it is counted (and dropped, so nothing queues)."""
+        """aiortc's video receiver is never started (the video is read off the socket), so this
+        never happens; should aiortc decode a frame anyway it is counted (and dropped, so
+        nothing queues)."""
         self.stats.video_frames_decoded += 1
         if self.stats.video_frames_decoded == 1:
-            log.warn("call {session_id}: aiortc decoded browser video (it should not receive any)", session_id=self.session_id)
+            log.warn("call {session_id}: aiortc decoded browser video (it should never decode any)", session_id=self.session_id)
 
     def data_channel_opened(self, label: str) -> None:
-        """Data channels stay open with the session; their messages are counted and dropped."""
+        """A data channel of the browser: kept open with the session, relayed by its label."""
         self.stats.data_channels += 1
         log.debug("call {session_id}: data channel {label} accepted", session_id=self.session_id, label=safe(label, 64))
+
+    def data_from_browser(self, label: str, data: str | bytes) -> None:
+        """A message on one of the browser's channels: to every watcher now present (the hub
+        drops it past ``[video] max_data_bytes`` or the rate); never to SIP."""
+        self.stats.data_messages += 1
+        hub = self._live_hub()
+        if hub is None or not hub.watchers:
+            self.data_message_dropped(len(data))
+        if hub is not None:
+            hub.data_from_caller(label, data)
 
     def data_message_dropped(self, size: int) -> None:
         self.stats.data_messages_dropped += 1
         log.debug(
-            "call {session_id}: data channel message dropped ({n} bytes)",
+            "call {session_id}: data channel message reached no watcher ({n} bytes)",
             session_id=self.session_id,
             n=size,
         )
+
+    def _live_hub(self) -> MediaHub | None:
+        call, hub = self.call, self.hub
+        if call is None or call.ended or hub is None or hub.closed or call.hub is not hub:
+            return None
+        return hub
+
+    def _video_rtp(self, codec: str, seq: int, timestamp: int, marker: bool, payload: bytes) -> None:
+        """One video RTP packet from the browser (unprotected, undecoded): to the hub."""
+        self.stats.video_packets += 1
+        hub = self._live_hub()
+        if hub is not None:
+            hub.rtp_from_caller(RtpVideo(codec, seq, timestamp, marker, payload))
+
+    # -- HubCaller (the hub's side of this leg) ---------------------------------------------
+    def watchers_changed(self, count: int) -> None:
+        self.signal({"type": "watchers", "count": count, "session_id": self.session_id})
+
+    def data_to_caller(self, label: str, data: str | bytes, sender: str | None) -> None:
+        """A watcher's message: on the channel the peer opens for (label, the watcher's identity)."""
+        if self.closed:
+            return
+        if self.peer.send_data(label, data, sender or ""):
+            self.stats.data_to_browser += 1
+
+    def request_keyframe(self) -> None:
+        """A PLI to the browser (the hub rate-limits the requests)."""
+        if self._video is not None:
+            self._video.request_keyframe()
+
+    def limit_bitrate(self, bps: int) -> None:
+        """A REMB to the browser: ``[video] max_bitrate_kbps``, or the lowest watcher's estimate."""
+        self._bitrate_bps = bps
+        if self._video is not None:
+            self._video.limit_bitrate(bps)
+
+    def _start_video(self) -> None:
+        """DTLS is up: read the browser's video RTP off the socket (never through aiortc)."""
+        if self._video is not None or self.closed or not self._video_pts:
+            return
+        video = self.peer.start_video(self._video_rtp)
+        if video is None:
+            return
+        self._video = video
+        if self._bitrate_bps is not None:
+            video.limit_bitrate(self._bitrate_bps)
 
     def peer_state_changed(self, state: str) -> None:
         log.info("call {session_id}: WebRTC {state}", session_id=self.session_id, state=state)
@@ -470,6 +595,7 @@ class WebRtcCallLeg:
                 self._ice_timer.cancel()
             self._ice_timer = None
             self._start_direct()
+            self._start_video()
             self._start_watchdog()
         elif state == "failed":
             self._end_from_browser("ice_failed")
@@ -573,7 +699,14 @@ class WebRtcCallLeg:
         if status is not None:
             msg["status"] = status
         self.signal(msg)
+        self._close_hub(cause)
         self.close()
+
+    def _close_hub(self, cause: str) -> None:
+        """The call is over: every watcher gets ``ended`` with its cause."""
+        hub = self.hub
+        if hub is not None and hub.caller is self:
+            hub.close(cause)
 
     def dtmf_received(self, call: Call, digit: str, method: str) -> None:
         self.signal({"type": "dtmf", "digit": digit, "method": method})
@@ -657,4 +790,8 @@ class WebRtcCallLeg:
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None
+        self._close_hub(getattr(self.call, "end_cause", None) or "client_hangup")
+        if self._video is not None:
+            self._video.stop()
+            self._video = None
         self.peer.close()

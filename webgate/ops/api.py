@@ -1,14 +1,17 @@
 """The REST API under ``/api`` (JSON; ``Authorization: Bearer <[api] admin_key>``).
 
 =======  ===========================  ==================================================
-GET      /api/calls                   live calls
+GET      /api/calls                   live calls (``?scope=cluster``: every node's, from the
+                                      cluster's index)
 GET      /api/calls/{session_id}      one live call (with ``video`` and ``data`` when the call
-                                      has them)
+                                      has them); 307 to its node when it lives on another
 GET      /api/calls/{session_id}/     the latest keyframe of the caller's video as a JPEG,
          snapshot.jpg                 decoded on demand (CTI screen pops)
 DELETE   /api/calls/{session_id}      hang it up (BYE/CANCEL, cause ``admin_hangup``, the
                                       client is told)
 GET      /api/stats                   gateway figures
+GET      /api/nodes                   the cluster's live nodes and their load (this node
+                                      alone without ``[cluster]``)
 GET      /api/openapi.json            the OpenAPI 3.1 document of this API (no key needed)
 =======  ===========================  ==================================================
 
@@ -16,6 +19,11 @@ With ``admin_key = ""`` the whole ``/api`` answers 404 (the API is off). Errors 
 ``{"error": CODE, "message": TEXT}``. Answers are built field by field from the
 documented schema, so nothing undocumented (and no secret: trunk passwords, the token
 key, call tokens, the admin key) can reach them.
+
+On a cluster node (``[cluster] enabled``, docs/cluster.md) ``/api/calls/{session_id}`` (and its
+``snapshot.jpg``) of a call that lives on another node answers ``307`` with that node's URL
+(from its ``ws_url``); while Redis is unreachable the cluster's views answer ``503``
+``cluster_unavailable``.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ import time
 from typing import Any
 
 from twisted.internet import threads
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from webgate import __version__
+from webgate.adapters import aio
+from webgate.calls.errors import CallRefused
 from webgate.counters import count_error
 from webgate.logsafe import safe
 from webgate.media.snapshot import SnapshotError, keyframe_to_jpeg
@@ -57,6 +68,32 @@ def _any(request: IRequest) -> Any:
 
 def _err(request: IRequest, status: int, code: str, message: str) -> bytes:
     return json_body(request, status, {"error": code, "message": message})
+
+
+def _iso(t: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
+
+
+def _http_base(ws_url: str) -> str | None:
+    """A node's HTTP(S) base URL from its WebSocket URL (``ws://h:p/ws`` -> ``http://h:p``)."""
+    m = re.fullmatch(r"(wss?)://([^/\s]+)(?:/.*)?", ws_url)
+    if m is None:
+        return None
+    return ("https" if m[1] == "wss" else "http") + "://" + m[2]
+
+
+def cluster_call_view(entry: Any) -> dict[str, Any]:
+    """A call of the cluster's index as the API shows it (the ``ClusterCall`` schema)."""
+    return {"session_id": str(entry.session_id), "node": str(entry.node), "ingress": str(entry.ingress),
+            "state": str(entry.state), "identity": entry.identity, "direction": str(entry.direction),
+            "created_at": _iso(entry.started) or _iso(time.time())}
+
+
+def node_view(info: Any, self_id: str) -> dict[str, Any]:
+    """A node as the API shows it (the ``Node`` schema)."""
+    return {"id": str(info.node_id), "self": info.node_id == self_id, "ws_url": info.ws_url, "rtmp_url": info.rtmp_url,
+            "sip_contact": info.sip_contact, "calls": int(info.calls), "users": int(info.users),
+            "started_at": _iso(info.started_ms / 1000) or _iso(time.time()), "seen_at": _iso(info.seen_ms / 1000)}
 
 
 def call_view(call: Any) -> dict[str, Any]:
@@ -161,7 +198,7 @@ class ApiResource(resource.Resource):
             if not self._authorized(request):
                 return self._unauthorized(request)
             return self._snapshot(request, path[1])
-        if path and path[0] in ("calls", "stats") and len(path) <= 2 and not (path[0] == "stats" and len(path) == 2):
+        if path and path[0] in ("calls", "stats", "nodes") and (len(path) == 1 or (path[0] == "calls" and len(path) == 2)):
             allowed = "GET" if len(path) == 1 else "GET, DELETE"
             if method not in allowed.split(", "):
                 return self._not_allowed(request, allowed)
@@ -169,7 +206,14 @@ class ApiResource(resource.Resource):
                 return self._unauthorized(request)
             if path[0] == "stats":
                 return json_body(request, 200, self.stats())
+            if path[0] == "nodes":
+                return self._nodes(request)
             if len(path) == 1:
+                scope = (_any(request).args or {}).get(b"scope", [b"local"])[0]
+                if scope == b"cluster":
+                    return self._cluster_calls(request)
+                if scope != b"local":
+                    return _err(request, 400, "invalid_scope", "scope must be local or cluster")
                 return json_body(request, 200, {"calls": [call_view(c) for c in self._calls()]})
             return self._one_call(request, method, path[1])
         return _err(request, 404, "not_found", "no such API resource")
@@ -191,10 +235,105 @@ class ApiResource(resource.Resource):
         call = reg.by_session_id(session_id) if reg is not None and SESSION_ID_RE.fullmatch(session_id) else None
         return None if call is None or call.ended else call
 
-    def _one_call(self, request: IRequest, method: str, session_id: str) -> bytes:
+    # -- the cluster
+    def _answer_later(self, request: IRequest, work: Any) -> int:
+        """Answer ``request`` with what the asyncio coroutine ``work`` returns (bytes, the
+        response already set up); a :class:`CallRefused` (Redis unreachable) answers 503."""
+        gone: list[bool] = []
+        _any(request).notifyFinish().addBoth(lambda _: gone.append(True))
+        d: Deferred[bytes] = aio.as_deferred(work)
+
+        def failed(f: Failure) -> bytes:
+            if f.check(CallRefused):
+                _any(request).setHeader(b"retry-after", b"1")
+                return _err(request, 503, "cluster_unavailable", str(f.value.message))
+            count_error("api")
+            log.failure("API cluster request failed", f)
+            return _err(request, 500, "internal_error", "internal error")
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                _any(request).write(body)
+                _any(request).finish()
+
+        d.addErrback(failed)
+        d.addCallback(answer)
+        d.addErrback(lambda f: log.failure("API: answering failed", f))
+        return server.NOT_DONE_YET
+
+    def _nodes(self, request: IRequest) -> bytes | int:
+        cluster = self.gateway.cluster
+        if cluster is None:
+            return json_body(request, 200, {"nodes": [self._this_node()]})
+
+        async def work() -> bytes:
+            nodes = await cluster.node.nodes()
+            views = sorted((node_view(n, cluster.node_id) for n in nodes), key=lambda v: str(v["id"]))
+            return json_body(request, 200, {"nodes": views})
+
+        return self._answer_later(request, work())
+
+    def _this_node(self) -> dict[str, Any]:
+        """This process as the one node of a cluster of one (no ``[cluster]``)."""
+        from webgate.cluster.service import node_settings  # (not imported at all in one process otherwise)
+
+        gw = self.gateway
+        http = gw.listening_address("http")
+        rtmp = gw.listening_address("rtmp")
+        sip = next(iter(getattr(gw.telephony, "bound", {}).values()), None)
+        manager = getattr(gw.telephony, "manager", None)
+        now = time.time()
+        started = now - (gw.reactor.seconds() - gw.started_at) if gw.started_at is not None else now
+        return {
+            "id": node_settings(gw.config).node_id,
+            "self": True,
+            "ws_url": f"ws://{http}/ws" if http is not None else "",
+            "rtmp_url": f"rtmp://{rtmp}" if rtmp is not None else "",
+            "sip_contact": f"sip:{sip[0]}:{sip[1]}" if sip is not None else "",
+            "calls": len(self._calls()),
+            "users": len(manager.web_users) if manager is not None else 0,
+            "started_at": _iso(started),
+            "seen_at": _iso(now),
+        }
+
+    def _cluster_calls(self, request: IRequest) -> bytes | int:
+        cluster = self.gateway.cluster
+        if cluster is None:
+            me = self._this_node()["id"]
+            views = [{"session_id": c.session_id, "node": me, "ingress": c.ingress_kind, "state": c.state.value,
+                      "identity": c.identity, "direction": c.direction, "created_at": _iso(c.times.created)}
+                     for c in self._calls()]
+            return json_body(request, 200, {"calls": views})
+
+        async def work() -> bytes:
+            entries = sorted(await cluster.node.cluster_calls(), key=lambda e: (e.started, e.session_id))
+            return json_body(request, 200, {"calls": [cluster_call_view(e) for e in entries]})
+
+        return self._answer_later(request, work())
+
+    def _elsewhere(self, request: IRequest, session_id: str) -> bytes | int:
+        """A call that is not live here: on a cluster node, 307 to the node it lives on."""
+        cluster = self.gateway.cluster
+        if cluster is None or not SESSION_ID_RE.fullmatch(session_id):
+            return _err(request, 404, "no_such_call", "no live call with this session ID")
+
+        async def work() -> bytes:
+            found = await cluster.registry.locate(session_id)
+            if found is not None:
+                entry, info = found
+                base = _http_base(info.ws_url)
+                if entry.node != cluster.node_id and base is not None:
+                    location = base + _any(request).uri.decode("ascii", "replace")
+                    _any(request).setHeader(b"location", location.encode())
+                    return _err(request, 307, "elsewhere", f"the call lives on node {entry.node}")
+            return _err(request, 404, "no_such_call", "no live call with this session ID")
+
+        return self._answer_later(request, work())
+
+    def _one_call(self, request: IRequest, method: str, session_id: str) -> bytes | int:
         call = self._live_call(session_id)
         if call is None:
-            return _err(request, 404, "no_such_call", "no live call with this session ID")
+            return self._elsewhere(request, session_id)
         if method == "DELETE":
             log.info("call {session_id}: hung up through the API", session_id=call.session_id)
             call.manager.hangup(call, ADMIN_HANGUP)
@@ -205,7 +344,7 @@ class ApiResource(resource.Resource):
         video is ever decoded; docs/operations.md)."""
         call = self._live_call(session_id)
         if call is None:
-            return _err(request, 404, "no_such_call", "no live call with this session ID")
+            return self._elsewhere(request, session_id)
         hub = getattr(call, "hub", None)
         keyframe = hub.last_keyframe() if hub is not None else None
         if keyframe is None:
@@ -308,6 +447,8 @@ def openapi_document() -> dict[str, Any]:
         "schema": {"type": "string", "pattern": "^[0-9]{8,10}$"},
     }
     call_ok = {"description": "The call.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Call"}}}}
+    elsewhere = {"$ref": "#/components/responses/Elsewhere"}
+    unavailable = {"$ref": "#/components/responses/ClusterUnavailable"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -323,12 +464,26 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listCalls",
                     "summary": "Live calls",
+                    "parameters": [
+                        {
+                            "name": "scope",
+                            "in": "query",
+                            "required": False,
+                            "description": "`local` (default): this node's calls, in full; `cluster`: every node's "
+                            "calls from the cluster's index (this node's alone without `[cluster]`).",
+                            "schema": {"type": "string", "enum": ["local", "cluster"], "default": "local"},
+                        }
+                    ],
                     "responses": {
                         "200": {
-                            "description": "Every live call, oldest first.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CallList"}}},
+                            "description": "Every live call, oldest first (`ClusterCallList` with `scope=cluster`).",
+                            "content": {"application/json": {"schema": {"anyOf": [
+                                {"$ref": "#/components/schemas/CallList"}, {"$ref": "#/components/schemas/ClusterCallList"},
+                            ]}}},
                         },
+                        "400": _error_response("`scope` is neither `local` nor `cluster` (`invalid_scope`)."),
                         "401": unauthorized,
+                        "503": unavailable,
                     },
                 }
             },
@@ -337,7 +492,8 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getCall",
                     "summary": "One live call",
-                    "responses": {"200": call_ok, "401": unauthorized, "404": {"$ref": "#/components/responses/NoSuchCall"}},
+                    "responses": {"200": call_ok, "307": elsewhere, "401": unauthorized,
+                                  "404": {"$ref": "#/components/responses/NoSuchCall"}, "503": unavailable},
                 },
                 "delete": {
                     "operationId": "hangUpCall",
@@ -345,7 +501,8 @@ def openapi_document() -> dict[str, Any]:
                     "description": "Ends the call with BYE (CANCEL before the answer), end cause `admin_hangup`; "
                     "the client is told (WebSocket `ended`, RTMP status/callback). Answers the call as it is "
                     "after the hang-up (state `ended`).",
-                    "responses": {"200": call_ok, "401": unauthorized, "404": {"$ref": "#/components/responses/NoSuchCall"}},
+                    "responses": {"200": call_ok, "307": elsewhere, "401": unauthorized,
+                                  "404": {"$ref": "#/components/responses/NoSuchCall"}, "503": unavailable},
                 },
             },
             "/api/calls/{session_id}/snapshot.jpg": {
@@ -358,12 +515,14 @@ def openapi_document() -> dict[str, Any]:
                     f"At most {MAX_SNAPSHOTS_AT_ONCE} decodes run at once (more: 503 `busy`).",
                     "responses": {
                         "200": {"description": "The picture.", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                        "307": elsewhere,
                         "401": unauthorized,
                         "404": _error_response(
                             "No live call with this session ID (`no_such_call`), or no keyframe of its video yet (`no_keyframe`)."
                         ),
                         "502": _error_response("The caller's keyframe could not be decoded (`undecodable`)."),
-                        "503": _error_response("Too many snapshots being decoded at once (`busy`); retry."),
+                        "503": _error_response("Too many snapshots being decoded at once (`busy`), or the cluster's "
+                                               "Redis is unreachable (`cluster_unavailable`); retry."),
                     },
                 }
             },
@@ -377,6 +536,22 @@ def openapi_document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}},
                         },
                         "401": unauthorized,
+                    },
+                }
+            },
+            "/api/nodes": {
+                "get": {
+                    "operationId": "listNodes",
+                    "summary": "The cluster's nodes",
+                    "description": "The live nodes of the cluster (docs/cluster.md) with their addresses and load; "
+                    "without `[cluster]` this node alone.",
+                    "responses": {
+                        "200": {
+                            "description": "The nodes, by id.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NodeList"}}},
+                        },
+                        "401": unauthorized,
+                        "503": unavailable,
                     },
                 }
             },
@@ -397,6 +572,15 @@ def openapi_document() -> dict[str, Any]:
                     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
                 },
                 "NoSuchCall": _error_response("No live call with this session ID (`error`: `no_such_call`)."),
+                "Elsewhere": {
+                    **_error_response("The call lives on another node of the cluster (`error`: `elsewhere`): "
+                                      "repeat the request at `Location`."),
+                    "headers": {"Location": {"schema": {"type": "string"}, "description": "the same path on the call's node"}},
+                },
+                "ClusterUnavailable": {
+                    **_error_response("The cluster's shared state (Redis) is unreachable (`error`: `cluster_unavailable`)."),
+                    "headers": {"Retry-After": {"schema": {"type": "string"}}},
+                },
             },
             "schemas": {
                 "Error": {
@@ -410,6 +594,49 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["calls"],
                     "additionalProperties": False,
                     "properties": {"calls": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}}},
+                },
+                "ClusterCallList": {
+                    "type": "object",
+                    "required": ["calls"],
+                    "additionalProperties": False,
+                    "properties": {"calls": {"type": "array", "items": {"$ref": "#/components/schemas/ClusterCall"}}},
+                },
+                "ClusterCall": {
+                    "type": "object",
+                    "description": "A live call as the cluster's index has it (its state refreshed within the heartbeat)",
+                    "additionalProperties": False,
+                    "required": ["session_id", "node", "ingress", "state", "identity", "direction", "created_at"],
+                    "properties": {
+                        "session_id": {"type": "string", "pattern": "^[0-9]{8,10}$"},
+                        "node": {"type": "string", "description": "the node the call lives on"},
+                        "ingress": {"type": "string", "enum": ["webrtc", "rtmp", "local"]},
+                        "state": {"type": "string", "enum": ["calling", "ringing", "early_media", "answered", "ended"]},
+                        "identity": _NULLABLE_STR,
+                        "direction": {"type": "string", "enum": ["outbound", "inbound"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "NodeList": {
+                    "type": "object",
+                    "required": ["nodes"],
+                    "additionalProperties": False,
+                    "properties": {"nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}},
+                },
+                "Node": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "self", "ws_url", "rtmp_url", "sip_contact", "calls", "users", "started_at", "seen_at"],
+                    "properties": {
+                        "id": {"type": "string", "description": "[cluster] node_id"},
+                        "self": {"type": "boolean", "description": "the node that answered"},
+                        "ws_url": {"type": "string", "description": "where clients reach its /ws"},
+                        "rtmp_url": {"type": "string"},
+                        "sip_contact": {"type": "string", "description": "its SIP address as Kamailio sees it"},
+                        "calls": {**_COUNT, "description": "its live calls"},
+                        "users": {**_COUNT, "description": "its registered web users"},
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "seen_at": {"type": ["string", "null"], "format": "date-time", "description": "its last heartbeat"},
+                    },
                 },
                 "Call": {
                     "type": "object",

@@ -1,8 +1,10 @@
 """The ``/ws`` message handlers: what each JSON message of a browser (WebRTC) connection does.
 
 ``call``, ``accept``, ``reject``, ``hangup``, ``candidate``, ``dtmf``, ``hold``, ``auth``,
-``register``, ``unregister`` and ``ping`` (docs/protocol.md, ## WebSocket), and the connection as
-a registered web user (``webgate.calls.users.WebUserEndpoint``: ``invited``, ``busy``). The
+``register``, ``unregister``, ``watch`` and ``ping`` (docs/protocol.md, ## WebSocket), and the
+connection as a registered web user (``webgate.calls.users.WebUserEndpoint``: ``invited``,
+``busy``). A connection carries one call or one watch (``watch``: a call's video and data by its
+session ID, ``webgate.adapters.webrtc_watch.WebRtcWatcher``). The
 WebSocket itself (framing, size/rate/idle guards, Origin check, connection caps, close, ``send``)
 is webgate/web/ws.py, whose ``SignallingProtocol`` is a ``SignallingHandlers``.
 """
@@ -20,6 +22,8 @@ from twisted.python.failure import Failure
 
 from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg
+from webgate.adapters.webrtc_watch import WebRtcWatcher, watch_video_format
+from webgate.legs.hub import WatchRefused
 from webgate.legs.webrtc import WebRtcSettings
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import HOLD_FAILED, CallRefused
@@ -109,6 +113,8 @@ class SignallingContext(Protocol):
 
     settings: WebRtcSettings
     reactor: Any
+    #: [video] (config.video) for the calls' hubs; None: the hub's defaults
+    video: Any
 
 
 class SignallingHandlers:
@@ -133,6 +139,7 @@ class SignallingHandlers:
         self.token: str | None = None  # from an ``auth`` message: used by calls without their own
         self.registered_user: str | None = None  # the web user this connection receives calls for
         self.grant: Any = None  # the registration token's grant
+        self.watch: WebRtcWatcher | None = None  # this connection's watch (instead of a call)
 
     @property
     def settings(self) -> WebRtcSettings:
@@ -146,8 +153,10 @@ class SignallingHandlers:
         raise NotImplementedError
 
     def _connection_gone(self) -> None:
-        """The WebSocket closed: end the registration, hang up the call, close the leg."""
+        """The WebSocket closed: end the registration and the watch, hang up the call, close the leg."""
         self._unregister()
+        if self.watch is not None:
+            self.watch.close("ws_closed")
         call, leg = self.call, self.leg
         if call is not None and not call.ended:
             log.info("call {session_id}: WebSocket closed, hanging up", session_id=call.session_id)
@@ -167,6 +176,8 @@ class SignallingHandlers:
             self._clear_call()
         if self.leg is not None or (self.call is not None and not self.call.ended):
             raise BadMessage(CALL_IN_PROGRESS, "this connection already has a call; open another WebSocket")
+        if self._watching():
+            raise BadMessage(CALL_IN_PROGRESS, "this connection has a watch; open another WebSocket")
         destination = msg.get("destination")
         sdp = msg.get("sdp")
         if not isinstance(sdp, str) or not sdp or len(sdp) > _MAX_SDP:
@@ -185,7 +196,7 @@ class SignallingHandlers:
             _Caller(self.client), destination, session_id=session_id, display_name=display_name,
             token=token, source_ip=client_ip(self.client),
         )
-        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)
+        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor, video=getattr(self.factory, "video", None))
         self.leg = leg
         d: Deferred[None] = aio.as_deferred(self._start_call(leg, admission, sdp))
         d.addErrback(self._start_failed, leg)
@@ -198,11 +209,15 @@ class SignallingHandlers:
             self._drop_leg(leg)
             self.error(INVALID_SDP, str(e), ref="call")
             return
-        if self.closed or leg.closed:
-            leg.close()
-            return
+        manager = self.factory.manager
         try:
-            call = self.factory.manager.place_call(leg, route.destination, prefer_codecs=[codec], admission=admission)
+            # a cluster node's limits and session ID across the cluster (at once in one process)
+            admission = await manager.reserve(leg, admission)
+            if self.closed or leg.closed:
+                manager.release_reservation(admission)
+                leg.close()
+                return
+            call = manager.place_call(leg, route.destination, prefer_codecs=[codec], admission=admission)
         except CallRefused as e:
             self._drop_leg(leg)
             self.error(e.code, e.message, ref="call")
@@ -243,7 +258,7 @@ class SignallingHandlers:
         self._drop_leg(leg)
         self.error(INTERNAL_ERROR, "the call could not be set up", ref="call")
 
-    async def _add_candidate(self, leg: WebRtcLeg, cand: Any) -> None:
+    async def _add_candidate(self, leg: WebRtcLeg | WebRtcWatcher, cand: Any) -> None:
         try:
             await leg.add_candidate(cand)
         except Exception as e:  # noqa: BLE001 - aiortc/aioice reject bad candidates with assorted errors
@@ -259,7 +274,9 @@ class SignallingHandlers:
             if (mid is not None and not isinstance(mid, str)) or (idx is not None and not isinstance(idx, int)):
                 raise BadMessage(INVALID_CANDIDATE, "'sdpMid' must be a string and 'sdpMLineIndex' an integer")
             cand = {"candidate": cand.get("candidate", ""), "sdpMid": mid, "sdpMLineIndex": idx}
-        leg = self.leg
+        leg: WebRtcLeg | WebRtcWatcher | None = self.leg
+        if leg is None and self._watching():
+            leg = self.watch
         if leg is None:
             raise BadMessage(NO_CALL, "no call on this connection")
         if cand is not None and cand["candidate"]:
@@ -377,7 +394,7 @@ class SignallingHandlers:
 
     # WebUserEndpoint
     def busy(self) -> bool:
-        if self.closed or self.closing:
+        if self.closed or self.closing or self._watching():
             return True
         if self.leg is not None and not self.leg.closed:
             return True
@@ -418,7 +435,7 @@ class SignallingHandlers:
         offer = msg.get("sdp")
         if not isinstance(offer, str) or not offer or len(offer) > _MAX_SDP:
             raise BadMessage(INVALID_SDP, "'sdp' must be the browser's SDP offer (a string)")
-        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor)
+        leg = WebRtcLeg(self.client, self.settings, self.send, self.factory.reactor, video=getattr(self.factory, "video", None))
         self.leg = leg
         d: Deferred[None] = aio.as_deferred(self._accept_call(leg, call, offer))
         d.addErrback(self._start_failed, leg)
@@ -452,6 +469,9 @@ class SignallingHandlers:
         self.send({"type": "ended", "cause": "rejected", "status": status, "session_id": call.session_id})
 
     def _on_hangup(self, msg: dict[str, Any]) -> None:
+        if self.watch is not None and self.leg is None:
+            self.watch.close("client_hangup")  # answered ``ended`` (cause client_hangup) by _watch_ended
+            return
         call, leg = self.call, self.leg
         if leg is None and call is not None and not call.ended and call.direction == "inbound":
             call.hangup("client_hangup")  # not accepted yet: 603 Decline
@@ -470,6 +490,81 @@ class SignallingHandlers:
         """Forget the connection's call and leg (the connection may then start another call)."""
         self.leg, self.call, self._answer_ready, self._pending_candidates, self._pending_end = None, None, False, [], False
 
+    # -- watching a call's video and data ------------------------------------------------------
+    def _watching(self) -> bool:
+        return self.watch is not None and not self.watch.closed
+
+    def _on_watch(self, msg: dict[str, Any]) -> None:
+        """``{"type": "watch", "session_id": ID, "sdp": OFFER[, "token": JWT]}``: watch a web
+        call's video and data by its session ID (docs/protocol.md "Who may watch"). The token
+        (this message's, else the ``auth`` one) must allow it; every refusal but the attempt
+        rate's and ``too_many_watchers`` is the same ``not_found``. Answered ``watching`` (with
+        the caller's ``video``, before media), then ``answer``; ``video`` when the caller's
+        video starts later, ``ended`` when the call or the watch ends."""
+        if self.watch is not None and self.watch.closed:
+            self._clear_watch()
+        if self.watch is not None or self.leg is not None or (self.call is not None and not self.call.ended):
+            raise BadMessage(CALL_IN_PROGRESS, "this connection already has a call or a watch; open another WebSocket")
+        sdp = msg.get("sdp")
+        if not isinstance(sdp, str) or not sdp or len(sdp) > _MAX_SDP:
+            raise BadMessage(INVALID_SDP, "'sdp' must be the watcher's SDP offer (a string)")
+        session_id = msg.get("session_id")
+        if isinstance(session_id, int) and not isinstance(session_id, bool):
+            session_id = str(session_id)
+        token = _opt_str(msg, "token", MAX_TOKEN_LENGTH) or self.token
+        manager = self.factory.manager
+        call = manager.authorize_watch(session_id, token, client_ip(self.client))  # raises CallRefused
+        identity = verify_token(token, manager.tokens, now=manager.wall_clock()).sub  # (valid: just checked)
+        watcher = WebRtcWatcher(
+            call.hub, identity=identity, settings=self.settings, signal=self.send, reactor=self.factory.reactor,
+            client=self.client, on_end=self._watch_ended,
+        )
+        try:
+            video = watcher.join()
+        except WatchRefused as e:
+            raise BadMessage(e.code, e.message) from None
+        self.watch, self._answer_ready, self._pending_candidates, self._pending_end = watcher, False, [], False
+        log.info("ws {client}: watching {session_id} as {identity}", client=self.client, session_id=call.session_id,
+                 identity=safe(identity or "-"))
+        self.send({"type": "watching", "session_id": call.session_id, "video": video})
+        watcher.announced = True
+        d: Deferred[None] = aio.as_deferred(self._start_watch(watcher, sdp, watch_video_format(call)))
+        d.addErrback(self._watch_failed, watcher)
+
+    async def _start_watch(self, watcher: WebRtcWatcher, sdp: str, fmt: Any) -> None:
+        try:
+            answer = await watcher.answer(sdp, fmt)
+        except InvalidOffer as e:
+            if not watcher.closed:
+                self.error(INVALID_SDP, str(e), ref="watch")
+                watcher.close("invalid_sdp")
+            return
+        if watcher.closed or self.watch is not watcher:
+            return
+        self.send({"type": "answer", "sdp": answer})
+        self._answer_ready = True
+        pending, self._pending_candidates = self._pending_candidates, []
+        if self._pending_end:
+            pending.append(None)
+            self._pending_end = False
+        for cand in pending:
+            await self._add_candidate(watcher, cand)
+
+    def _watch_failed(self, failure: Failure, watcher: WebRtcWatcher) -> None:
+        log.failure("ws {client}: starting a watch failed", failure, client=self.client)
+        if not watcher.closed:
+            self.error(INTERNAL_ERROR, "the watch could not be set up", ref="watch")
+            watcher.close("internal_error")
+
+    def _watch_ended(self, watcher: WebRtcWatcher, cause: str) -> None:
+        """The watch is over (the call ended, the watcher hung up, ICE failed): ``ended``."""
+        if self.watch is watcher:
+            self.send({"type": "ended", "cause": cause, "session_id": watcher.session_id})
+            self._clear_watch()
+
+    def _clear_watch(self) -> None:
+        self.watch, self._answer_ready, self._pending_candidates, self._pending_end = None, False, [], False
+
     _handlers: ClassVar[dict[str, Callable[[SignallingHandlers, dict[str, Any]], None]]] = {
         "ping": _on_ping,
         "call": _on_call,
@@ -482,5 +577,6 @@ class SignallingHandlers:
         "unregister": _on_unregister,
         "accept": _on_accept,
         "reject": _on_reject,
+        "watch": _on_watch,
     }
 

@@ -1,4 +1,4 @@
-"""The demo page at ``/`` and the browser client files at ``/html5_client/``."""
+"""The demo page at ``/``, the agent console at ``/agent`` and the browser client files at ``/html5_client/``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ class DemoPage(resource.Resource):
 
 
 def add_static(root: resource.Resource, directory: Path | None = None) -> None:
-    """Add ``/`` (demo page) and ``/html5_client/`` (webgate.js, README.md, ...) to ``root``."""
+    """Add ``/`` (demo page), ``/agent`` (agent console) and ``/html5_client/`` (webgate.js,
+    README.md, ...) to ``root``."""
     directory = directory or html5_client_dir()
     if directory is None:
         return
@@ -69,3 +70,6 @@ def add_static(root: resource.Resource, directory: Path | None = None) -> None:
     index = directory / "index.html"
     if index.is_file():
         root.putChild(b"", DemoPage(index))
+    agent = directory / "agent.html"  # the agent console: a call's video and chat by session ID
+    if agent.is_file():
+        root.putChild(b"agent", DemoPage(agent))

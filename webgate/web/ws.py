@@ -256,10 +256,12 @@ class SignallingProtocol(SignallingHandlers):
 class SignallingFactory:
     """``twisted.web.websocket.WebSocketServerFactory`` for ``/ws``."""
 
-    def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any, limiter: ConnectionLimiter | None = None) -> None:
+    def __init__(self, manager: Any, settings: WebRtcSettings, reactor: Any, limiter: ConnectionLimiter | None = None,
+                 video: Any = None) -> None:
         self._manager = manager
         self.settings = settings
         self.reactor = reactor
+        self.video = video  # [video] (config.video) for the calls' hubs; None: the hub's defaults
         self.connections: set[SignallingProtocol] = set()
         # open WebSockets, total and per address ([webrtc] max_connections*); counted in /metrics
         self.limiter = limiter or ConnectionLimiter("ws", 512, 32)
@@ -332,7 +334,8 @@ def make_ws_resource(manager: Any, config: Any, reactor: Any, settings: WebRtcSe
     limiter = None
     if webrtc is not None:
         limiter = ConnectionLimiter("ws", webrtc.max_connections, webrtc.max_connections_per_ip)
-    factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor, limiter)
+    factory = SignallingFactory(manager, settings or WebRtcSettings.from_config(config), reactor, limiter,
+                                video=getattr(config, "video", None))
     http = getattr(config, "http", None)
     res = SignallingResource(factory, tuple(getattr(http, "allowed_origins", ()) or ()))
     res.signalling = factory  # type: ignore[attr-defined]  # for health/metrics and tests
