@@ -236,6 +236,11 @@ class SignallingHandlers:
         answer = await leg.complete_answer()
         if call.ended or leg.closed:
             return
+        await self._send_answer(leg, answer)
+
+    async def _send_answer(self, peer: WebRtcLeg | WebRtcWatcher, answer: str) -> None:
+        """Send our SDP answer, then apply the candidates that arrived before it (a call's leg
+        or a watch's peer connection)."""
         self.send({"type": "answer", "sdp": answer})
         self._answer_ready = True
         pending, self._pending_candidates = self._pending_candidates, []
@@ -243,7 +248,7 @@ class SignallingHandlers:
             pending.append(None)
             self._pending_end = False
         for cand in pending:
-            await self._add_candidate(leg, cand)
+            await self._add_candidate(peer, cand)
 
     def _drop_leg(self, leg: WebRtcLeg) -> None:
         leg.close()
@@ -541,14 +546,7 @@ class SignallingHandlers:
             return
         if watcher.closed or self.watch is not watcher:
             return
-        self.send({"type": "answer", "sdp": answer})
-        self._answer_ready = True
-        pending, self._pending_candidates = self._pending_candidates, []
-        if self._pending_end:
-            pending.append(None)
-            self._pending_end = False
-        for cand in pending:
-            await self._add_candidate(watcher, cand)
+        await self._send_answer(watcher, answer)
 
     def _watch_failed(self, failure: Failure, watcher: WebRtcWatcher) -> None:
         log.failure("ws {client}: starting a watch failed", failure, client=self.client)
