@@ -288,45 +288,48 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         """Back-pressure for this connection's players: False (drop the tag) once its unsent data
         has waited ``[rtmp] player_max_queue_ms``; past ``player_max_behind_s`` the connection is
         closed. The AAC sequence header is never dropped."""
-        outbox = self.outbox
-        if outbox is None or outbox.waiting_since is None:
-            return True
-        waited = outbox.waited(self.factory.reactor.seconds())
-        if waited > self.factory.player_max_behind_s:
-            self._abort_slow(waited)
-            return False
-        if waited * 1000.0 <= self.factory.player_max_queue_ms or essential_tag(tag):
+        late = self._late()
+        if late is None or late < 0:
+            return late is None
+        if essential_tag(tag):
             return True
         self.audio_dropped += 1
         self.factory.player_audio_dropped += 1
-        if self.audio_dropped in (1, 100, 10000):
-            log.info(
-                "RTMP {client}: slow player, {n} audio messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
-                client=self.client, n=self.audio_dropped, waited=waited, queued=outbox.queued_bytes,
-            )
+        self._note_drop("player", "audio", self.audio_dropped, late)
         return False
 
     def video_wanted(self) -> bool:
         """Back-pressure for this connection's watchers: False (the watcher drops video until the
         next keyframe, and data) once its unsent data has waited ``[rtmp] player_max_queue_ms``;
         past ``player_max_behind_s`` the connection is closed."""
+        late = self._late()
+        if late is None:
+            return True
+        if late >= 0:
+            self.video_dropped += 1
+            self.factory.watcher_video_dropped += 1
+            self._note_drop("watcher", "video", self.video_dropped, late)
+        return False
+
+    def _late(self) -> float | None:
+        """None: nothing waits too long. Else how long the unsent data has waited (seconds);
+        -1.0 when past ``player_max_behind_s`` (the connection has just been aborted)."""
         outbox = self.outbox
         if outbox is None or outbox.waiting_since is None:
-            return True
+            return None
         waited = outbox.waited(self.factory.reactor.seconds())
         if waited > self.factory.player_max_behind_s:
             self._abort_slow(waited)
-            return False
-        if waited * 1000.0 <= self.factory.player_max_queue_ms:
-            return True
-        self.video_dropped += 1
-        self.factory.watcher_video_dropped += 1
-        if self.video_dropped in (1, 100, 10000):
+            return -1.0
+        return None if waited * 1000.0 <= self.factory.player_max_queue_ms else waited
+
+    def _note_drop(self, who: str, kind: str, n: int, waited: float) -> None:
+        if n in (1, 100, 10000):
+            queued = self.outbox.queued_bytes if self.outbox is not None else 0
             log.info(
-                "RTMP {client}: slow watcher, {n} video messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
-                client=self.client, n=self.video_dropped, waited=waited, queued=outbox.queued_bytes,
+                "RTMP {client}: slow {who}, {n} {kind} messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
+                client=self.client, who=who, n=n, kind=kind, waited=waited, queued=queued,
             )
-        return False
 
     def _abort_slow(self, waited: float) -> None:
         log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
