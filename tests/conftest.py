@@ -35,9 +35,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's ephemeral range, like the peers' ports: a port picked by binding to 0
+    # can be handed to some client socket before the gateway under test binds it.
+    from tests.interop.peers import free_port as _peer_port
+
+    return _peer_port("tcp" if kind == socket.SOCK_STREAM else "udp")
 
 
 @pytest.fixture

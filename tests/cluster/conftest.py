@@ -15,9 +15,9 @@ from tests.require import require_program
 
 
 def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from tests.interop.peers import free_port
+
+    return free_port("tcp")
 
 
 class RedisServer:

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -59,20 +60,30 @@ def _can_bind(port: int, kind: str, host: str = LOOPBACK) -> bool:
     return True
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_rng = random.Random(os.getpid() ^ int(time.time() * 1000))
+
+
 def free_port(kind: str = "udp") -> int:
     """A port free on 127.0.0.1 (and 0.0.0.0) for ``kind`` = "udp", "tcp" or "both".
 
-    Ports handed out earlier by this process are never handed out again, so several peers started in one
-    test cannot collide with each other (another process may still race us; that is unavoidable)."""
+    Ports come from below the kernel's ephemeral range (ip_local_port_range), so no outgoing
+    connection of any process can be given the port between this check and the peer's own bind
+    (a CI run failed on exactly that: baresip's TLS listener lost its port to a client socket).
+    Ports handed out earlier by this process are never handed out again, so several peers started
+    in one test cannot collide with each other."""
     if kind not in ("udp", "tcp", "both"):
         raise ValueError(f"kind must be udp, tcp or both, not {kind!r}")
-    for _ in range(200):
-        st = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
-        s = socket.socket(socket.AF_INET, st)
-        s.bind((LOOPBACK, 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port in _issued or port < 10000:
+    hi = min(_ephemeral_floor(), 65536) - 64
+    for _ in range(2000):
+        port = _rng.randrange(12000, hi)
+        if port in _issued:
             continue
         if _can_bind(port, kind) and _can_bind(port, kind, "0.0.0.0"):
             _issued.add(port)
@@ -576,7 +587,8 @@ class Baresip(_Process):
         self.dir = Path(workdir) / f"baresip_{name}"
         self.rec_dir = self.dir / "rec"
         self.rec_dir.mkdir(parents=True, exist_ok=True)
-        self.sip_port = free_port("both")
+        # baresip listens for SIP/TLS on sip_port + 1: both ports must be free.
+        self.sip_port = free_port_block(2, "both", align=1)
         self.ctrl_port = free_port("tcp")
         self.cons_port = free_port("both")  # cons listens on UDP and TCP
         self.rtp_lo = free_port_block(20, "udp", align=2)
