@@ -29,12 +29,12 @@ BROWSER_HZ = 700.0
 CALLER_HZ = 1000.0
 
 
-def _gateway() -> Gateway:
+def _gateway(codecs: tuple[str, ...] = ("PCMU",)) -> Gateway:
     port = free_port("udp")
     return Gateway({
         "sip": {"udp": f"127.0.0.1:{port}"},
         "tokens": {"key": KEY},
-        "trunk": [{"name": "self", "target": f"sip:127.0.0.1:{port}", "codecs": ["PCMU"]}],
+        "trunk": [{"name": "self", "target": f"sip:127.0.0.1:{port}", "codecs": list(codecs)}],
         "route": [{"pattern": "(alice|bob)", "trunk": "self", "public": True}],
     })
 
@@ -156,3 +156,32 @@ async def test_ws_register_refusals_and_replacement() -> None:
         ws2.close()
     finally:
         await gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ws_inbound_offer_of_only_g729_is_answered_and_transcoded() -> None:
+    """A PBX that offers only G.729 to a web user: answered with G.729 (bcg729, the frame path), not 488;
+    the tones cross both ways through the transcoder."""
+    gw = _gateway(("G729",))
+    browser = Browser(tone_hz=BROWSER_HZ)
+    ws = None
+    try:
+        ws = await connect(gw.url)
+        await ws.next("welcome")
+        ws.send({"type": "register", "user": "alice", "token": mint_token(KEY, sub="alice")})
+        await ws.next("registered")
+        caller, out_call = _dial(gw)
+        inv = await ws.next("invited")
+        acc = await complete_call(ws, browser, {"type": "accept", "call": inv["call"]})
+        assert acc["session_id"] == inv["session_id"]  # acc["codec"] is the browser's side (Opus)
+        assert await wait_for(lambda: out_call.state is CallState.ANSWERED, 5)
+        inbound = gw.manager.registry.by_session_id(inv["session_id"])
+        assert inbound is not None and inbound.codec == "G729" and inbound.media_path == "frame"
+        heard, level = await browser.heard(seconds=3, timeout=9)
+        assert abs(heard - CALLER_HZ) < 25, heard
+        assert level > -35
+        assert_tone(caller.recording(), caller.received_rate or 8000, BROWSER_HZ, "caller heard the browser")
+        out_call.hangup()
+        await ws.next("ended", cause="remote_hangup")
+    finally:
+        await close_all(gw, browser, ws)

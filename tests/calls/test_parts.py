@@ -114,3 +114,46 @@ def test_session_id_with_a_trailing_newline_is_refused() -> None:
     assert is_valid_session_id("12345678")
     for bad in ("12345678\n", "1234567\n8", "\n12345678", "١٢٣٤٥٦٧٨"):
         assert not is_valid_session_id(bad), repr(bad)
+
+
+def test_a_reoffer_for_a_codec_this_build_cannot_encode_is_refused_with_488() -> None:
+    """Issue 16: a re-INVITE moving to G.729 while libbcg729 is absent gets 488 (the call stays on its
+    codec), not an answer the stream could not honour; with the library present, the same offer is answered."""
+    from types import SimpleNamespace
+
+    from webgate.media.codecs import libraries
+    from webgate.proto import sdp
+
+    class Session:
+        local_sdp = b""
+
+        def __init__(self) -> None:
+            self.answers: list[tuple[bytes | None, int]] = []
+
+        def answer_offer(self, body: bytes | None, status: int = 200) -> None:
+            self.answers.append((body, status))
+
+    class Stream:
+        def __init__(self) -> None:
+            self.media = SimpleNamespace(codec=sdp.PCMU)
+            self.configured: list[Any] = []
+
+        def configure(self, nm: Any) -> None:
+            self.configured.append(nm)
+
+    offer = sdp.build_offer([sdp.G729, sdp.TELEPHONE_EVENT], "127.0.0.1", 40000, 1)
+    paths = media_path.MediaPaths(SimpleNamespace(flush=lambda: None), {}, lambda: None,
+                                  rtp_advertise="127.0.0.1", jitter=(20, 100))
+    owner = SimpleNamespace(sdp_session_id=7, sdp_version=1)
+    saved = libraries.library_path("bcg729")
+    try:
+        libraries.set_library_paths({"bcg729": ""})  # as if libbcg729-0 were not installed
+        s, st = Session(), Stream()
+        paths.answer_reoffer(s, offer.serialize(), SimpleNamespace(stream=st, rtp_port=41000), owner)
+        assert [status for _b, status in s.answers] == [488] and st.configured == []
+        libraries.set_library_paths({"bcg729": saved})
+        s, st = Session(), Stream()
+        paths.answer_reoffer(s, offer.serialize(), SimpleNamespace(stream=st, rtp_port=41000), owner)
+        assert [status for _b, status in s.answers] == [200] and st.configured[0].codec.name == "G729"
+    finally:
+        libraries.set_library_paths({"bcg729": saved})

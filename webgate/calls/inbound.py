@@ -17,7 +17,7 @@ from webgate.calls.dialplan import RouteDecision
 from webgate.calls.errors import CallRefused, NoPortsAvailable
 from webgate.calls.interfaces import SipSender
 from webgate.calls.media_path import MediaPaths
-from webgate.calls.offers import INBOUND_CODECS
+from webgate.calls.offers import inbound_codecs
 from webgate.calls.policy import client_ip
 from webgate.calls.registry import CallRegistry
 from webgate.calls.session_id import SessionIdAllocator, SessionIdError
@@ -142,7 +142,7 @@ class InboundCalls:
             return
         try:
             if ev.offer:  # without one (delayed offer), ours goes in the 200
-                sdp.negotiate_answer(sdp.parse_sdp(ev.offer), INBOUND_CODECS, h.rtp_advertise, 9)  # a common codec?
+                sdp.negotiate_answer(sdp.parse_sdp(ev.offer), inbound_codecs(), h.rtp_advertise, 9)  # a common codec?
         except (RemoteProtocolError, LocalProtocolError) as e:
             status = getattr(e, "status_hint", None) or 488
             self._reject_incoming(session, status, None, f"unusable offer: {e.message}", source, user)
@@ -168,7 +168,7 @@ class InboundCalls:
         caller_uri = req.from_.uri
         caller = caller_uri.user or caller_uri.host
         caller_display = req.from_.display_name or None
-        route = RouteDecision(destination=user, target=caller_uri, public=False, codecs=tuple(c.name for c in INBOUND_CODECS))
+        route = RouteDecision(destination=user, target=caller_uri, public=False, codecs=tuple(c.name for c in inbound_codecs()))
         call = Call(h, _PendingLeg(endpoint), sid, route, user)
         call.direction = "inbound"
         # the registration's token grant: listening to the call by session ID then needs a token
@@ -217,8 +217,9 @@ class InboundCalls:
         if leg is not None:
             call.leg = leg
         prefer = [c for c in (prefer_codecs or []) if c]
-        codecs = [c for name in prefer for c in INBOUND_CODECS if c.name.lower() == name.lower()]
-        codecs += [c for c in INBOUND_CODECS if c not in codecs]
+        answerable = inbound_codecs()  # the web codecs, then the library codecs this build can encode
+        codecs = [c for name in prefer for c in answerable if c.name.lower() == name.lower()]
+        codecs += [c for c in answerable if c not in codecs]
         assert call.rtp is not None and call.stream is not None
         if call.remote_offer is None:
             return self._offer_in_200(call, codecs)

@@ -16,7 +16,7 @@ from webgate.calls import errors
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.interfaces import MediaPort, SipSender
-from webgate.calls.offers import BUILTIN_CODECS, sdp_codecs
+from webgate.calls.offers import BUILTIN_CODECS, can_encode, sdp_codecs
 from webgate.logsafe import safe
 from webgate.proto import sdp
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
@@ -67,6 +67,8 @@ class MediaPaths:
     def _audio_to_leg(call: Call, pcm: Any, rate: int) -> None:
         if call.times.first_media_mono is None:
             call.times.first_media_mono = time.monotonic()
+        if call.monitor is not None:
+            call.monitor.sip_pcm(pcm, rate)  # supervisor audio (only while someone listens)
         try:
             call.leg.audio_from_sip(call, pcm, rate)
         except Exception:
@@ -119,7 +121,13 @@ class MediaPaths:
         old = call.media_path
         if names & packet_codecs and sink is not None and stream is not None:
             new = "packet"
-            stream.on_payload = lambda payload, samples, pkt: sink(call, payload, samples)
+
+            def to_leg(payload: bytes, samples: int, pkt: Any, sink: Any = sink) -> None:
+                if call.monitor is not None:
+                    call.monitor.sip_payload(payload)  # supervisor audio: queued, decoded on the clock
+                sink(call, payload, samples)
+
+            stream.on_payload = to_leg
         else:
             new = "frame"
             if stream is not None:
@@ -152,7 +160,8 @@ class MediaPaths:
             return
         current = stream.media.codec
         supported = [sdp.Codec(current.name, current.clock_rate, current.channels, current.fmtp)]
-        supported += [c for c in BUILTIN_CODECS if not c.matches(current)]
+        # another codec only if this build can encode it (a library codec whose library is absent is not answered)
+        supported += [c for c in BUILTIN_CODECS if not c.matches(current) and can_encode(c)]
         supported.append(sdp.TELEPHONE_EVENT)
         try:
             answer, nm = sdp.negotiate_answer(sdp.parse_sdp(offer), supported, self.rtp_advertise, endpoint.rtp_port,
