@@ -71,7 +71,8 @@ TAG_AUDIO = 8
 TAG_VIDEO = 9
 TAG_SCRIPT = 18
 
-_AAC_FREQS = (
+#: the MPEG-4 sampling frequency table (index -> Hz), ISO 14496-3 §1.6.3.3
+AAC_SAMPLE_RATES = (
     96000,
     88200,
     64000,
@@ -181,34 +182,46 @@ def _rate_flag(rate: int) -> int:
     return _RATE_FLAG[rate]
 
 
-def parse_audio_specific_config(asc: bytes) -> tuple[int, int]:
-    """(sample_rate, channels) from an AAC AudioSpecificConfig."""
-    if len(asc) < 2:
+@dataclass(frozen=True)
+class AudioSpecificConfig:
+    """The fields of an MPEG-4 AudioSpecificConfig (ISO 14496-3 §1.6.2.1) we use."""
+
+    object_type: int  # 2 = AAC-LC
+    sample_rate: int
+    channels: int
+
+
+def parse_audio_specific_config(data: bytes) -> AudioSpecificConfig:
+    """Parse an AAC AudioSpecificConfig (as an FLV AAC sequence header carries it); raise
+    :class:`RemoteProtocolError` if it is malformed. The one parser: media/codecs uses it too."""
+    if len(data) < 2:
         raise RemoteProtocolError("AudioSpecificConfig too short")
-    bits = int.from_bytes(asc[:5].ljust(5, b"\x00"), "big")
+    bits = int.from_bytes(data[:5].ljust(5, b"\0"), "big")
     pos = 40
 
-    def read(n: int) -> int:
+    def take(n: int) -> int:
         nonlocal pos
         pos -= n
         if pos < 0:
-            raise RemoteProtocolError("AudioSpecificConfig too short")
+            raise RemoteProtocolError("AudioSpecificConfig truncated")
         return (bits >> pos) & ((1 << n) - 1)
 
-    object_type = read(5)
+    object_type = take(5)
     if object_type == 31:
-        read(6)
-    freq_index = read(4)
-    if freq_index == 15:
-        if len(asc) < 5:
-            raise RemoteProtocolError("AudioSpecificConfig too short")
-        rate = read(24)
-    elif freq_index < len(_AAC_FREQS):
-        rate = _AAC_FREQS[freq_index]
+        object_type = 32 + take(6)
+    index = take(4)
+    if index == 15:
+        if len(data) < 5:
+            raise RemoteProtocolError("AudioSpecificConfig truncated")
+        rate = take(24)
+    elif index < len(AAC_SAMPLE_RATES):
+        rate = AAC_SAMPLE_RATES[index]
     else:
-        raise RemoteProtocolError(f"invalid AAC sampling frequency index {freq_index}")
-    channels = read(4)
-    return rate, channels
+        raise RemoteProtocolError(f"reserved AAC sampling frequency index {index}")
+    channels = take(4)
+    if object_type == 0 or rate <= 0:
+        raise RemoteProtocolError("invalid AudioSpecificConfig")
+    return AudioSpecificConfig(object_type=object_type, sample_rate=rate, channels=channels)
 
 
 def audio_codec_of(tag: bytes, aac_config: bytes | None = None) -> tuple[str, int, int]:
@@ -237,7 +250,8 @@ def audio_codec_of(tag: bytes, aac_config: bytes | None = None) -> tuple[str, in
             payload if header.aac_packet_type == AAC_SEQUENCE_HEADER else aac_config
         )
         if config:
-            rate, channels = parse_audio_specific_config(config)
+            asc = parse_audio_specific_config(config)
+            rate, channels = asc.sample_rate, asc.channels
         return "aac", rate, channels
     if f == SOUND_LPCM_PLATFORM:
         return "pcm_s16le" if header.sound_size else "pcm_u8", rate, channels

@@ -56,7 +56,8 @@ def test_audio_codec_of(first: int, expected: tuple[str, int, int]) -> None:
 
 def test_aac_rate_from_audio_specific_config() -> None:
     asc_16k_mono = bytes([0x14, 0x08])  # AAC-LC, index 8 (16000), 1 channel
-    assert parse_audio_specific_config(asc_16k_mono) == (16000, 1)
+    asc = parse_audio_specific_config(asc_16k_mono)
+    assert (asc.object_type, asc.sample_rate, asc.channels) == (2, 16000, 1)
     seq = build_audio_tag(
         AudioTagHeader(10, 3, 1, 1, AAC_SEQUENCE_HEADER), asc_16k_mono
     )

@@ -40,11 +40,9 @@ from webgate.media.codecs.base import (
 )
 from webgate.media.codecs.bitstream import (
     OPUS_SILENCE,
-    AudioSpecificConfig,
     audio_specific_config,
     opus_has_lbrr,
     opus_packet_samples,
-    parse_audio_specific_config,
 )
 from webgate.media.codecs.coders import create_decoder, create_encoder
 from webgate.media.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
@@ -58,6 +56,7 @@ from webgate.media.codecs.registry import (
     parse_fmtp,
     required_libraries,
 )
+from webgate.proto.flv import AudioSpecificConfig, parse_audio_specific_config
 
 __all__ = [
     "MAX_PAYLOAD",

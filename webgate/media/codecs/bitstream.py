@@ -6,9 +6,8 @@ AudioSpecificConfig of AAC (as carried in an FLV AAC sequence header). Malformed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.flv import AAC_SAMPLE_RATES
 
 # --- Opus packets (relayed undecoded on the packet path) ------------------------------
 
@@ -66,78 +65,21 @@ def opus_has_lbrr(payload: bytes) -> bool | None:
     return bool(payload[1] & (0x80 >> silk_frames))
 
 
-# --- AAC AudioSpecificConfig ------------------------------------------------------------
-
-_AAC_RATES = (
-    96000,
-    88200,
-    64000,
-    48000,
-    44100,
-    32000,
-    24000,
-    22050,
-    16000,
-    12000,
-    11025,
-    8000,
-    7350,
-)
-
-
-@dataclass(frozen=True)
-class AudioSpecificConfig:
-    """The fields of an MPEG-4 AudioSpecificConfig (ISO 14496-3 §1.6.2.1) we use."""
-
-    object_type: int  # 2 = AAC-LC
-    sample_rate: int
-    channels: int
+# --- AAC AudioSpecificConfig (parsed by webgate.proto.flv.parse_audio_specific_config) ---
 
 
 def audio_specific_config(
     sample_rate: int, channels: int = 1, object_type: int = 2
 ) -> bytes:
     """Build the 2-byte AudioSpecificConfig (as sent in an FLV AAC sequence header)."""
-    if sample_rate not in _AAC_RATES:
+    if sample_rate not in AAC_SAMPLE_RATES:
         raise LocalProtocolError(
             f"AAC has no sampling frequency index for {sample_rate}"
         )
     if not 1 <= object_type <= 30 or not 1 <= channels <= 7:
         raise LocalProtocolError("bad AAC object type or channel count")
-    index = _AAC_RATES.index(sample_rate)
+    index = AAC_SAMPLE_RATES.index(sample_rate)
     value = (object_type << 11) | (index << 7) | (channels << 3)
     return value.to_bytes(2, "big")
 
 
-def parse_audio_specific_config(data: bytes) -> AudioSpecificConfig:
-    """Parse an AudioSpecificConfig; raise :class:`RemoteProtocolError` if it is malformed."""
-    if len(data) < 2:
-        raise RemoteProtocolError("AudioSpecificConfig too short")
-    bits = int.from_bytes(data[:5].ljust(5, b"\0"), "big")
-    pos = 40
-
-    def take(n: int) -> int:
-        nonlocal pos
-        pos -= n
-        if pos < 0:
-            raise RemoteProtocolError("AudioSpecificConfig truncated")
-        return (bits >> pos) & ((1 << n) - 1)
-
-    object_type = take(5)
-    if object_type == 31:
-        object_type = 32 + take(6)
-    index = take(4)
-    if index == 15:
-        if len(data) < 5:
-            raise RemoteProtocolError("AudioSpecificConfig truncated")
-        rate = take(24)
-    elif index < len(_AAC_RATES):
-        rate = _AAC_RATES[index]
-    else:
-        raise RemoteProtocolError(f"reserved AAC sampling frequency index {index}")
-    channels = take(4)
-    if object_type == 0 or rate <= 0:
-        raise RemoteProtocolError("invalid AudioSpecificConfig")
-    return AudioSpecificConfig(
-        object_type=object_type, sample_rate=rate, channels=channels
-    )

@@ -21,7 +21,6 @@ from webgate.media import _native
 from webgate.media.audio import PCM, Framer
 from webgate.media.codecs.amr import AmrDecoder, AmrEncoder
 from webgate.media.codecs.base import AvDecoder, AvEncoder, Decoder, Encoder
-from webgate.media.codecs.bitstream import parse_audio_specific_config
 from webgate.media.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from webgate.media.codecs.g723 import G723Decoder, G723Encoder
 from webgate.media.codecs.g726 import G726Decoder, G726Encoder
@@ -36,6 +35,7 @@ from webgate.media.codecs.registry import (
     pick_av_codec,
 )
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
+from webgate.proto.flv import parse_audio_specific_config
 
 #: the packet loss (percent) libopus sizes its in-band FEC for, when the far end says useinbandfec=1
 OPUS_FEC_LOSS_PERCENT = 10
