@@ -14,7 +14,17 @@ from webgate.telephony import TelephonyService
 
 reactor: Any = _reactor
 
-_next_rtp = [30000]
+def _rtp_span() -> tuple[int, int]:
+    """30000-39000, or this pytest-xdist worker's slice of it (tests/interop/peers.py keeps peers' ports
+    out of this span)."""
+    from tests.interop.peers import _xdist_slice
+
+    lo, hi = _xdist_slice(30000, 39000)
+    return lo - lo % 2, hi
+
+
+_SPAN = _rtp_span()
+_next_rtp = [_SPAN[0]]
 
 
 def rtp_range(n: int = 40) -> tuple[int, int]:
@@ -22,8 +32,8 @@ def rtp_range(n: int = 40) -> tuple[int, int]:
     while True:
         lo = _next_rtp[0]
         _next_rtp[0] += n
-        if _next_rtp[0] > 39000:
-            _next_rtp[0] = 30000
+        if _next_rtp[0] > _SPAN[1] - n:
+            _next_rtp[0] = _SPAN[0]
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", lo))

@@ -70,6 +70,26 @@ def _ephemeral_floor() -> int:
 _rng = random.Random(os.getpid() ^ int(time.time() * 1000))
 
 
+def _xdist_slice(lo: int, hi: int) -> tuple[int, int]:
+    """Under pytest-xdist, worker gwI of N gets the I-th of N equal slices of [lo, hi), so two workers
+    never pick the same port (a check-then-bind race between them); otherwise [lo, hi) itself."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1:
+        size = (hi - lo) // int(count)
+        lo += size * int(worker[2:])
+        hi = lo + size
+    return lo, hi
+
+
+def _port_ranges() -> list[tuple[int, int]]:
+    """Where peers' ports come from: below the ephemeral range, and outside the gateways' RTP ranges
+    (20000-20999, the default, and 30000-39999, tests/calls/gw.py's rtp_range) so that a gateway's
+    port pool never takes a port a peer was given before the peer binds it."""
+    top = min(_ephemeral_floor(), 65536) - 64
+    ranges = [(12000, 20000), (21000, min(30000, top))]
+    return [_xdist_slice(lo, hi) for lo, hi in ranges if hi > lo]
+
+
 def free_port(kind: str = "udp") -> int:
     """A port free on 127.0.0.1 (and 0.0.0.0) for ``kind`` = "udp", "tcp" or "both".
 
@@ -80,9 +100,10 @@ def free_port(kind: str = "udp") -> int:
     in one test cannot collide with each other."""
     if kind not in ("udp", "tcp", "both"):
         raise ValueError(f"kind must be udp, tcp or both, not {kind!r}")
-    hi = min(_ephemeral_floor(), 65536) - 64
+    ranges = _port_ranges()
     for _ in range(2000):
-        port = _rng.randrange(12000, hi)
+        lo, hi = _rng.choice(ranges)
+        port = _rng.randrange(lo, hi)
         if port in _issued:
             continue
         if _can_bind(port, kind) and _can_bind(port, kind, "0.0.0.0"):
