@@ -27,7 +27,8 @@ from tests.adapters.rtmp_helpers import Gateway, LogFailures, RtmpClient, flash_
 from tests.adapters.test_rtmp_backpressure import slow_player, twisted_buffered
 from tests.calls.gw import sleep, wait_for
 from webgate.calls.call import CallState
-from webgate.legs.hub import FlvVideo, MediaHub, RtpVideo
+from webgate.legs.hub import MediaHub
+from webgate.legs.hub_types import FlvVideo, RtpVideo
 from webgate.legs.rtmp import RtmpLeg, amf_data_json, data_from_flash, is_watcher_data
 from webgate.legs.rtmp_watch import RtmpWatcher, watch_metadata
 from webgate.proto.h264 import (
@@ -470,7 +471,7 @@ async def test_every_refusal_is_the_same_and_the_third_watcher_is_too_many() -> 
         third, s3, st3 = await watch(gw, f"{session_id}?token={watch_token('*')}")
         assert (st3["code"], st3["description"]) == ("NetStream.Play.Failed", "too_many_watchers")
         # options are checked first, whatever the session
-        for opt, why in (("both", "audio=both is not supported yet"), ("loud", "audio must be none, not 'loud'")):
+        for opt, why in (("loud", "audio must be none or both, not 'loud'"), ("both&codec=mp3", "unknown codec 'mp3'")):
             c, _sid, status = await watch(gw, f"{session_id}?token={watch_token('*')}&audio={opt}")
             assert (status["code"], status["description"]) == ("NetStream.Play.Failed", why)
             c.transport.loseConnection()

@@ -47,7 +47,7 @@ from tests.calls.gw import sleep, wait_for
 from webgate.adapters import aio
 from webgate.adapters.webrtc_data import DataChannels
 from webgate.adapters.webrtc_video import CallerVideo, WatcherVideo, forwardable, starts_keyframe
-from webgate.legs.hub import RtpVideo
+from webgate.legs.hub_types import RtpVideo
 from webgate.security.tokens import mint_token
 
 KEY = "webgate-test-token-key-0123456789abcdef"
@@ -82,8 +82,8 @@ class Caller(Browser):
     """The browser stand-in with a colour camera and the ``webgate`` data channel; it records
     what arrives on the channels the gateway opens toward it."""
 
-    def __init__(self, rgb: tuple[int, int, int] | None) -> None:
-        super().__init__(tone_hz=TONE_HZ, datachannel="webgate")
+    def __init__(self, rgb: tuple[int, int, int] | None, tone_hz: float = TONE_HZ) -> None:
+        super().__init__(tone_hz=tone_hz, datachannel="webgate")
         if rgb is not None:
             self.pc.addTrack(ColourTrack(rgb))
         self.got: list[tuple[str, str, Any]] = []  # (label, protocol, data) on gateway-opened channels
@@ -135,10 +135,11 @@ class Watcher:
 
         return await aio.as_deferred(make())
 
-    async def watch(self, url: str, session_id: Any, token: str | None) -> dict[str, Any]:
-        """Send ``watch``; returns the first ``watching`` or ``error`` (the answer is applied)."""
+    async def watch(self, url: str, session_id: Any, token: str | None, **extra: Any) -> dict[str, Any]:
+        """Send ``watch`` (with ``extra`` fields); returns the first ``watching`` or ``error``
+        (the answer is applied)."""
         self.ws = ws = await connect(url)
-        msg: dict[str, Any] = {"type": "watch", "session_id": session_id, "sdp": await self.offer()}
+        msg: dict[str, Any] = {"type": "watch", "session_id": session_id, "sdp": await self.offer(), **extra}
         if token is not None:
             msg["token"] = token
         ws.send(msg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from functools import lru_cache
 
-from webgate.legs.hub import FlvVideo, RtpVideo
+from webgate.legs.hub_types import FlvVideo, RtpVideo
 from webgate.proto import h264
 
 FPS = 25

@@ -12,9 +12,11 @@ import pytest_twisted
 
 from tests.legs.h264_streams import access_units, rtp_packets, x264
 from tests.ops.helpers import ADMIN_KEY, api, http, local_call, start_gateway
-from webgate.legs.hub import RtpVideo, attach_hub
+from webgate.legs.hub import attach_hub
+from webgate.legs.hub_types import RtpVideo
 from webgate.media.snapshot import snapshots_decoded
-from webgate.ops.api import MAX_SNAPSHOTS_AT_ONCE, openapi_document
+from webgate.ops.openapi import openapi_document
+from webgate.ops.snapshot_api import MAX_SNAPSHOTS_AT_ONCE
 
 
 class FakeCaller:

@@ -60,7 +60,8 @@ from aiortc.rtp import (
 from twisted.logger import Logger
 
 from webgate.adapters.webrtc_direct import SrtpTap, nominated_path
-from webgate.legs.hub import RtpVideo, vp8_keyframe_size
+from webgate.legs.hub_bits import vp8_keyframe_size
+from webgate.legs.hub_types import RtpVideo
 from webgate.proto.rtp import parse_payload
 
 __all__ = ["FORWARDED_CODECS", "CallerVideo", "WatcherVideo", "forwardable", "starts_keyframe"]

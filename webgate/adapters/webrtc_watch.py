@@ -1,7 +1,7 @@
 """One WebRTC watcher of a web call's video and data: its own peer connection (issue 14).
 
 A watcher (an agent's browser, a supervisor's aiortc client) sends a ``watch`` with a recvonly
-offer; :class:`WebRtcWatcher` is that watch: a :class:`~webgate.legs.hub.HubWatcher` of the
+offer; :class:`WebRtcWatcher` is that watch: a :class:`~webgate.legs.hub_types.HubWatcher` of the
 call's hub on an aiortc ``RTCPeerConnection`` of its own.
 
 - **Answer.** The video section is answered ``sendonly`` with ONLY the caller's codec, one
@@ -10,7 +10,14 @@ call's hub on an aiortc ``RTCPeerConnection`` of its own.
   ``ccm fir`` and ``goog-remb`` as offered, no RTX. Its track never yields a frame, so aiortc
   creates no encoder; the video is sent by :class:`~webgate.adapters.webrtc_video.WatcherVideo`
   from DTLS connected on. A watcher that cannot get the caller's video (no video, or a codec it
-  cannot take as it is) gets its video section ``inactive``; an audio section is ``inactive``.
+  cannot take as it is) gets its video section ``inactive``.
+- **Audio** (supervisors: ``audio=True``, the ``watch`` message's ``audio: true``). The watcher's
+  recvonly audio section is answered ``sendonly`` with its first Opus, PCMU or PCMA payload type;
+  the call's audio, both parties mixed (:mod:`webgate.legs.monitor`, started by the hub only
+  while such a watcher is present), goes into a
+  :class:`~webgate.adapters.webrtc.SipAudioTrack` (the caller's own track type: 20 ms pacing at
+  the codec's rate) that aiortc encodes. Without ``audio`` (or without a usable audio section)
+  an audio section is ``inactive``.
 - **Data.** The watcher's channels (``webgate`` by default) go to the caller by label, with the
   watcher's identity; the caller's messages come on the watcher's channel of their label, or on
   one the gateway opens (:mod:`webgate.adapters.webrtc_data`).
@@ -35,10 +42,16 @@ from aiortc.sdp import SessionDescription as AiortcSdp
 from twisted.logger import Logger
 
 from webgate.adapters import aio
-from webgate.adapters.webrtc import InvalidOffer, add_remote_candidate, ice_servers_for_aiortc
+from webgate.adapters.webrtc import (
+    InvalidOffer,
+    SipAudioTrack,
+    add_remote_candidate,
+    ice_servers_for_aiortc,
+)
 from webgate.adapters.webrtc_data import DataChannels
 from webgate.adapters.webrtc_video import WatcherVideo
-from webgate.legs.hub import FlvVideo, MediaHub, RtpVideo
+from webgate.legs.hub import MediaHub
+from webgate.legs.hub_types import FlvVideo, RtpVideo
 from webgate.legs.webrtc import VideoFormat, WebRtcSettings
 from webgate.logsafe import safe
 from webgate.proto import h264
@@ -53,6 +66,7 @@ _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _AST_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 _FEEDBACK = {("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None)}
 _DEFAULT_H264_PROFILE = "42e01f"  # constrained baseline 3.1: until an RTMP caller's SPS is known
+_AUDIO_RATES = {"OPUS": 48000, "PCMU": 8000, "PCMA": 8000}  # what a supervisor's audio may be sent as
 
 
 def watch_video_format(call: Any) -> VideoFormat | None:
@@ -60,15 +74,16 @@ def watch_video_format(call: Any) -> VideoFormat | None:
 
     A WebRTC caller: the codec its browser sends (``leg.video_format``, from its answer). An
     RTMP caller: H.264 with the profile of its SPS (the only FLV codec a WebRTC watcher takes
-    as it is), or of the default until its first video; None once its video turned out to be
-    another codec."""
+    as it is), or of the default until its first video; VP8 for Sorenson/VP6 with ``[video]
+    transcode``; None once its video turned out to be another codec."""
     leg: Any = getattr(call, "leg", None)
     if hasattr(leg, "video_format"):
         fmt = leg.video_format
         return fmt if isinstance(fmt, VideoFormat) else None
     hub = getattr(call, "hub", None)
     if isinstance(hub, MediaHub) and hub.stats.codec is not None and hub.video_codec_for("rtp") != "H264":
-        return None
+        # Sorenson/VP6 re-encoded with [video] transcode: VP8; any other: none for it
+        return VideoFormat("VP8") if hub.video_codec_for("rtp") == "VP8" else None
     profile = _DEFAULT_H264_PROFILE
     keyframe = hub.last_keyframe() if isinstance(hub, MediaHub) else None
     if keyframe is not None and keyframe[0] == "H264":
@@ -95,7 +110,7 @@ class _NoFrames(MediaStreamTrack):
 
 
 class WebRtcWatcher:
-    """One WebRTC watch of a call's video and data (implements ``webgate.legs.hub.HubWatcher``).
+    """One WebRTC watch of a call's video and data (implements ``webgate.legs.hub_types.HubWatcher``).
 
     ``signal(msg)`` sends a JSON-able dict to the watcher's WebSocket; ``on_end(watcher,
     cause)`` is called once when the watch is over, whichever side ended it."""
@@ -112,8 +127,10 @@ class WebRtcWatcher:
         reactor: Any,
         client: str = "",
         on_end: Callable[[WebRtcWatcher, str], None] | None = None,
+        audio: bool = False,
     ) -> None:
         self.hub = hub
+        self.audio = audio  # the call's audio, both parties mixed (read by the hub at join)
         self.identity = identity
         self.settings = settings
         self.signal = signal
@@ -132,6 +149,9 @@ class WebRtcWatcher:
         self.end_cause: str | None = None
         self._track: _NoFrames | None = None
         self._video_tr: Any = None
+        self._audio_track: SipAudioTrack | None = None
+        self._audio_tr: Any = None
+        self.audio_codec: str | None = None  # negotiated for the mixed audio (OPUS, PCMU, PCMA)
         self._video_pt: int | None = None
         self._video_codec: str | None = None
         self._header_ids: dict[str, int] = {}
@@ -139,7 +159,7 @@ class WebRtcWatcher:
 
     # -- joining ------------------------------------------------------------------------------
     def join(self) -> dict[str, Any] | None:
-        """Join the hub (raises :class:`~webgate.legs.hub.WatchRefused`); returns the ``video``
+        """Join the hub (raises :class:`~webgate.legs.hub_types.WatchRefused`); returns the ``video``
         object of the ``watching`` message (None: the caller has sent no video yet)."""
         self.hub.add_watcher(self)
         self.joined = True
@@ -159,6 +179,9 @@ class WebRtcWatcher:
         if fmt is not None:
             self._track = _NoFrames()
             self._video_tr = pc.addTransceiver(self._track, direction="sendonly")
+        if self.audio:
+            self._audio_track = SipAudioTrack(48000)
+            self._audio_tr = pc.addTransceiver(self._audio_track, direction="sendonly")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as e:  # noqa: BLE001 - aiortc raises ValueError, KeyError, OperationError... on garbage
@@ -166,6 +189,7 @@ class WebRtcWatcher:
         if self.closed:
             raise InvalidOffer("the watch ended")
         self._choose_codec(offer_sdp, fmt)
+        self._choose_audio(offer_sdp)
         try:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
@@ -181,7 +205,7 @@ class WebRtcWatcher:
         assert self.pc is not None
         tr = self._video_tr
         for other in self.pc.getTransceivers():
-            if other is not tr:
+            if other is not tr and other is not self._audio_tr:
                 other.direction = "inactive"
         if tr is None or fmt is None or tr.mid is None:
             return
@@ -200,6 +224,34 @@ class WebRtcWatcher:
         tr._headerExtensions = [x for x in (tr._headerExtensions or []) if x.uri in (_MID_URI, _AST_URI)]
         self._video_pt = int(chosen.payloadType)
         self._video_codec = fmt.codec
+
+    def _choose_audio(self, offer_sdp: str) -> None:
+        """Supervisor audio: the watcher's first Opus/PCMU/PCMA codec, or no audio (the hub's
+        mixer then stops unless another watcher listens)."""
+        tr = self._audio_tr
+        if tr is None:
+            return
+        chosen = None
+        if tr.mid is not None:
+            try:
+                media = AiortcSdp.parse(offer_sdp).media[tr._get_mline_index()]
+            except Exception:  # noqa: BLE001 - parsed once already by setRemoteDescription
+                media = None
+            if media is not None and media.direction in (None, "recvonly", "sendrecv"):
+                chosen = next((c for c in media.rtp.codecs if str(c.mimeType).split("/")[-1].upper() in _AUDIO_RATES), None)
+        if chosen is None:
+            log.info("watch {client}: no audio section it can take: no audio for it", client=self.client)
+            if tr.mid is not None:
+                tr.direction = "inactive"
+            self.audio = False
+            self.hub.refresh_audio()
+            return
+        chosen = copy.deepcopy(chosen)
+        chosen.rtcpFeedback = []
+        tr._codecs = [chosen]
+        self.audio_codec = str(chosen.mimeType).split("/")[-1].upper()
+        assert self._audio_track is not None
+        self._audio_track.set_rate(_AUDIO_RATES[self.audio_codec])
 
     def admit_candidate(self, candidate: str) -> None:
         """Count one trickled candidate against the watch's cap and address rules; raises
@@ -273,6 +325,12 @@ class WebRtcWatcher:
     def flv_video(self, tag: FlvVideo) -> None:
         """A WebRTC watcher takes RTP only."""
 
+    def audio_pcm(self, pcm: Any, rate: int) -> None:
+        """The call's mixed audio (every 20 ms): queued on the track, which aiortc encodes."""
+        track = self._audio_track
+        if track is not None and self.audio and self.audio_codec is not None and not self.closed:
+            track.push(pcm, rate)
+
     def data(self, label: str, data: str | bytes) -> None:
         if self.channels is not None and not self.closed:
             self.channels.send(label, data)
@@ -304,6 +362,8 @@ class WebRtcWatcher:
             self.channels.close()
         if self._track is not None:
             self._track.stop()
+        if self._audio_track is not None:
+            self._audio_track.stop()
         if self.pc is not None:
             aio.spawn(self.pc.close(), "watcher RTCPeerConnection.close", session_id=self.session_id)
         log.info("watch {client} of {session_id} ended: {cause}", client=self.client, session_id=self.session_id, cause=cause)

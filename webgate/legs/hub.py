@@ -22,112 +22,51 @@ the hub keeps its last GOP and starts a new watcher from it; a WebRTC caller is 
 Data messages are relayed by label, in order, to every watcher (from the caller) or to the
 caller (from a watcher, with the watcher's identity); a message over ``max_data_bytes`` or past
 a sender's rate is dropped and counted. A watcher that joins late gets nothing from before.
-Sans-IO: time comes from ``clock``.
+A call's recording taps the hub (:meth:`MediaHub.add_recorder`, ``legs/hub_recording.py``): the
+caller's video and the data of both directions, without being a watcher. Sans-IO: time comes
+from ``clock``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from twisted.logger import Logger
 
+from webgate.legs.hub_bits import sps_in_rtp, vp8_keyframe_size, vp8_strip
+from webgate.legs.hub_transcode import TRANSCODABLE_CODECS, Vp8Feed
+from webgate.legs.hub_types import (
+    TOO_MANY_WATCHERS,
+    FlvVideo,
+    HubCaller,
+    HubRecorder,
+    HubStats,
+    HubWatcher,
+    RtpVideo,
+    WatchRefused,
+)
+from webgate.legs.monitor import CallMonitor
 from webgate.proto import h264
 from webgate.proto.errors import RemoteProtocolError
 
-__all__ = [
-    "FlvVideo",
-    "HubCaller",
-    "HubWatcher",
-    "MediaHub",
-    "RtpVideo",
-    "TOO_MANY_WATCHERS",
-    "WatchRefused",
-    "attach_hub",
-    "vp8_keyframe_size",
-]
+__all__ = ["MediaHub", "attach_hub"]
 
 log = Logger()
 
-TOO_MANY_WATCHERS = "too_many_watchers"
 MAX_DATA_BYTES = 64 * 1024
 
 _FLV_AVC = 7
 _FLV_CODECS = {2: "H263", 3: "SCREEN", 4: "VP6", 5: "VP6A", 6: "SCREEN2", 7: "H264", 12: "HEVC"}
 _KEYFRAME_REQUEST_INTERVAL_S = 0.5
+#: the lowest bitrate a watcher's REMB may hold the caller to: one watcher's REMB of 0 (or a
+#: collapsed estimate) must not stop the video for every watcher
+MIN_BITRATE_BPS = 30_000
+_MAX_SANE_BPS = 10_000_000_000  # a REMB above 10 Gbit/s is garbage, not an estimate: ignored
 _RTP_MTU_PAYLOAD = 1200
-
-
-class WatchRefused(Exception):
-    """A watch the hub cannot take (``code``: ``too_many_watchers`` or ``not_found``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class RtpVideo:
-    """One video RTP packet of the caller's stream (header fields the watchers need)."""
-
-    codec: str  # "VP8", "H264", "VP9", "AV1" (upper case)
-    seq: int
-    timestamp: int  # 90 kHz
-    marker: bool
-    payload: bytes
-    keyframe: bool = False  # the first packet of a keyframe, when known
-
-
-@dataclass(frozen=True, slots=True)
-class FlvVideo:
-    """One FLV video tag body (frame type and codec byte first) at ``timestamp_ms``."""
-
-    timestamp_ms: int
-    body: bytes
-
-    @property
-    def is_keyframe(self) -> bool:
-        return bool(self.body) and self.body[0] >> 4 == 1
-
-    @property
-    def is_sequence_header(self) -> bool:
-        return len(self.body) > 1 and self.body[0] & 0x0F == _FLV_AVC and self.body[1] == 0
-
-
-class HubCaller(Protocol):
-    """What the hub needs of the caller's leg."""
-
-    def watchers_changed(self, count: int) -> None: ...
-
-    def data_to_caller(self, label: str, data: str | bytes, sender: str | None) -> None: ...
-
-    def request_keyframe(self) -> None:
-        """Ask the caller's encoder for a keyframe (WebRTC: PLI). RTMP: nothing to do."""
-        ...
-
-    def limit_bitrate(self, bps: int) -> None:
-        """Bound the caller's video bitrate (WebRTC: REMB). RTMP: nothing to do."""
-        ...
-
-
-class HubWatcher(Protocol):
-    """What the hub needs of one watcher."""
-
-    identity: str | None  # the watcher token's ``sub``
-    wants: str  # "rtp" (WebRTC watcher) or "flv" (RTMP watcher)
-
-    def video_started(self, codec: str | None, width: int | None, height: int | None) -> None: ...
-
-    def rtp_video(self, packet: RtpVideo) -> None: ...
-
-    def flv_video(self, tag: FlvVideo) -> None: ...
-
-    def data(self, label: str, data: str | bytes) -> None: ...
-
-    def ended(self, cause: str) -> None: ...
+_REPLAY_GAP_TICKS = 3000  # a GOP replayed to a running watcher starts 1/30 s after its last frame
 
 
 @dataclass
@@ -151,58 +90,10 @@ class _Bucket:
 
 
 @dataclass
-class HubStats:
-    codec: str | None = None
-    width: int | None = None
-    height: int | None = None
-    packets_in: int = 0
-    bytes_in: int = 0
-    packets_forwarded: int = 0
-    bytes_forwarded: int = 0
-    keyframe_requests: int = 0
-    data_from_caller: int = 0
-    data_to_caller: int = 0
-    data_dropped_too_big: int = 0
-    data_dropped_rate: int = 0
-
-
-@dataclass
 class _FlvWatch:
     """An RTMP watcher of an RTP H.264 caller: its own writer, so it starts at a keyframe."""
 
     writer: h264.AvcTagWriter = field(default_factory=h264.AvcTagWriter)
-
-
-def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
-    """Width and height when ``payload`` (an RTP VP8 payload, RFC 7741) starts a keyframe."""
-    n = len(payload)
-    if n < 1:
-        return None
-    b0 = payload[0]
-    if not b0 & 0x10 or b0 & 0x07:  # S (start of partition) and partition index 0
-        return None
-    i = 1
-    if b0 & 0x80:  # X: extension byte
-        if n < 2:
-            return None
-        x = payload[1]
-        i = 2
-        if x & 0x80:  # I: picture ID, 7 or 15 bits
-            if n <= i:
-                return None
-            i += 2 if payload[i] & 0x80 else 1
-        if x & 0x40:  # L: TL0PICIDX
-            i += 1
-        if x & 0x30:  # T or K: TID/KEYIDX
-            i += 1
-    frame = payload[i:]
-    if len(frame) < 10 or frame[0] & 0x01:  # P bit set: an interframe
-        return None
-    if frame[3:6] != b"\x9d\x01\x2a":
-        return None
-    w = (frame[6] | frame[7] << 8) & 0x3FFF
-    h = (frame[8] | frame[9] << 8) & 0x3FFF
-    return w, h
 
 
 class MediaHub:
@@ -219,6 +110,7 @@ class MediaHub:
         max_data_bytes: int = MAX_DATA_BYTES,
         data_rate_per_s: float = 100.0,
         gop_max_bytes: int = 4 * 1024 * 1024,
+        transcode: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session_id = session_id
@@ -254,6 +146,18 @@ class MediaHub:
         self._packetizer: h264.Packetizer | None = None
         self._au_gop = h264.GopCache(max_bytes=gop_max_bytes)
         self._seq = 0  # the hub's own RTP sequence numbers (FLV source)
+        #: [video] transcode: an RTMP caller's Sorenson/VP6 re-encoded to VP8 for WebRTC watchers,
+        #: by ``_vp8_feed`` (made while such a watcher exists)
+        self.transcode = transcode
+        self._vp8_feed: Vp8Feed | None = None
+        self._ts_shift: dict[int, list[int]] = {}  # FLV source, per RTP watcher: [offset, last timestamp sent]
+        self._sps: tuple[bytes, ...] = ()  # the last H.264 parameter sets seen (snapshot keyframes)
+        self._pps: tuple[bytes, ...] = ()
+        self.recorders: list[HubRecorder] = []
+        # supervisor audio: ``monitor_factory(deliver)`` makes the call's mixer (attach_hub);
+        # it runs only while an audio watcher is present
+        self.monitor_factory: Callable[[Callable[[Any, int], None]], Any] | None = None
+        self.monitor: Any = None
 
     # --- watchers -------------------------------------------------------------------
     def add_watcher(self, watcher: HubWatcher) -> None:
@@ -266,6 +170,7 @@ class MediaHub:
         if watcher.wants == "flv" and self.source == "rtp":
             self._flv_watch[id(watcher)] = _FlvWatch()
         self._safe(self.caller.watchers_changed, len(self.watchers))
+        self.refresh_audio()
         if self.source is not None:
             self._announce(watcher)
             self._start(watcher)
@@ -275,10 +180,14 @@ class MediaHub:
             return
         self.watchers.remove(watcher)
         self._flv_watch.pop(id(watcher), None)
+        self._ts_shift.pop(id(watcher), None)
         self._buckets.pop(id(watcher), None)
         self._asked.discard(id(watcher))
         if self._estimates.pop(id(watcher), None) is not None:
             self._update_bitrate()
+        if not any(w.wants == "rtp" for w in self.watchers):
+            self._vp8_feed = None  # no WebRTC watcher left: no more decoding
+        self.refresh_audio()
         if not self.closed:
             self._safe(self.caller.watchers_changed, len(self.watchers))
 
@@ -288,11 +197,36 @@ class MediaHub:
             return
         self.closed, self.end_cause = True, cause
         watchers, self.watchers = self.watchers, []
+        self.refresh_audio()
         for w in watchers:
             self._safe(w.ended, cause)
         self._flv_watch.clear()
         self._flv_gop.clear()
         self._au_gop.clear()
+        self._vp8_feed = None
+        self.recorders.clear()  # the recording closes its files itself
+
+    # --- supervisor audio ---------------------------------------------------------------
+    def refresh_audio(self) -> None:
+        """Run the call's mixer exactly while an audio watcher is present (and the call lives).
+        A watcher whose ``audio`` changed after its join calls this."""
+        wanted = not self.closed and any(getattr(w, "audio", False) for w in self.watchers)
+        if wanted and self.monitor is None and self.monitor_factory is not None:
+            try:
+                self.monitor = self.monitor_factory(self._audio_out)
+                self.monitor.start()
+            except Exception:  # noqa: BLE001 - no audio for the watchers, the call goes on
+                log.failure("media hub: supervisor audio could not start")
+                self.monitor = None
+        elif not wanted and self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            self._safe(monitor.stop)
+
+    def _audio_out(self, pcm: Any, rate: int) -> None:
+        for w in list(self.watchers):
+            take = getattr(w, "audio_pcm", None) if getattr(w, "audio", False) else None
+            if take is not None:
+                self._safe(take, pcm, rate)
 
     def video_codec_for(self, wants: str) -> str | None:
         """The codec a watcher of kind ``wants`` receives (None: no video for it), or None
@@ -301,6 +235,8 @@ class MediaHub:
         if c is None:
             return None
         if wants == "rtp":
+            if self.transcode and self.source == "flv" and c in TRANSCODABLE_CODECS:
+                return "VP8"  # re-encoded (media/transcode.py)
             return c if self.source == "rtp" or c == "H264" else None
         return c if self.source == "flv" or c == "H264" else None
 
@@ -314,13 +250,50 @@ class MediaHub:
         elif self.source == "flv":
             self._replay(w)
 
+    # --- recorders (issue 17) ----------------------------------------------------------
+    def add_recorder(self, recorder: HubRecorder) -> None:
+        """Tap the caller's video and the data for a recording (not a watcher); the caller
+        is asked for a keyframe (an RTMP caller's: its cached GOP is replayed to the tap)."""
+        if self.closed or recorder in self.recorders:
+            return
+        self.recorders.append(recorder)
+        if self.source == "flv":
+            tags = ([self._flv_header] if self._flv_header is not None else []) + list(self._flv_gop)
+            for tag in tags:
+                self._safe(recorder.flv_video, tag)
+        else:
+            self.request_keyframe(now=True)
+
+    def remove_recorder(self, recorder: HubRecorder) -> None:
+        if recorder in self.recorders:
+            self.recorders.remove(recorder)
+
+    def request_keyframe(self, now: bool = False) -> None:
+        """A recording needs a keyframe: at once when it starts (``now``), else at most every
+        0.5 s like the watchers' requests."""
+        t = self.clock()
+        if self.closed or self.source == "flv" or (
+                not now and t - self._last_keyframe_request < _KEYFRAME_REQUEST_INTERVAL_S):
+            return
+        self._last_keyframe_request = t
+        self.stats.keyframe_requests += 1
+        self._safe(self.caller.request_keyframe)
+
     # --- keyframes and bitrate -------------------------------------------------------
     def keyframe_wanted(self, watcher: HubWatcher | None = None) -> None:
         """A watcher's decoder needs a keyframe (its PLI/FIR, or it just joined)."""
         if self.source == "flv":
-            # an RTMP encoder cannot be asked; a joining watcher got the GOP (``_start``). Not
-            # replayed on PLI: those sequence numbers are behind the watcher's, and a PLI
-            # must not make the hub send a whole GOP (up to gop_max_bytes) each time
+            # an RTMP encoder cannot be asked; a joining watcher got the GOP (``_start``), but a
+            # WebRTC watcher's transport is not up at its join, so its first own request (DTLS
+            # up) gets the GOP once more, timestamps kept moving forward (``_rtp_to``). Never
+            # again after that: a PLI must not make the hub send a whole GOP (up to
+            # gop_max_bytes) each time
+            if watcher is not None and watcher.wants == "rtp" and watcher in self.watchers and id(watcher) not in self._asked:
+                self._asked.add(id(watcher))
+                self._replay(watcher)
+            elif self._vp8_feed is not None and self.clock() - self._last_keyframe_request >= _KEYFRAME_REQUEST_INTERVAL_S:
+                self._last_keyframe_request = self.clock()
+                self._vp8_feed.force_keyframe()  # our own encoder can be asked
             return
         now = self.clock()
         first = watcher is not None and id(watcher) not in self._asked and watcher in self.watchers
@@ -339,7 +312,13 @@ class MediaHub:
         """A watcher's receive estimate (its REMB): the caller is held to the lowest."""
         if self.closed or watcher not in self.watchers:
             return  # a late REMB of a watcher that left must not hold the caller down for good
-        self._estimates[id(watcher)] = max(0, int(bps))
+        try:
+            value = int(bps)
+        except (TypeError, ValueError, OverflowError):  # NaN, inf, not a number
+            return
+        if value < 0 or value > _MAX_SANE_BPS:
+            return  # absurd: ignored (the watcher's last sane estimate stands)
+        self._estimates[id(watcher)] = max(MIN_BITRATE_BPS, value)
         self._update_bitrate()
 
     def _update_bitrate(self) -> None:
@@ -368,13 +347,13 @@ class MediaHub:
         if packet.codec == "VP8":
             self._vp8(packet)
         elif self._depacketizer is not None and st.width is None:
-            sps = _sps_in_rtp(packet.payload)  # browsers send SPS/PPS first: the size, at once
+            sps = sps_in_rtp(packet.payload)  # browsers send SPS/PPS first: the size, at once
             if sps is not None:
                 self._note_sps([sps])
         if first:  # before any video reaches a watcher
             for w in self.watchers:
                 self._announce(w)
-            if self.watchers:
+            if self.watchers or self.recorders:
                 self.keyframe_wanted()
         if self._depacketizer is not None and packet.codec != "VP8":
             self._h264_from_rtp(packet)
@@ -383,6 +362,8 @@ class MediaHub:
                 st.packets_forwarded += 1
                 st.bytes_forwarded += len(packet.payload)
                 self._safe(w.rtp_video, packet)
+        for r in self.recorders:
+            self._safe(r.rtp_video, packet)
 
     def _vp8(self, packet: RtpVideo) -> None:
         size = vp8_keyframe_size(packet.payload)
@@ -391,7 +372,7 @@ class MediaHub:
                 self.stats.width, self.stats.height = size
             self._vp8_frame = []
         if self._vp8_frame is not None:
-            self._vp8_frame.append(_vp8_strip(packet.payload))
+            self._vp8_frame.append(vp8_strip(packet.payload))
             if packet.marker:
                 self._keyframe = ("VP8", b"".join(self._vp8_frame))
                 self._vp8_frame = None
@@ -400,9 +381,10 @@ class MediaHub:
         d = self._depacketizer
         assert d is not None
         for au in d.push(packet.seq, packet.timestamp, packet.marker, packet.payload):
+            self._note_parameter_sets(au)
             if au.is_keyframe:
                 self._note_sps(au.nals)
-                self._keyframe = ("H264", h264.join_annexb(au.nals))
+                self._keyframe = ("H264", self._annexb_keyframe(au))
             if self._rtp_t0 is None:
                 self._rtp_t0 = au.timestamp
             ts_ms = ((au.timestamp - self._rtp_t0) & 0xFFFFFFFF) // 90
@@ -417,8 +399,21 @@ class MediaHub:
                     self._safe(w.flv_video, tag)
                 if fw.writer.needs_keyframe:
                     self.keyframe_wanted()
-        if d.take_keyframe_request():
-            self.keyframe_wanted()
+        if d.take_keyframe_request() and (self.watchers or self.recorders):
+            self.keyframe_wanted()  # nobody to see the loss: no PLI (the next joiner asks anyway)
+
+    def _note_parameter_sets(self, au: h264.AccessUnit) -> None:
+        sps = tuple(n for n in au.nals if h264.nal_type(n) == h264.NAL_SPS)
+        pps = tuple(n for n in au.nals if h264.nal_type(n) == h264.NAL_PPS)
+        if sps:
+            self._sps = sps
+        if pps:
+            self._pps = pps
+
+    def _annexb_keyframe(self, au: h264.AccessUnit) -> bytes:
+        """An IDR access unit as Annex B, with the last SPS/PPS seen when it came without them
+        (a decoder, the snapshot's, can do nothing with an IDR alone)."""
+        return h264.join_annexb(h264.with_parameter_sets(au.nals, self._sps, self._pps))
 
     def _note_sps(self, nals: tuple[bytes, ...] | list[bytes]) -> None:
         for nal in nals:
@@ -450,11 +445,18 @@ class MediaHub:
             self._flv_gop.clear()
             self._flv_gop_bytes = 0
         elif tag.is_keyframe:
-            self._flv_gop = [tag]
-            self._flv_gop_bytes = len(tag.body)
-        elif self._flv_gop and self._flv_gop_bytes + len(tag.body) <= self._gop_max_bytes:
-            self._flv_gop.append(tag)
-            self._flv_gop_bytes += len(tag.body)
+            fits = len(tag.body) <= self._gop_max_bytes
+            self._flv_gop = [tag] if fits else []
+            self._flv_gop_bytes = len(tag.body) if fits else 0
+        elif self._flv_gop:
+            if self._flv_gop_bytes + len(tag.body) <= self._gop_max_bytes:
+                self._flv_gop.append(tag)
+                self._flv_gop_bytes += len(tag.body)
+            else:
+                # a GOP cut short would start a new watcher at the keyframe and then jump to the
+                # live frames with the rest missing: cleared, cached again from the next keyframe
+                self._flv_gop.clear()
+                self._flv_gop_bytes = 0
         au = self._avc_access_unit(tag) if self._reader is not None else None
         if first:
             for w in self.watchers:
@@ -464,6 +466,8 @@ class MediaHub:
                 st.packets_forwarded += 1
                 st.bytes_forwarded += len(tag.body)
                 self._safe(w.flv_video, tag)
+        for r in self.recorders:
+            self._safe(r.flv_video, tag)
         if au is not None:
             self._au_gop.add(au)
             rtp = [w for w in self.watchers if w.wants == "rtp"]
@@ -472,7 +476,30 @@ class MediaHub:
                     for w in rtp:
                         st.packets_forwarded += 1
                         st.bytes_forwarded += len(pkt.payload)
-                        self._safe(w.rtp_video, pkt)
+                        self._rtp_to(w, pkt)
+        if self.transcode and codec in TRANSCODABLE_CODECS:
+            self._transcoded(tag)
+
+    def _transcoded(self, tag: FlvVideo) -> None:
+        """An RTMP caller's Sorenson/VP6 tag, re-encoded to VP8 for the WebRTC watchers (only
+        while there are some; a feed is made when one joins, ``_replay``)."""
+        rtp = [w for w in self.watchers if w.wants == "rtp"]
+        if not rtp:
+            self._vp8_feed = None
+            return
+        if self._vp8_feed is None and tag.is_keyframe:  # none made at a join (no GOP cached then)
+            self._vp8_feed = Vp8Feed(min(self.bitrate_limit, 800_000), _RTP_MTU_PAYLOAD)
+        if self._vp8_feed is not None:
+            self._vp8_to(rtp, self._vp8_feed.packets(tag.body, tag.timestamp_ms))
+
+    def _vp8_to(self, watchers: list[HubWatcher], packets: list[tuple[int, int, bool, bytes, bool]]) -> None:
+        st = self.stats
+        for seq, ts, marker, payload, key in packets:
+            pkt = RtpVideo("VP8", seq, ts, marker, payload, key)
+            for w in watchers:
+                st.packets_forwarded += 1
+                st.bytes_forwarded += len(payload)
+                self._rtp_to(w, pkt)
 
     def _avc_access_unit(self, tag: FlvVideo) -> h264.AccessUnit | None:
         reader, packetizer = self._reader, self._packetizer
@@ -483,12 +510,15 @@ class MediaHub:
             return None
         config = reader.config
         if tag.is_sequence_header and config is not None:
+            self._sps, self._pps = tuple(config.sps), tuple(config.pps)
             packetizer.set_parameter_sets(config.sps, config.pps)
             self._au_gop.set_parameter_sets(config.sps, config.pps)
             if config.sps:
                 self._note_sps(list(config.sps))
-        if au is not None and au.is_keyframe:
-            self._keyframe = ("H264", h264.join_annexb(au.nals))
+        if au is not None:
+            self._note_parameter_sets(au)
+            if au.is_keyframe:
+                self._keyframe = ("H264", self._annexb_keyframe(au))
         return au
 
     def _packetize(self, au: h264.AccessUnit, seq: int | None = None) -> list[RtpVideo]:
@@ -512,13 +542,37 @@ class MediaHub:
             tags = ([self._flv_header] if self._flv_header is not None else []) + list(self._flv_gop)
             for tag in tags:
                 self._safe(w.flv_video, tag)
+        elif self.transcode and self.stats.codec in TRANSCODABLE_CODECS:
+            if self._vp8_feed is not None:
+                self._vp8_feed.force_keyframe()  # the running encoder: a keyframe next
+            elif self._flv_gop:  # the first WebRTC watcher: decode from the cached GOP on
+                self._vp8_feed = Vp8Feed(min(self.bitrate_limit, 800_000), _RTP_MTU_PAYLOAD)
+                self._vp8_to([w], [p for t in self._flv_gop for p in self._vp8_feed.packets(t.body, t.timestamp_ms)])
         elif self._packetizer is not None and self._au_gop.has_keyframe:
             # numbered so that they end right before the live stream's next packet: the
             # watcher never saw those numbers, so it sees one gap-free sequence
             packets = [p for au in self._au_gop.frames() for p in self._packetize(au, seq=0)]
             start = (self._seq - len(packets)) & 0xFFFF
+            shift = self._ts_shift.get(id(w))
+            if shift is not None and packets:
+                # a running watcher: its timestamps go on from the last it got (one frame
+                # later), and so does the live stream after the GOP
+                behind = (shift[1] + _REPLAY_GAP_TICKS - packets[0].timestamp - shift[0]) & 0xFFFFFFFF
+                if behind < 0x80000000:
+                    shift[0] = (shift[0] + behind) & 0xFFFFFFFF
             for i, p in enumerate(packets):
-                self._safe(w.rtp_video, RtpVideo(p.codec, (start + i) & 0xFFFF, p.timestamp, p.marker, p.payload, p.keyframe))
+                self._rtp_to(w, RtpVideo(p.codec, (start + i) & 0xFFFF, p.timestamp, p.marker, p.payload, p.keyframe))
+
+    def _rtp_to(self, w: HubWatcher, packet: RtpVideo) -> None:
+        """One packet of the hub's own RTP (an RTMP caller's video) to a WebRTC watcher, on the
+        watcher's timeline: never behind a timestamp it already got."""
+        shift = self._ts_shift.get(id(w))
+        if shift is None:
+            shift = self._ts_shift[id(w)] = [0, packet.timestamp]
+        if shift[0]:
+            packet = replace(packet, timestamp=(packet.timestamp + shift[0]) & 0xFFFFFFFF)
+        shift[1] = packet.timestamp
+        self._safe(w.rtp_video, packet)
 
     def last_keyframe(self) -> tuple[str, bytes] | None:
         """The latest keyframe as (codec, bitstream): H.264 Annex B or one VP8 frame, for the
@@ -546,6 +600,8 @@ class MediaHub:
         self.stats.data_from_caller += 1
         for w in list(self.watchers):
             self._safe(w.data, label, data)
+        for r in list(self.recorders):
+            self._safe(r.data, "caller", self.caller_identity, label, data)
 
     def data_from_watcher(self, watcher: HubWatcher, label: str, data: str | bytes) -> None:
         """A watcher's message: to the caller, with the watcher's identity."""
@@ -553,6 +609,8 @@ class MediaHub:
             return
         self.stats.data_to_caller += 1
         self._safe(self.caller.data_to_caller, label, data, watcher.identity)
+        for r in list(self.recorders):
+            self._safe(r.data, "watcher", watcher.identity, label, data)
 
     # --- reporting --------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -569,6 +627,7 @@ class MediaHub:
                 "packets_forwarded": st.packets_forwarded,
                 "bytes_forwarded": st.bytes_forwarded,
                 "keyframe_requests": st.keyframe_requests,
+                "audio_watchers": sum(1 for w in self.watchers if getattr(w, "audio", False)),
             },
             "data": {
                 "from_caller": st.data_from_caller,
@@ -588,43 +647,6 @@ class MediaHub:
             log.failure("media hub: a peer's callback failed")
 
 
-def _sps_in_rtp(payload: bytes) -> bytes | None:
-    """The SPS NAL unit in an RTP H.264 payload (single NAL unit or STAP-A), if there is one."""
-    if not payload:
-        return None
-    t = payload[0] & 0x1F
-    if t == h264.NAL_SPS:
-        return payload
-    if t != h264.STAP_A:
-        return None
-    i, n = 1, len(payload)
-    while i + 2 < n:
-        size = int.from_bytes(payload[i : i + 2], "big")
-        nal = payload[i + 2 : i + 2 + size]
-        if nal and nal[0] & 0x1F == h264.NAL_SPS:
-            return nal
-        i += 2 + size
-    return None
-
-
-def _vp8_strip(payload: bytes) -> bytes:
-    """The VP8 bitstream part of an RTP VP8 payload (RFC 7741 descriptor removed)."""
-    if not payload:
-        return b""
-    i = 1
-    if payload[0] & 0x80 and len(payload) > 1:
-        x = payload[1]
-        i = 2
-        if x & 0x80 and len(payload) > i:
-            i += 2 if payload[i] & 0x80 else 1
-        if x & 0x40:
-            i += 1
-        if x & 0x30:
-            i += 1
-    return payload[i:]
-
-
-
 def attach_hub(call: Any, caller: HubCaller, video: Any | None = None, clock: Callable[[], float] = time.monotonic) -> MediaHub:
     """Make ``call``'s hub with the ``[video]`` settings (``config.video``; None: the defaults),
     ``caller`` being the call's leg, and set it as ``call.hub``. The leg closes it
@@ -637,7 +659,10 @@ def attach_hub(call: Any, caller: HubCaller, video: Any | None = None, clock: Ca
             "max_bitrate_bps": video.max_bitrate_kbps * 1000,
             "max_data_bytes": video.max_data_bytes,
             "data_rate_per_s": float(video.data_rate_per_s),
+            "transcode": bool(getattr(video, "transcode", False)),
         }
     hub = MediaHub(call.session_id, caller, caller_identity=getattr(grant, "sub", None), clock=clock, **kw)
+    if getattr(getattr(call, "manager", None), "rtp_pool", None) is not None:
+        hub.monitor_factory = lambda deliver: CallMonitor(call, deliver)
     call.hub = hub
     return hub

@@ -1,4 +1,4 @@
-"""An RTMP player of ``rtmp://HOST/watch/SESSIONID``: a :class:`~webgate.legs.hub.HubWatcher` of FLV.
+"""An RTMP player of ``rtmp://HOST/watch/SESSIONID``: a :class:`~webgate.legs.hub_types.HubWatcher` of FLV.
 
 No sockets here. The RTMP adapter (:mod:`webgate.adapters.rtmp`) authorises the play, hands
 :class:`RtmpWatcher` a :class:`WatchSink` (one RTMP stream of one connection) and adds it to the
@@ -16,6 +16,14 @@ sent is stamped with that time (0 for the replayed GOP) and the caller's video k
 spacing from there; data messages get the time they arrive. Players start near 0 whatever the
 call's age, and a data-only watch (no video for this watcher) still moves forward in time.
 
+Supervisor audio (``audio=both``, ``audio_codec`` set): the call's audio, both parties mixed
+(:mod:`webgate.legs.monitor`, run by the hub while such a watcher is present), is encoded by a
+:class:`~webgate.legs.rtmp_audio.Player` in the play's ``codec=`` exactly as for a player of
+``session/ID`` (G.711, Nellymoser, Speex, AAC with its sequence header first; timestamps from
+the samples sent, from 0 at the play's start), and ``onMetaData`` says ``hasAudio: true`` with
+the player's audio fields. Audio tags take the players' back-pressure (``audio_wanted``:
+dropped, never queued; the AAC sequence header never dropped).
+
 Back-pressure: a watcher never queues. While the sink says its connection is behind
 (``writable()`` False: its unsent data waited past ``[rtmp] player_max_queue_ms``) video and
 data are dropped, and video resumes at the next keyframe (a decoder can do nothing with the
@@ -28,7 +36,8 @@ import base64
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from webgate.legs.hub import FlvVideo
+from webgate.legs.hub_types import FlvVideo
+from webgate.legs.rtmp_audio import Player
 
 __all__ = ["FLV_VIDEO_CODEC_IDS", "RtmpWatcher", "WatchSink", "watch_metadata"]
 
@@ -54,14 +63,22 @@ class WatchSink(Protocol):
 
     def send_data(self, timestamp_ms: int, name: str, value: Any) -> None: ...
 
+    def send_audio(self, timestamp_ms: int, data: bytes) -> None:
+        """One FLV audio tag body (supervisor audio); the sink applies the players' back-pressure."""
+        ...
+
     def end(self, cause: str) -> None:
         """The call ended: Stream EOF + ``NetStream.Play.Stop``."""
         ...
 
 
-def watch_metadata(codec: str | None, width: int | None, height: int | None) -> dict[str, Any]:
-    """The ``onMetaData`` object of a watch stream (no audio: ``audio=none``)."""
+def watch_metadata(codec: str | None, width: int | None, height: int | None, audio: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``onMetaData`` object of a watch stream; ``audio``: a player's audio metadata
+    (``audio=both``), None for ``audio=none``."""
     md: dict[str, Any] = {"hasAudio": False, "hasVideo": False}
+    if audio is not None:
+        md.update({k: v for k, v in audio.items() if k.startswith("audio") or k == "stereo"})
+        md["hasAudio"] = True
     cid = FLV_VIDEO_CODEC_IDS.get(codec or "")
     if cid is not None:
         md["hasVideo"] = True
@@ -71,6 +88,22 @@ def watch_metadata(codec: str | None, width: int | None, height: int | None) -> 
         if height:
             md["height"] = height
     return md
+
+
+class _AudioOut:
+    """The watcher's stream as a :class:`~webgate.legs.rtmp_audio.Player`'s sink."""
+
+    def __init__(self, watcher: RtmpWatcher) -> None:
+        self.watcher = watcher
+
+    @property
+    def open(self) -> bool:
+        w = self.watcher
+        return w.began and w.live and w.sink.open
+
+    def send_audio_tag(self, timestamp_ms: int, data: bytes) -> None:
+        self.watcher.sink.send_audio(timestamp_ms, data)
+        self.watcher.audio_tags_sent += 1
 
 
 class RtmpWatcher:
@@ -84,13 +117,19 @@ class RtmpWatcher:
 
     def __init__(
         self, sink: WatchSink, identity: str | None = None, session_id: str = "",
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None, audio_codec: str | None = None,
     ) -> None:
         self.sink = sink
+        #: ``audio=both``: the call's audio mixed, encoded as for a player of ``codec=audio_codec``
+        self.audio = audio_codec is not None
+        self.player = Player(_AudioOut(self), audio_codec) if audio_codec is not None else None
+        self.audio_tags_sent = 0
         self.clock = clock  # seconds (the reactor's); None: the watch's clock stands at 0
         self.identity = identity
         self.session_id = session_id
         self.metadata: dict[str, Any] | None = None
+        if self.player is not None:  # audio from the start, whether or not the caller has video
+            self.metadata = watch_metadata(None, None, None, self.player.metadata())
         self.codec: str | None = None
         self.live = True
         self.began = False
@@ -127,12 +166,17 @@ class RtmpWatcher:
     # ---- HubWatcher
     def video_started(self, codec: str | None, width: int | None, height: int | None) -> None:
         self.codec = codec
-        self.metadata = watch_metadata(codec, width, height)
+        self.metadata = watch_metadata(codec, width, height, self.player.metadata() if self.player is not None else None)
         if self.began and self.live and self.sink.open:
             self.sink.send_data(self._data_ts(), "onMetaData", self.metadata)
 
     def rtp_video(self, packet: Any) -> None:
         """Not for an FLV watcher (the hub sends it FLV only)."""
+
+    def audio_pcm(self, pcm: Any, rate: int) -> None:
+        """The call's mixed audio (every 20 ms, from the play's start): encoded and sent."""
+        if self.player is not None and self.began and self.live and self.sink.open:
+            self.player.pcm(pcm, rate)
 
     def flv_video(self, tag: FlvVideo) -> None:
         if not self.began:
