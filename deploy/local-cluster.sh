@@ -110,6 +110,7 @@ sip_contact = "sip:$addr:$NODE_SIP_PORT"
 heartbeat_s = $HEARTBEAT_S
 node_ttl_s = $NODE_TTL_S
 on_redis_down = "$ON_REDIS_DOWN"
+registrar = "sip:$KAMAILIO_ADDR:$KAMAILIO_PORT"
 EOF
     return 0
 }

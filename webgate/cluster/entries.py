@@ -58,17 +58,24 @@ class CallEntry:
     identity: str | None = None
     direction: str = "outbound"
     started: float = 0.0  # wall clock, seconds since the epoch
+    #: the call was placed with a token (``grant``), and that token's ``sub``: who may watch or
+    #: listen to it from another node (the redirects, webgate/calls/elsewhere.py)
+    token: bool = False
+    sub: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"ingress": self.ingress, "state": self.state, "identity": self.identity,
-                           "direction": self.direction, "started": round(self.started, 3)},
-                          separators=(",", ":"), sort_keys=True)
+        d: dict[str, Any] = {"ingress": self.ingress, "state": self.state, "identity": self.identity,
+                             "direction": self.direction, "started": round(self.started, 3)}
+        if self.token:
+            d["tok"], d["sub"] = 1, self.sub
+        return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, session_id: str, node: str, text: str | bytes) -> CallEntry:
         d = json.loads(text)
         return cls(session_id, node, str(d.get("ingress", "")), str(d.get("state", "")), d.get("identity"),
-                   str(d.get("direction", "outbound")), float(d.get("started", 0.0)))
+                   str(d.get("direction", "outbound")), float(d.get("started", 0.0)), bool(d.get("tok")),
+                   d.get("sub") if isinstance(d.get("sub"), str) else None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "node": self.node, "ingress": self.ingress, "state": self.state,

@@ -141,7 +141,7 @@ class ClusterNode:
         self._attempt, self._reserve, self._release = r(scripts.ATTEMPT), r(scripts.RESERVE), r(scripts.RELEASE)
         self._heartbeat, self._republish_s = r(scripts.HEARTBEAT), r(scripts.REPUBLISH)
         self._lookup_call, self._lookup_user, self._nodes = r(scripts.LOOKUP_CALL), r(scripts.LOOKUP_USER), r(scripts.NODES)
-        self._claim = r(scripts.CLAIM)
+        self._claim, self._newer_elsewhere = r(scripts.CLAIM), r(scripts.NEWER_ELSEWHERE)
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -534,6 +534,12 @@ class ClusterNode:
             return None
         node, entry, info = r
         return UserEntry.from_json(user, node, entry), NodeInfo.from_fields(node, pairs_to_dict(info))
+
+    async def newer_elsewhere(self, users: list[str]) -> list[str]:
+        """Which of ``users`` (registered here) registered on another live node later."""
+        if not users:
+            return []
+        return [str(u) for u in await self._ask(self._newer_elsewhere, *users) or ()]
 
     async def nodes(self) -> list[NodeInfo]:
         """The live nodes and their load."""

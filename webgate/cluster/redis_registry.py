@@ -33,6 +33,7 @@ from webgate.calls.session_id import SessionIdAllocator, SessionIdError
 from webgate.calls.users import WebUserEndpoint, WebUsers
 from webgate.cluster.entries import CallEntry, NodeInfo
 from webgate.cluster.node import ClusterNode
+from webgate.cluster.sip_users import SipUserRegistrations
 
 if TYPE_CHECKING:
     from webgate.calls.call import Call
@@ -42,8 +43,9 @@ __all__ = ["CallIndex", "ClusterSessionIds", "ClusterWebUsers", "RedisCallRegist
 
 def entry_of(call: Call, node: str) -> CallEntry:
     """The index entry of a live call of this node."""
+    grant = getattr(call, "grant", None)
     return CallEntry(call.session_id, node, call.ingress_kind, call.state.value, call.identity,
-                     call.direction, call.times.created)
+                     call.direction, call.times.created, grant is not None, getattr(grant, "sub", None))
 
 
 class RedisCallRegistry(CallRegistry):
@@ -86,6 +88,12 @@ class RedisCallRegistry(CallRegistry):
     async def locate(self, session_id: str) -> tuple[CallEntry, NodeInfo] | None:
         """The live call ``session_id`` on any node (raises ``cluster_unavailable``)."""
         return await self.node.lookup_call(session_id)
+
+    async def elsewhere(self, session_id: str) -> tuple[CallEntry, NodeInfo] | None:
+        """The live call ``session_id`` if it lives on another node (for a client's redirect;
+        raises ``cluster_unavailable``)."""
+        found = await self.node.lookup_call(session_id)
+        return found if found is not None and found[0].node != self.node.node_id else None
 
 
 class CallIndex:
@@ -146,19 +154,27 @@ class ClusterWebUsers(WebUsers):
     def __init__(self, node: ClusterNode, clock: Any = None, wall_clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock, wall_clock)
         self.node = node
+        #: the users' bindings at Kamailio's registrar (``[cluster] registrar``), else None
+        self.sip: SipUserRegistrations | None = None
 
     def register(self, user: str, endpoint: WebUserEndpoint, expires: float | None = None) -> WebUserEndpoint | None:
         old = super().register(user, endpoint, expires)
         self.node.register_user(user, endpoint.kind)
+        if self.sip is not None:
+            self.sip.register(user)
         return old
 
     def unregister(self, user: str, endpoint: WebUserEndpoint) -> bool:
         gone = super().unregister(user, endpoint)
         if gone:
             self.node.unregister_user(user)
+            if self.sip is not None:
+                self.sip.unregister(user)
         return gone
 
     def _expire(self, user: str, endpoint: WebUserEndpoint) -> None:
         super()._expire(user, endpoint)
         if self.lookup(user) is None:
             self.node.unregister_user(user)
+            if self.sip is not None:
+                self.sip.unregister(user)

@@ -19,7 +19,8 @@ on one Redis (primary/replica, Sentinel); on Redis Cluster the shared hash tag k
 
 from __future__ import annotations
 
-__all__ = ["ATTEMPT", "CLAIM", "HEARTBEAT", "LOOKUP_CALL", "LOOKUP_USER", "NODES", "RELEASE", "REPUBLISH", "RESERVE"]
+__all__ = ["ATTEMPT", "CLAIM", "HEARTBEAT", "LOOKUP_CALL", "LOOKUP_USER", "NEWER_ELSEWHERE", "NODES", "RELEASE",
+           "REPUBLISH", "RESERVE"]
 
 _PRELUDE = """
 local P, me = ARGV[1], ARGV[2]
@@ -186,6 +187,30 @@ for _, n in ipairs(live_nodes()) do
   if ARGV[3] == '1' then calls = redis.call('HGETALL', base .. ':calls') end
   out[#out + 1] = {n, redis.call('HGETALL', base), redis.call('HLEN', base .. ':calls'),
                    redis.call('HLEN', base .. ':users'), calls}
+end
+return out
+"""
+
+#: ARGV: P, node, user, user, ... -> the users (of this node) whose newest registration is on
+#: another live node (their SIP binding here must stop being refreshed: newest wins)
+NEWER_ELSEWHERE = _PRELUDE + """
+local mine = P .. 'node:' .. me .. ':users'
+local nodes = live_nodes()
+local out = {}
+for i = 3, #ARGV do
+  local u = ARGV[i]
+  local v = redis.call('HGET', mine, u)
+  local at = -1
+  if v then at = tonumber(cjson.decode(v)['at']) or 0 end
+  for _, n in ipairs(nodes) do
+    if n ~= me then
+      local w = redis.call('HGET', P .. 'node:' .. n .. ':users', u)
+      if w and (tonumber(cjson.decode(w)['at']) or 0) > at then
+        out[#out + 1] = u
+        break
+      end
+    end
+  end
 end
 return out
 """

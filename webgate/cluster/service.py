@@ -23,8 +23,9 @@ from twisted.logger import Logger
 
 from webgate.adapters import aio
 from webgate.calls.users import WebUsers
-from webgate.cluster.node import ClusterNode, connect, default_node_id
+from webgate.cluster.node import ClusterNode, ClusterUnavailable, connect, default_node_id
 from webgate.cluster.redis_registry import CallIndex, ClusterSessionIds, ClusterWebUsers, RedisCallRegistry
+from webgate.cluster.sip_users import SipUserRegistrations
 from webgate.config import ClusterConfig, Config, HostPort
 
 __all__ = ["ClusterService", "node_settings"]
@@ -74,6 +75,9 @@ class ClusterService:
         self.session_ids = ClusterSessionIds(self.node)
         self.index = CallIndex(self.node, lambda sid: self.registry.by_session_id(sid) is not None)
         self.running = False
+        self._web_users: list[ClusterWebUsers] = []
+        self.sip_users: SipUserRegistrations | None = None
+        self._sip_task: Any = None
 
     @property
     def node_id(self) -> str:
@@ -81,7 +85,30 @@ class ClusterService:
 
     def web_users(self, clock: Any) -> WebUsers:
         """The registered web users, published to the cluster."""
-        return ClusterWebUsers(self.node, clock)
+        users = ClusterWebUsers(self.node, clock)
+        self._web_users.append(users)
+        return users
+
+    def register_users_at(self, sip: SipUserRegistrations) -> None:
+        """Bind the web users at Kamailio's registrar (``[cluster] registrar``) from now on."""
+        self.sip_users = sip
+        for users in self._web_users:
+            users.sip = sip
+
+    async def _watch_sip_users(self) -> None:
+        """Every ``heartbeat_s``: a user whose newest registration is on another node stops
+        being refreshed here (Kamailio's route must stay with the newest)."""
+        while self.running:
+            await aio.sleep(self.node.settings.heartbeat_s)
+            sip = self.sip_users
+            if sip is None or not sip.by_user or not self.node.available:
+                continue
+            try:
+                moved = await self.node.newer_elsewhere(list(sip.by_user))
+            except ClusterUnavailable:
+                continue
+            for user in moved:
+                sip.superseded(user)
 
     def addresses(self, *, http: HostPort | None = None, rtmp: HostPort | None = None, sip: HostPort | None = None) -> None:
         """The node's public addresses that ``[cluster]`` left empty, from the bound listeners
@@ -101,11 +128,14 @@ class ClusterService:
         log.info("cluster: node {node} joining through Redis ({mode} while Redis is unreachable)",
                  node=self.node_id, mode="local session IDs" if self.node.local_mode else "new calls refused")
         aio.spawn(self.node.start(), "cluster start", node=self.node_id)
+        self._sip_task = aio.spawn(self._watch_sip_users(), "cluster web users at the registrar", node=self.node_id)
 
     def stop(self, leave: bool = True) -> Deferred[None]:
         """Stop the heartbeat; with ``leave`` remove the node from Redis at once (its calls
         ended already); close the Redis connections."""
         self.running = False
+        aio.cancel(self._sip_task)
+        self._sip_task = None
         return aio.as_deferred(self._stop(leave))
 
     async def _stop(self, leave: bool) -> None:
