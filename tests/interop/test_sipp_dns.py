@@ -83,7 +83,7 @@ async def test_the_first_srv_server_fails_and_the_call_lands_on_the_second(
         one = sipp_factory("uas_503")
         first_port = one.port
     else:
-        first_port = peers.free_port("udp")  # nothing listens: Timer B (6.4 s with T1 = 100 ms)
+        first_port = peers.free_port("udp")  # nothing listens: given up after [sip] failover_timeout_s (4 s)
     srv_zone(z, [first_port, second.port])
     svc = start_telephony(dns_config(dns_port))
     try:

@@ -85,6 +85,16 @@ class SipLocator:
             self._on_targets.setdefault(key, []).append(on_targets)
         return defer.Deferred.fromCoroutine(self._refresh_targets(key, plan))
 
+    def subscribe(self, uri: SipURI, transport: str | None, on_targets: Callable[[list[Addr]], None]) -> None:
+        """``on_targets(targets)`` after every answer for ``uri`` (already watched: its first
+        lookup may be in flight), and now if its targets are known already."""
+        plan = plan_for(uri, transport)
+        key: _Key = (plan.host, plan.transport, plan.port)
+        self._on_targets.setdefault(key, []).append(on_targets)
+        found = self.targets(uri, transport)
+        if found:
+            on_targets(found)
+
     def watch_name(self, name: str, on_addresses: Callable[[list[str]], None]) -> defer.Deferred[None]:
         """Resolve ``name`` (A, else AAAA) now and again at its TTL; ``on_addresses(ips)`` on
         every answer (not on failures: the last answer stays)."""

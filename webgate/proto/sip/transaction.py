@@ -684,6 +684,12 @@ class TransactionManager:
             return []
         return [TransportError(txn), *self._terminate(txn)]
 
+    def abandon(self, txn: ClientTransaction) -> None:
+        """Give up ``txn`` silently (no retransmissions, no timeout event): the TU tries another
+        server (RFC 3263 §4.3 failover before Timer B/F). A late response to it is then a stray
+        one (a 2xx to an INVITE still reaches the TU, to be ACKed and ended)."""
+        self._terminate(txn)
+
     def transport_failed(self, dest: Addr, now: float) -> list[Event]:
         """A connection to ``dest`` failed: every live transaction using it ends."""
         dest = (dest[0].lower(), dest[1], dest[2])

@@ -65,6 +65,7 @@ from webgate.proto.sip.transaction import (
     ServerTransaction,
     TimerConfig,
     TransactionManager,
+    TransactionState,
     TransactionTimeout,
     TransportError,
     new_branch,
@@ -128,6 +129,10 @@ class UAConfig:
     #: the smallest session interval we accept (RFC 4028 Min-SE: 90 s, the RFC's floor; only
     #: tests set less, to see timers fire in seconds)
     min_se: int = MIN_SE_FLOOR
+    #: RFC 3263 §4.3 failover without waiting for Timer B/F: a located server that has not
+    #: answered an INVITE or REGISTER at all (not even 100) within this many seconds is given up
+    #: (its transaction abandoned) and the next one tried; 0 = wait for Timer B/F
+    failover_timeout: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,6 +463,12 @@ class Registration:
         self.auth_attempts = 0
         self.txn: ClientTransaction | None = None
         self.active = True
+        #: RFC 3263 targets of the registrar (or proxy), in order; empty: ``registrar`` itself.
+        #: ``dest_index`` is the one in use: the next is tried after a 503 or no answer
+        self.destinations: list[Addr] = []
+        self.dest_index = 0
+        #: when the REGISTER in flight is given up if nothing came back (``failover_timeout``)
+        self.failover_at: float | None = None
 
 
 class UserAgent:
@@ -475,6 +486,11 @@ class UserAgent:
         #: (deadline, sequence, session, name), stale entries skipped (session.deadlines)
         self._heap: list[tuple[float, int, InviteSession, str]] = []
         self._heap_seq = 0
+        #: draining: out-of-dialog OPTIONS get 503, so a dispatcher's probing takes this node out
+        self.out_of_service = False
+        #: when the last out-of-dialog OPTIONS arrived (None: never), and how many got 503
+        self.options_at: float | None = None
+        self.options_refused = 0
 
     # --- wire-facing -----------------------------------------------------------------
     def outgoing(self) -> list[tuple[SipMessage, Addr]]:
@@ -483,6 +499,7 @@ class UserAgent:
     def next_timer(self) -> float | None:
         times = [t for t in [self.tm.next_timer(), self._next_session_timer()] if t is not None]
         times += [r.refresh_at for r in self.registrations if r.refresh_at is not None]
+        times += [r.failover_at for r in self.registrations if r.failover_at is not None]
         return min(times) if times else None
 
     def _next_session_timer(self) -> float | None:
@@ -520,6 +537,9 @@ class UserAgent:
             if session.state is not SessionState.TERMINATED:
                 self._session_timer_fired(session, name, now)
         for reg in list(self.registrations):
+            if reg.failover_at is not None and reg.failover_at <= now:
+                reg.failover_at = None
+                self._register_failover_timer(reg, now)
             if reg.refresh_at is not None and reg.refresh_at <= now:
                 reg.refresh_at = None
                 if reg.active:
@@ -690,7 +710,29 @@ class UserAgent:
         txn = self.tm.send_request(req, dest, now)
         session.invite_txn = txn
         self._track(txn, "invite", session)
+        self._arm_failover(session, now)
         return session
+
+    def _arm_failover(self, session: InviteSession, now: float) -> None:
+        """While another located server is left, give the current one ``failover_timeout``
+        seconds to answer at all (RFC 3263 §4.3 without waiting for Timer B)."""
+        if session.fallbacks and self.config.failover_timeout > 0:
+            self._arm(session, "failover", now + self.config.failover_timeout)
+        else:
+            self._disarm(session, "failover")
+
+    def _failover_timer(self, session: InviteSession, now: float) -> None:
+        """``failover_timeout`` passed: if the server has sent nothing (the INVITE transaction is
+        still Calling: no 100 either), abandon that transaction (a CANCEL needs a provisional
+        response first, RFC 3261 §9.1) and send the INVITE to the next server."""
+        txn = session.invite_txn
+        if not isinstance(txn, ClientTransaction) or txn.state is not TransactionState.CALLING:
+            return
+        if session.state is not SessionState.CALLING or session.cancelled or not session.fallbacks:
+            return
+        self.tm.abandon(txn)
+        self._by_txn.pop(id(txn), None)
+        self._failover(session, now)
 
     @staticmethod
     def _allow(session: InviteSession) -> str:
@@ -744,6 +786,7 @@ class UserAgent:
         session.dest = dest
         session.transport = dest[0]
         self._resend_invite(session, now, failover=True)
+        self._arm_failover(session, now)
         return True
 
     def _resend_invite_with_auth(self, session: InviteSession, response: SipResponse, now: float) -> bool:
@@ -886,12 +929,17 @@ class UserAgent:
             assert session.ack_dest is not None
             self.tm.send_stateless(session.ack, session.ack_dest)
             return
+        before = (session.dialog, session.ack, session.ack_dest)
         session.dialog = d
         self._send_ack(session, now)
         req = d.create_request("BYE", self._via(session.transport), None)
         _, _, target = d.next_request_target()
         txn = self.tm.send_request(req, self._in_dialog_dest(session, target), now)
         self._track(txn, "bye", session)
+        if session.state in (SessionState.CALLING, SessionState.EARLY):
+            # the 2xx of a server given up (failover_timeout) while the INVITE goes on elsewhere:
+            # that server's dialog is ended; the session keeps waiting for the next server's answer
+            session.dialog, session.ack, session.ack_dest = before
 
     def _cancel(self, session: InviteSession) -> None:
         if session.role != "uac" or session.state not in (SessionState.CALLING, SessionState.EARLY):
@@ -1074,6 +1122,9 @@ class UserAgent:
     def _session_timer_fired(self, session: InviteSession, name: str, now: float) -> None:
         if name == "rel":
             self._retransmit_reliable(session, now)
+            return
+        if name == "failover":
+            self._failover_timer(session, now)
             return
         if name != "session" or not session.timer.running:
             return
@@ -1501,7 +1552,11 @@ class UserAgent:
             elif kind in ("bye", "info", "cancel", "prack", "notify"):
                 pass
             elif kind == "register" and isinstance(obj, Registration):
-                self._events.append(RegistrationFailed(obj, 408, "Request Timeout"))
+                if obj.txn is ev.txn:
+                    obj.failover_at = None
+                    if self._register_failover(obj, now):
+                        return
+                self._events.append(RegistrationFailed(obj, status, reason))
                 obj.refresh_at = now + 30.0
         elif isinstance(ev, AckTimeout):
             owner = self._session_for_txn(ev.txn)
@@ -1602,9 +1657,14 @@ class UserAgent:
             if method == "INVITE":
                 self._on_new_invite(txn, req, self._source, now)
             elif method == "OPTIONS":
-                self._respond(txn, req, 200, now, to_tag=new_tag(),
-                              headers=[("Allow", ALLOW), ("Accept", "application/sdp, application/dtmf-relay"),
-                                       ("Supported", "replaces, 100rel, timer")])
+                self.options_at = now
+                if self.out_of_service:
+                    self.options_refused += 1
+                    self._respond(txn, req, 503, now, to_tag=new_tag(), headers=[("Retry-After", "60")])
+                else:
+                    self._respond(txn, req, 200, now, to_tag=new_tag(),
+                                  headers=[("Allow", ALLOW), ("Accept", "application/sdp, application/dtmf-relay"),
+                                           ("Supported", "replaces, 100rel, timer")])
             elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"):
                 self._respond(txn, req, 481, now, to_tag=new_tag())
             else:
@@ -1699,14 +1759,52 @@ class UserAgent:
 
     # --- REGISTER ------------------------------------------------------------------------
     def register(self, aor: SipURI, registrar: SipURI, now: float, *, credentials: Credentials | None = None,
-                 expires: int = 300, transport: str | None = None) -> Registration:
+                 expires: int = 300, transport: str | None = None,
+                 destinations: list[Addr] | None = None) -> Registration:
+        """REGISTER ``aor`` at ``registrar`` and keep it refreshed. ``destinations``: where to
+        send it, in order (the registrar's RFC 3263 targets); the next one is tried after a 503,
+        a transport error or no answer (Timer F, or ``failover_timeout`` with nothing back)."""
         if aor.user is not None:
             check_user(aor.user, "registration user")
         t = (transport or registrar.transport).lower()
         reg = Registration(self, aor, registrar, credentials, expires, t)
         self.registrations.append(reg)
+        self.set_register_destinations(reg, destinations or [])
         self._send_register(reg, now)
         return reg
+
+    def set_register_destinations(self, reg: Registration, destinations: list[Addr]) -> None:
+        """New RFC 3263 targets for ``reg`` (a DNS refresh): the server in use stays in use
+        while it is still among them; those without a listener of their transport are left out."""
+        usable = [d for d in destinations if d[0] in self.config.endpoints]
+        current = reg.destinations[reg.dest_index] if reg.destinations else None
+        reg.destinations = usable
+        reg.dest_index = usable.index(current) if current in usable else 0
+        if usable:
+            reg.transport = usable[reg.dest_index][0]
+
+    def _register_failover(self, reg: Registration, now: float) -> bool:
+        """After a 503 or no answer, the REGISTER goes to the next located server; False when
+        there is none (the next attempt, 30 s later, starts again from the first)."""
+        if reg.dest_index + 1 >= len(reg.destinations):
+            reg.dest_index = 0
+            if reg.destinations:
+                reg.transport = reg.destinations[0][0]
+            return False
+        reg.dest_index += 1
+        reg.transport = reg.destinations[reg.dest_index][0]
+        reg.auth_attempts = 0
+        self._send_register(reg, now, expires=None if reg.active else 0)
+        return True
+
+    def _register_failover_timer(self, reg: Registration, now: float) -> None:
+        txn = reg.txn
+        if txn is None or txn.state is not TransactionState.TRYING or reg.dest_index + 1 >= len(reg.destinations):
+            return
+        self.tm.abandon(txn)
+        self._by_txn.pop(id(txn), None)
+        reg.txn = None
+        self._register_failover(reg, now)
 
     def unregister(self, reg: Registration, now: float) -> None:
         reg.active = False
@@ -1734,13 +1832,22 @@ class UserAgent:
         if reg.registrar.params.get("transport"):
             ruri.params["transport"] = reg.registrar.params["transport"]
         req = SipRequest(headers=h, method="REGISTER", uri=ruri)
-        dest = self._dest_for(self.config.outbound_proxy or reg.registrar, reg.transport)
+        if reg.destinations:
+            dest = reg.destinations[reg.dest_index]
+        else:
+            dest = self._dest_for(self.config.outbound_proxy or reg.registrar, reg.transport)
         txn = self.tm.send_request(req, dest, now)
         reg.txn = txn
         self._track(txn, "register", reg)
+        more = reg.dest_index + 1 < len(reg.destinations)
+        reg.failover_at = now + self.config.failover_timeout if more and self.config.failover_timeout > 0 else None
 
     def _on_register_response(self, reg: Registration, resp: SipResponse, now: float) -> None:
+        if reg.txn is not None and resp.cseq.number == reg.txn.request.cseq.number:
+            reg.failover_at = None  # the server answers: no failover for lack of an answer
         if resp.status < 200:
+            return
+        if resp.status == 503 and self._register_failover(reg, now):
             return
         if 200 <= resp.status < 300:
             reg.auth_attempts = 0
