@@ -169,6 +169,13 @@ def _rtp_parsers(packet: bytes) -> None:
     lean = rtp.parse_payload(packet)
     if lean is not None and p is not None and lean[4] != p.payload:
         raise ContractViolation("parse_payload and RtpPacket.parse disagree on the payload")
+    if p is not None:
+        # the fast constructor (RtpPacket._fields) makes what the dataclass makes, and an unpadded
+        # packet serializes back to its own bytes (serialize's one-pack path included)
+        if p != rtp.RtpPacket(**vars(p)) or vars(p) != vars(rtp.RtpPacket(**vars(p))):
+            raise ContractViolation("RtpPacket.parse built another packet than its dataclass would")
+        if not p.padding_size and p.serialize() != bytes(packet):
+            raise ContractViolation("RtpPacket.parse -> serialize does not give the packet back")
     try:
         rtp.parse_rtcp(packet)
     except RemoteProtocolError:

@@ -14,6 +14,7 @@ import pytest_twisted
 from tests.adapters.webrtc_client import Browser, Gateway, close_all, complete_call, connect
 from tests.calls.gw import sleep, wait_for
 from webgate.legs.webrtc import WebRtcSettings
+from webgate.adapters import media_loop
 from webgate.adapters.webrtc_direct import DirectAudio
 from webgate.proto.rtp import parse_payload
 from webgate.calls import dialplan
@@ -24,21 +25,29 @@ def _rtp(pt: int, payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("codecs", "direct", "path", "sip_codecs"),
+    ("codecs", "direct", "path", "sip_codecs", "media_io"),
     [
-        (None, True, "packet", None),  # G.711 relayed, both ways direct
-        (None, False, "packet", None),  # the same on aiortc's own media path
-        (["G722"], True, "frame", None),  # transcoded: decoded and encoded in the leg, sent direct
-        (["opus"], True, "packet", None),
-        (["opus"], True, "frame", ["PCMU"]),  # Opus <-> G.711: Opus encoded from 8 kHz as it is
+        (None, True, "packet", None, "loop"),  # G.711 relayed, both ways direct, one loop reader
+        (None, True, "packet", None, "twisted"),  # the same on Twisted's/asyncio's per-socket readers
+        (None, True, "packet", None, "loop:5"),  # the loop reader on a 5 ms timer ([rtp] read_interval_ms)
+        (None, False, "packet", None, "loop"),  # the same on aiortc's own media path
+        (["G722"], True, "frame", None, "loop"),  # transcoded: decoded and encoded in the leg, sent direct
+        (["opus"], True, "packet", None, "loop"),
+        (["opus"], True, "packet", None, "twisted"),
+        (["opus"], True, "frame", ["PCMU"], "loop"),  # Opus <-> G.711: Opus encoded from 8 kHz as it is
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool, path: str, sip_codecs: list[str] | None,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         media_io: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if sip_codecs:  # what the gateway offers the built-in echo (which answers in offer order)
         monkeypatch.setattr(dialplan, "BUILTIN_ROUTE_CODECS", tuple(sip_codecs))
-    gw = Gateway(settings=WebRtcSettings(direct_audio=direct, allow_private_candidates=True))
+    media_io, _, interval = media_io.partition(":")
+    gw = Gateway({"rtp": {"media_io": media_io, "read_interval_ms": int(interval or 0)}},
+                 settings=WebRtcSettings(direct_audio=direct, allow_private_candidates=True))
+    reader = gw.svc.rtp_pool.reader
+    assert (reader is not None) == (media_io == "loop")
+    assert reader is None or reader.interval == int(interval or 0) / 1000
     browser = Browser(tone_hz=700.0, codecs=codecs)
     ws = None
     try:
@@ -66,6 +75,11 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
                 assert leg.stats.packets_relayed > 50
             # bytes that look like the call's audio but fail SRTP authentication: dropped, counted
             proto = leg.pc.getTransceivers()[0].sender.transport.transport._connection._nominated[1].protocol
+            ice_sock = proto.transport._sock
+            # [rtp] media_io: the ICE socket is read by the loop reader, or by asyncio's own reader
+            assert (reader is not None and ice_sock in reader._fds) == (media_io == "loop")
+            assert (ice_sock.fileno() in proto.transport._loop._selector.get_map()) == (media_io == "twisted")
+            assert (d._sendto == proto.transport.sendto) == (media_io == "twisted")  # loop: the socket's own sendto
             before = d.packets_received
             for junk in (_rtp(leg._audio_pt, b"\x00" * 170), _rtp(leg._audio_pt, b"\x01"), b"\x80" + bytes([leg._audio_pt]) + b"\xff" * 40):
                 proto.datagram_received(junk, ("127.0.0.1", 9))
@@ -82,8 +96,10 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
         assert await wait_for(lambda: len(gw.svc.registry) == 0, 5)
         if direct:
             assert "datagram_received" not in vars(proto)  # the hook is gone with the call
+            assert reader is None or ice_sock not in reader._fds
     finally:
         await close_all(gw, browser, ws)
+        media_loop.set_default_mode("loop", 0)
 
 
 class _Proto:

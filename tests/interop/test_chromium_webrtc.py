@@ -149,9 +149,13 @@ def browser_ready(require_program: Callable[[str], str]) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("media_io", ["loop", "twisted"])  # each relay implementation ([rtp] media_io)
 @pytest_twisted.ensureDeferred
-async def test_chromium_calls_echo_hears_its_tone_and_dtmf(browser_ready: None, tone_wav: str) -> None:
-    gw = Gateway()
+async def test_chromium_calls_echo_hears_its_tone_and_dtmf(browser_ready: None, tone_wav: str, media_io: str) -> None:
+    gw = Gateway({"rtp": {"media_io": media_io}})
+    reader = gw.svc.rtp_pool.reader
+    assert (reader is not None) == (media_io == "loop")
+    read_before = reader.datagrams if reader is not None else 0
     try:
 
         def steps(drv: Any) -> dict[str, Any]:
@@ -184,6 +188,8 @@ async def test_chromium_calls_echo_hears_its_tone_and_dtmf(browser_ready: None, 
         assert result["finalState"] == "ended"
         assert await wait_for(lambda: len(gw.svc.registry) == 0 and not gw.manager.builtin_calls, 5)
         assert await wait_for(lambda: not gw.svc.rtp_pool.in_use, 5)
+        if reader is not None:  # the call's media came through the one loop reader (both legs: > 2 × 50)
+            assert reader.datagrams - read_before > 100
     finally:
         await gw.stop()
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 from twisted.internet import protocol, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from webgate.adapters.media_loop import MediaReader, asyncio_loop_of, reader_for
 from webgate.calls.errors import NoPortsAvailable
 from webgate.media.stream import RtpAudioStream
 
@@ -49,9 +51,16 @@ class RtpEndpoint:
         self._rtp = _Socket(self, False)
         self._rtcp = _Socket(self, True)
         self._listeners: list[Any] = []
+        #: ``[rtp] media_io = "loop"``: the (RTP, RTCP) sockets, read by the pool's MediaReader
+        self._socks: tuple[socket.socket, socket.socket] | None = None
+        self._dest_ok: tuple[Any, ...] = ((), ())  # the last (RTP, RTCP) destinations found to be IP literals
         self.released = False
 
     def bind(self) -> None:
+        reader = self.pool.reader
+        if reader is not None:
+            self._bind_loop(reader)
+            return
         r = self.pool.reactor
         a = r.listenUDP(self.rtp_port, self._rtp, interface=self.pool.bind_host)
         try:
@@ -61,7 +70,63 @@ class RtpEndpoint:
             raise
         self._listeners = [a, b]
 
+    def _bind_loop(self, reader: MediaReader) -> None:
+        """Bind both ports as plain non-blocking sockets read by the pool's one MediaReader."""
+        host = self.pool.bind_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socks: list[socket.socket] = []
+        port = self.rtp_port
+        try:
+            for port in (self.rtp_port, self.rtcp_port):
+                s = socket.socket(family, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.setblocking(False)
+                s.bind((host, port))
+        except OSError as e:
+            for s in socks:
+                s.close()
+            raise CannotListenError(host, port, e) from None
+        self._socks = (socks[0], socks[1])
+        reader.add(socks[0], self._rtp_datagram)
+        reader.add(socks[1], self._rtcp_datagram)
+
+    def _rtp_datagram(self, data: bytes, addr: Any) -> None:
+        stream = self.stream
+        if stream is not None:
+            try:
+                stream.datagram_received(data, (addr[0], addr[1]), self.pool.reactor.seconds())
+            except Exception:  # noqa: BLE001 - as _Socket: logged, the next packet is read
+                log.failure("RTP packet handling failed on port {port}", port=self.rtp_port)
+
+    def _rtcp_datagram(self, data: bytes, addr: Any) -> None:
+        stream = self.stream
+        if stream is not None:
+            try:
+                stream.rtcp_received(data, (addr[0], addr[1]), self.pool.reactor.seconds())
+            except Exception:  # noqa: BLE001 - as _Socket: logged, the next packet is read
+                log.failure("RTP packet handling failed on port {port}", port=self.rtp_port)
+
+    def _send_loop(self, i: int, data: bytes, dest: tuple[str, int]) -> None:
+        assert self._socks is not None
+        ok = self._dest_ok
+        if dest != ok[i]:
+            # an IP literal only (as Twisted's Port.write): a host name would be resolved,
+            # blocking, on every packet
+            try:
+                socket.inet_pton(self._socks[i].family, dest[0])
+            except (OSError, TypeError, ValueError, IndexError):
+                log.debug("RTP send to {dest} refused: not an IP address of this socket's family", dest=dest)
+                return
+            self._dest_ok = (dest, ok[1]) if i == 0 else (ok[0], dest)
+        try:
+            self._socks[i].sendto(data, dest)
+        except OSError as e:
+            log.debug("RTP send to {dest} failed: {e}", dest=dest, e=e)
+
     def send_rtp(self, data: bytes, dest: tuple[str, int]) -> None:
+        if self._socks is not None:
+            self._send_loop(0, data, dest)
+            return
         if self._rtp.transport is not None:
             try:
                 self._rtp.transport.write(data, dest)
@@ -69,6 +134,9 @@ class RtpEndpoint:
                 log.debug("RTP send to {dest} failed: {e}", dest=dest, e=e)
 
     def send_rtcp(self, data: bytes, dest: tuple[str, int]) -> None:
+        if self._socks is not None:
+            self._send_loop(1, data, dest)
+            return
         if self._rtcp.transport is not None:
             try:
                 self._rtcp.transport.write(data, dest)
@@ -158,7 +226,7 @@ def source_drops(stream: RtpAudioStream) -> tuple[int, int, int]:
 
 class RtpPortPool:
     def __init__(self, reactor: Any, bind_host: str, port_min: int, port_max: int, *,
-                 strict_source: bool = True, relearn_after_s: float = 0.0) -> None:
+                 strict_source: bool = True, relearn_after_s: float = 0.0, media_io: str | None = None) -> None:
         if port_min % 2:
             port_min += 1
         self.reactor = reactor
@@ -173,6 +241,9 @@ class RtpPortPool:
         self.relearn_after_s = relearn_after_s
         #: packets dropped by the strict source of streams already released (SOURCE_DROPS order)
         self._drops_done = [0, 0, 0]
+        #: ``[rtp] media_io``: "loop" reads every port through one MediaReader (when the reactor
+        #: runs on an asyncio loop); "twisted": a Twisted UDP port each. None: the process default
+        self.reader = reader_for(asyncio_loop_of(reactor), media_io)
 
     @property
     def capacity(self) -> int:
@@ -222,4 +293,10 @@ class RtpPortPool:
             except Exception:
                 log.failure("stopListening on RTP port failed")
         ep._listeners = []
+        if ep._socks is not None:
+            for s in ep._socks:
+                if self.reader is not None:
+                    self.reader.remove(s)
+                s.close()
+            ep._socks = None
         self.in_use.pop(ep.rtp_port, None)

@@ -42,6 +42,7 @@ from typing import Any
 from aiortc import clock
 from twisted.logger import Logger
 
+from webgate.adapters import media_loop
 from webgate.proto.rtp import parse_payload
 
 __all__ = ["DirectAudio", "SrtpTap", "nominated_path"]
@@ -58,10 +59,13 @@ _TAPS: weakref.WeakKeyDictionary[Any, SrtpTap] = weakref.WeakKeyDictionary()
 
 def nominated_path(dtls: Any) -> tuple[Any, Callable[[bytes, Any], None], Any]:
     """(ICE socket protocol, its ``sendto``, the remote address) of a connected DTLS transport's
-    nominated candidate pair. Raises AttributeError/KeyError/TypeError when aiortc/aioice differ."""
+    nominated candidate pair. Raises AttributeError/KeyError/TypeError when aiortc/aioice differ.
+    With ``[rtp] media_io = "loop"`` the ``sendto`` is the socket's own (media_loop.fast_sendto),
+    for the audio here and the video of :mod:`webgate.adapters.webrtc_video` alike."""
     pair = dtls.transport._connection._nominated[1]
     protocol = pair.protocol
-    return protocol, protocol.transport.sendto, pair.remote_addr
+    transport = protocol.transport
+    return protocol, media_loop.fast_sendto(transport, transport.sendto), pair.remote_addr
 
 
 class SrtpTap:
@@ -93,6 +97,14 @@ class SrtpTap:
             original(data, addr)
 
         protocol.datagram_received = datagram_received  # asyncio looks it up on the instance
+        # [rtp] media_io = "loop": the socket is read by the loop's one MediaReader (drained per
+        # wake-up) instead of asyncio's reader, one datagram a wake-up; everything still goes
+        # through the hook above
+        self._give_back: Callable[[], None] | None = None
+        transport = getattr(protocol, "transport", None)
+        reader = media_loop.reader_for(getattr(transport, "_loop", None))
+        if reader is not None and transport is not None:
+            self._give_back = media_loop.take_asyncio_socket(reader, transport, datagram_received)
 
     @classmethod
     def take(cls, protocol: Any, unprotect: Callable[[bytes], bytes], payload_types: set[int] | frozenset[int],
@@ -111,6 +123,9 @@ class SrtpTap:
             self.routes.pop(pt, None)
         if not self.routes and _TAPS.get(self.protocol) is self:
             del _TAPS[self.protocol]
+            if self._give_back is not None:
+                self._give_back()
+                self._give_back = None
             try:
                 del self.protocol.datagram_received  # back to the class's method
             except AttributeError:

@@ -93,11 +93,28 @@ class RtpPacket:
         return self.extension_profile is not None
 
     @classmethod
+    def _fields(cls, payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes, marker: bool,
+                csrcs: tuple[int, ...] = (), extension_profile: int | None = None, extension_data: bytes = b"",
+                padding_size: int = 0, version: int = RTP_VERSION) -> RtpPacket:
+        """The packet with these fields, without the frozen dataclass's ``__init__`` (one
+        ``object.__setattr__`` per field): the per-packet path (parse, :class:`RtpSender`) of a relay.
+        The caller gives every field its type (the dataclass checks none either)."""
+        packet = _new_object(cls)
+        packet.__dict__.update(payload_type=payload_type, sequence=sequence, timestamp=timestamp, ssrc=ssrc,
+                               payload=payload, marker=marker, csrcs=csrcs, extension_profile=extension_profile,
+                               extension_data=extension_data, padding_size=padding_size, version=version)
+        return packet
+
+    @classmethod
     def parse(cls, data: bytes) -> RtpPacket:
-        data = bytes(data)
-        if len(data) < 12:
-            raise RemoteProtocolError(f"RTP packet too short ({len(data)} bytes)")
-        b0, b1, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", data)
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        if n < 12:
+            raise RemoteProtocolError(f"RTP packet too short ({n} bytes)")
+        b0, b1, sequence, timestamp, ssrc = _HDR.unpack_from(data)
+        if b0 == 0x80:  # version 2, no padding, extension or CSRC: most packets
+            return cls._fields(b1 & 0x7F, sequence, timestamp, ssrc, data[12:], b1 > 127)
         version = b0 >> 6
         if version != RTP_VERSION:
             raise RemoteProtocolError(f"RTP version {version} not supported")
@@ -142,6 +159,12 @@ class RtpPacket:
         )
 
     def serialize(self) -> bytes:
+        if (not self.csrcs and self.extension_profile is None and not self.padding_size
+                and 0 <= self.payload_type <= 127 and 0 <= self.sequence < _SEQ_MOD
+                and 0 <= self.timestamp < _TS_MOD and 0 <= self.ssrc < _TS_MOD):
+            # the common packet (a relay's): the same bytes as below, in one pack
+            return _HDR.pack(0x80, self.payload_type | (0x80 if self.marker else 0), self.sequence,
+                             self.timestamp, self.ssrc) + self.payload
         if not 0 <= self.payload_type <= 127:
             raise LocalProtocolError(f"bad payload type {self.payload_type}")
         if not 0 <= self.sequence < _SEQ_MOD:
@@ -178,6 +201,8 @@ class RtpPacket:
 
 
 _SEQ_TS = struct.Struct("!HI")
+_HDR = struct.Struct("!BBHII")
+_new_object = object.__new__
 
 
 def parse_payload(data: bytes) -> tuple[int, int, int, bool, bytes] | None:
@@ -607,14 +632,8 @@ class RtpSender:
     def next_packet(self, payload: bytes, samples: int, marker: bool = False,
                     payload_type: int | None = None) -> RtpPacket:
         """A packet stamped with the current timestamp; then advance ts by ``samples``."""
-        packet = RtpPacket(
-            payload_type=self.payload_type if payload_type is None else payload_type,
-            sequence=self.sequence,
-            timestamp=self.timestamp,
-            ssrc=self.ssrc,
-            payload=bytes(payload),
-            marker=marker,
-        )
+        packet = RtpPacket._fields(self.payload_type if payload_type is None else payload_type, self.sequence,
+                                   self.timestamp, self.ssrc, bytes(payload), marker)
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + samples) & 0xFFFFFFFF
         self.packet_count += 1
