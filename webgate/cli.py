@@ -95,6 +95,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             caller_id=args.caller_id,
             session_id=args.session_id,
             watch=(args.watch[0] if len(args.watch) == 1 else args.watch) if args.watch else None,
+            record=args.record,
             issuer=issuer,
             audience=audience,
         )
@@ -166,6 +167,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "--watch", action="append", default=[], metavar="ID",
         help="a session ID whose call's video and data the token may watch (repeatable), or '*' for any call",
     )
+    t.add_argument("--record", choices=("off", "audio", "audio+video"),
+                   help="call recording for the call: less than the route's, or more with record_on_request (docs/recording.md)")
     t.add_argument("--issuer", metavar="ISS", help="'iss' claim (default: the config's [tokens] issuer)")
     t.add_argument("--audience", metavar="AUD", help="'aud' claim (default: the config's [tokens] audience)")
     t.set_defaults(func=cmd_token)

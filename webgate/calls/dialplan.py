@@ -47,6 +47,9 @@ class RouteDecision:
     #: where the INVITE goes, in failover order (RFC 3263, from the locator's cache); () = the
     #: target's (or proxy's) host as it is
     destinations: tuple[Addr, ...] = ()
+    #: the route's ``record`` ("off" / "audio" / "audio+video") and ``record_on_request``
+    record: str = "off"
+    record_on_request: bool = False
 
 
 class ServerLocator(Protocol):
@@ -173,4 +176,6 @@ class DialPlan:
             transfer=bool(route.transfer),
             outbound_proxy=proxy,
             destinations=destinations,
+            record=route.record,
+            record_on_request=bool(route.record_on_request),
         )

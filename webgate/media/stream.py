@@ -33,6 +33,32 @@ class StreamLog(Protocol):
     def warn(self, format: str, **kwargs: Any) -> None: ...
 
 
+class AudioTap(Protocol):
+    """Sees both directions' payloads in the SIP codec (a call recording,
+    webgate/media/recording/audio.py); it must only queue them: it runs on the forwarding path."""
+
+    def sent(self, ssrc: int, timestamp: int, payload: bytes) -> None: ...
+
+    def received(self, ssrc: int, timestamp: int, payload: bytes) -> None: ...
+
+    def sent_pcm(self, pcm: PCM) -> None: ...
+
+    def received_pcm(self, ssrc: int, timestamp: int, pcm: PCM) -> None: ...
+
+
+class AudioPrompt(Protocol):
+    """Sound mixed into both directions (a recording's announcement and beeps,
+    webgate/media/recording/prompt.py): toward SIP (``out``) and toward the web side (``in``)."""
+
+    def out_pcm(self, pcm: PCM) -> PCM: ...
+
+    def in_pcm(self, pcm: PCM) -> PCM: ...
+
+    def out_payload(self, payload: bytes) -> bytes: ...
+
+    def in_payload(self, payload: bytes) -> bytes: ...
+
+
 class _NoLog:
     def info(self, format: str, **kwargs: Any) -> None:
         pass
@@ -117,6 +143,11 @@ class RtpAudioStream:
         self.on_audio: Callable[[PCM, int], None] | None = None
         self.on_payload: Callable[[bytes, int, rtp.RtpPacket], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
+        #: a call recording's tap on both directions (None: not recorded)
+        self.recorder: AudioTap | None = None
+        #: sound mixed into both directions while a recording plays it (None: nothing)
+        self.prompt: AudioPrompt | None = None
+        self._encoding = False  # send_pcm's payloads are already mixed
         self.first_packet_at: float | None = None
         self.remote_report: rtp.ReportBlock | None = None  # the far end's RTCP report on what we send
 
@@ -239,10 +270,14 @@ class RtpAudioStream:
         if self.rx_stats is not None:
             self.rx_stats.update(packet, now)
         if self.on_payload is not None:
-            self.on_payload(packet.payload, self._payload_samples(packet), packet)
-            return
-        if self.jitter is not None:
+            payload = packet.payload if self.prompt is None else self.prompt.in_payload(packet.payload)
+            self.on_payload(payload, self._payload_samples(packet), packet)
+        elif self.jitter is not None:
             self.jitter.put(packet, now)
+        if self.recorder is not None and self.on_payload is not None:
+            # packet path, after the relay: it only queues (decoded at its flush); the frame
+            # path hands it the PCM it decodes anyway (tick)
+            self.recorder.received(packet.ssrc, packet.timestamp, packet.payload)
 
     def _payload_samples(self, packet: rtp.RtpPacket) -> int:
         """Packet path: the duration of a received payload (RTP clock), from the timestamp step
@@ -331,6 +366,10 @@ class RtpAudioStream:
                 if item is None:
                     break
                 pcm = self._play(item)
+                if pcm is not None and len(pcm) and self.recorder is not None and isinstance(item, rtp.RtpPacket):
+                    self.recorder.received_pcm(item.ssrc, item.timestamp, pcm)
+                if pcm is not None and len(pcm) and self.prompt is not None:
+                    pcm = self.prompt.in_pcm(pcm)
                 if pcm is not None and len(pcm):
                     played += len(pcm)
                     if self.on_audio is not None:
@@ -408,16 +447,24 @@ class RtpAudioStream:
             if rs is None:
                 rs = self._resamplers.to_codec[rate] = Resampler(rate, self.codec.sample_rate)
             pcm = rs.resample(pcm)
+        if self.prompt is not None:
+            pcm = self.prompt.out_pcm(pcm)
+        if self.recorder is not None and self.can_send:
+            self.recorder.sent_pcm(pcm)  # the frame path: the PCM, not the payloads, is recorded
         frames = self.packet_plan[1]
-        for payload in self.encoder.encode(pcm):
-            if frames <= 1:
-                self.send_payload(payload, self._packet_samples)
-                continue
-            self._pending.append(payload)
-            if len(self._pending) >= frames:
-                packet = self.encoder.pack(self._pending)
-                self._pending = []
-                self.send_payload(packet, self._packet_samples)
+        self._encoding = True
+        try:
+            for payload in self.encoder.encode(pcm):
+                if frames <= 1:
+                    self.send_payload(payload, self._packet_samples)
+                    continue
+                self._pending.append(payload)
+                if len(self._pending) >= frames:
+                    packet = self.encoder.pack(self._pending)
+                    self._pending = []
+                    self.send_payload(packet, self._packet_samples)
+        finally:
+            self._encoding = False
 
     def send_payload(self, payload: bytes, samples: int | None = None, marker: bool = False) -> None:
         """Packet path: an already-encoded payload in the negotiated codec."""
@@ -428,8 +475,12 @@ class RtpAudioStream:
             # RFC 4733 §2.5.1.2: audio is not sent while the event is being signalled
             self.sender.skip(n)
             return
+        if self.prompt is not None and not self._encoding:
+            payload = self.prompt.out_payload(payload)
         pkt = self.sender.next_packet(payload, n, marker=marker)
         self._write(pkt)
+        if self.recorder is not None and self.can_send and not self._encoding:
+            self.recorder.sent(pkt.ssrc, pkt.timestamp, payload)
 
     def send_dtmf(self, digit: str, duration_ms: int = 160) -> bool:
         """Queue an RFC 4733 digit. False when the far end did not negotiate telephone-event."""
@@ -455,6 +506,8 @@ class RtpAudioStream:
         self.on_audio = None
         self.on_payload = None
         self.on_dtmf = None
+        self.recorder = None
+        self.prompt = None
 
 
 def _fmt(addr: HostPort | None) -> str:

@@ -57,6 +57,8 @@ def cdr_of(call: Any) -> dict[str, Any]:
         "dtmf_received": info["dtmf_received"],
         # only a call the SIP far end transferred (REFER) has it: {"to", "referred_by", "at", "sip_call_id"}
         **({"transfers": info["transfers"]} if info.get("transfers") else {}),
+        # only a recorded call has it: the recording's sidecar (docs/recording.md)
+        **({"recording": call.recording} if isinstance(getattr(call, "recording", None), str) else {}),
     }
 
 

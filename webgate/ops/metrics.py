@@ -172,6 +172,7 @@ class _LiveCollector:
         for kind in sorted(set(ERROR_KINDS) | set(errs)):
             fam.add_metric([kind], errs.get(kind, 0))
         yield fam
+        yield from _recordings(getattr(tel, "recordings", None))
         accepting = bool(getattr(manager, "accepting", False)) if manager is not None else False
         yield GaugeMetricFamily("webgate_accepting_calls", "1 while new calls are taken, 0 while shutting down", value=int(accepting))
         yield from self._connections(transport)
@@ -195,6 +196,21 @@ class _LiveCollector:
         yield live
         yield refused
         yield closed
+
+
+def _recordings(recs: Any) -> Iterator[Metric]:
+    """Call recording (webgate/calls/recording.py): events by kind, live recordings."""
+    fam = CounterMetricFamily(
+        "webgate_recordings",
+        "Call recordings by event: started, stopped, failed (disk full, write error: the call went on), "
+        "refused_low_space ([recording] min_free_mb), refused_error, deleted",
+        labels=["event"],
+    )
+    counters = dict(getattr(recs, "counters", {}) or {})
+    for event in sorted(counters):
+        fam.add_metric([event], counters[event])
+    yield fam
+    yield GaugeMetricFamily("webgate_recordings_active", "Calls being recorded now", value=len(getattr(recs, "active", {}) or {}))
 
 
 class MetricsResource(resource.Resource):

@@ -56,6 +56,8 @@ MAX_DESTS = 64
 MAX_WATCH = 64
 #: the ``watch`` claim's value for "any live call" (agents)
 WATCH_ANY = "*"
+#: the values of the ``record`` claim (as ``[[route]] record``)
+RECORD_CLAIMS = ("off", "audio", "audio+video")
 MAX_SUB_LENGTH = 128
 #: the longest call a token can grant (one day); the global and route limits still apply
 MAX_TOKEN_DURATION_S = 86400
@@ -95,6 +97,8 @@ class Grant:
     expires: float = 0.0
     #: the ``watch`` claim: session IDs whose calls the holder may watch, or ``("*",)`` for any
     watch: tuple[str, ...] = ()
+    #: the ``record`` claim: "off", "audio" or "audio+video" (None: the route decides)
+    record: str | None = None
 
     def allows(self, destination: str) -> bool:
         if destination in self.dests:
@@ -185,6 +189,10 @@ def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
 
     watch = _watch_claim(claims.get("watch"))
 
+    record = claims.get("record")
+    if record is not None and record not in RECORD_CLAIMS:
+        raise _invalid("claim 'record' must be \"off\", \"audio\" or \"audio+video\"")
+
     return Grant(
         sub=sub,
         dests=tuple(dests),
@@ -195,6 +203,7 @@ def grant_from_claims(claims: dict[str, Any], expires: float = 0.0) -> Grant:
         session_id=session_id,
         expires=expires,
         watch=watch,
+        record=record,
     )
 
 
@@ -324,6 +333,7 @@ def mint_token(
     caller_id: str | None = None,
     session_id: str | None = None,
     watch: str | list[str] | tuple[str, ...] | None = None,
+    record: str | None = None,
     issuer: str = "",
     audience: str = "",
     now: float | None = None,
@@ -347,6 +357,7 @@ def mint_token(
         "display_name": display_name,
         "caller_id": caller_id,
         "session_id": session_id,
+        "record": record,
         "iss": issuer or None,
         "aud": audience or None,
     }

@@ -1,0 +1,513 @@
+"""Call recording (docs/recording.md): which calls are recorded, and each recording's life.
+
+:class:`Recordings` (one per call manager, a call observer) holds ``[recording]``, checks the
+free space, counts for ``/metrics`` and starts a :class:`CallRecording` when a recorded call's
+media is configured (early media and IVR before the answer are recorded) and stops it when the
+call ends. Whether a call is recorded: its route's ``record``, lowered (or, with
+``record_on_request``, set) by the token claim ``record`` (:func:`record_mode`); the API may
+start, stop, pause and resume any call's recording.
+
+A :class:`CallRecording` taps the call's RTP stream in both directions
+(:class:`webgate.media.recording.audio.RecordingTap`), writes the stereo every ``flush_s``
+(left = the web caller, right = the SIP party), drives the video/data half (a
+:class:`~webgate.calls.interfaces.RecordingSink`, if a factory was given) and keeps the
+sidecar ``{dir}/{path}.json`` up to date. A write failure (disk full, I/O error) stops that
+recording, never the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import json
+import os
+import shutil
+import string
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from twisted.logger import Logger
+
+from webgate.calls.interfaces import RecordingSink, RecordingSinkFactory
+from webgate.config import RecordingConfig
+from webgate.media.recording.audio import RecordingTap
+from webgate.media.recording.ogg import OggOpusWriter
+from webgate.media.recording.prompt import PromptPlayer, beep, load_prompt
+from webgate.media.recording.wav import WavWriter, repair_wav
+
+__all__ = ["MODES", "CallRecording", "Recordings", "record_mode"]
+
+log = Logger()
+
+#: the record modes, least first
+MODES = ("off", "audio", "audio+video")
+COUNTERS = ("started", "stopped", "failed", "refused_low_space", "refused_error", "deleted")
+
+
+def record_mode(route_mode: str, claim: str | None, on_request: bool) -> str:
+    """A call's record mode: the route's, or the token's claim when it asks for less (or, with
+    ``record_on_request``, for anything)."""
+    if claim is None or claim not in MODES:
+        return route_mode if route_mode in MODES else "off"
+    if on_request:
+        return claim
+    return MODES[min(MODES.index(claim), MODES.index(route_mode) if route_mode in MODES else 0)]
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+class RecordingError(Exception):
+    """A recording could not start (``code``: ``low_disk_space``, ``no_media``, ``error``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CallRecording:
+    """One call's recording: the files, the tap, the flush timer and the sidecar."""
+
+    def __init__(self, owner: Recordings, call: Any, mode: str, base: Path) -> None:
+        self.owner = owner
+        self.call = call
+        self.mode = mode
+        self.base = base
+        self.sidecar = base.with_name(base.name + ".json")
+        self.state = "recording"  # recording | paused | stopped | failed
+        self.error: str | None = None
+        self.started = owner.wall_clock()
+        self.ended: float | None = None
+        self.pauses: list[dict[str, Any]] = []
+        stream = call.stream
+        codec = stream.codec
+        self.rate = int(codec.sample_rate)
+        self.codec_name = f"{codec.name}/{codec.rtp_clock_rate}"
+        self.tap = RecordingTap(self.rate, lambda: stream.codec)
+        self.stream = stream
+        fmt = owner.config.format
+        self.audio_path = base.with_name(base.name + (".ogg" if fmt == "ogg" else ".wav"))
+        self.writer: WavWriter | OggOpusWriter | None = (
+            OggOpusWriter(self.audio_path, self.rate) if fmt == "ogg" else WavWriter(self.audio_path, self.rate))
+        self.sink: RecordingSink | None = None
+        self._timer: Any = None
+        self._beep_timer: Any = None
+        self.prompt: PromptPlayer | None = None
+
+    # --- life -------------------------------------------------------------------------
+    def start(self) -> None:
+        factory = self.owner.sink_factory
+        if factory is not None:
+            try:
+                self.sink = factory(self.call, self.base, self.rate, self.timeline, self.mode == "audio+video")
+            except Exception:  # noqa: BLE001 - the sink's failure never stops the audio or the call
+                log.failure("call {session_id}: recording's video/data part failed to start", session_id=self.call.session_id)
+        self.stream.recorder = self.tap
+        self.write_sidecar()
+        self._schedule()
+        announcement = self.owner.announcement(self.rate)
+        if announcement is not None:
+            self.play(announcement)
+        if self.owner.config.record_beep_s:
+            self._beep_timer = self.owner.reactor.callLater(self.owner.config.record_beep_s, self._beep)
+        log.info("call {session_id}: recording ({mode}) to {path}", session_id=self.call.session_id, mode=self.mode, path=str(self.audio_path))
+
+    def play(self, pcm: Any) -> None:
+        """Play ``pcm`` (at the recording's rate) to both parties (``[recording]`` announcement, beep)."""
+        codec = getattr(self.stream, "codec", None)
+        if codec is None or self.stream.closed:
+            return
+        if self.prompt is None or self.prompt.info is not codec:
+            self.prompt = PromptPlayer(codec)
+        self.stream.prompt = self.prompt
+        self.prompt.play(pcm)
+
+    def _beep(self) -> None:
+        self._beep_timer = None
+        if self.state in ("stopped", "failed"):
+            return
+        if self.state == "recording":
+            self.play(beep(self.rate))
+        self._beep_timer = self.owner.reactor.callLater(self.owner.config.record_beep_s, self._beep)
+
+    def timeline(self) -> float:
+        """Seconds since the recording started (the clock the audio is aligned on)."""
+        return self.tap.clock() - self.tap.start
+
+    def _schedule(self) -> None:
+        self._timer = self.owner.reactor.callLater(self.owner.config.flush_s, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.state in ("stopped", "failed"):
+            return
+        self.flush()
+        if self.state not in ("stopped", "failed"):
+            self._schedule()
+
+    def flush(self, final: bool = False) -> None:
+        """Write what the tap has up to now (less its reorder delay unless ``final``)."""
+        if self.writer is None:
+            return
+        try:
+            stereo = self.tap.take(final=final)
+            self.writer.write(stereo)
+            self.writer.flush()
+        except OSError as e:
+            self.fail(_why(e))
+            return
+        except Exception as e:  # noqa: BLE001 - a recording never takes the call down
+            log.failure("call {session_id}: recording failed", session_id=self.call.session_id)
+            self.fail(f"error: {type(e).__name__}")
+            return
+        if self.sink is not None and len(stereo):
+            try:
+                self.sink.audio(stereo)
+            except Exception:  # noqa: BLE001 - the sink's failure never stops the audio or the call
+                log.failure("call {session_id}: recording's video/data part failed", session_id=self.call.session_id)
+
+    def pause(self) -> bool:
+        if self.state != "recording":
+            return False
+        self.flush()
+        self.tap.pause()
+        self.state = "paused"
+        self.pauses.append({"start": _iso(self.owner.wall_clock()), "at_s": round(self.timeline(), 3), "end": None})
+        if self.sink is not None:
+            with _logged(self, "pause"):
+                self.sink.paused(True)
+        self.write_sidecar()
+        return True
+
+    def resume(self) -> bool:
+        if self.state != "paused":
+            return False
+        self.tap.resume()
+        self.state = "recording"
+        if self.pauses:
+            p = self.pauses[-1]
+            p["end"] = _iso(self.owner.wall_clock())
+            p["duration_s"] = round(self.timeline() - p["at_s"], 3)
+        if self.sink is not None:
+            with _logged(self, "resume"):
+                self.sink.paused(False)
+        self.write_sidecar()
+        return True
+
+    def stop(self) -> None:
+        """Finish the files and the sidecar (idempotent)."""
+        if self.state in ("stopped", "failed"):
+            return
+        if self.state == "paused":
+            self.resume()
+        self.flush(final=True)
+        if self.state == "failed":
+            return
+        self.state = "stopped"
+        self._detach()
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except OSError as e:
+            self.state = "recording"
+            self.fail(_why(e))
+            return
+        self.writer = None
+        self.ended = self.owner.wall_clock()
+        self.owner.counters["stopped"] += 1
+        self.write_sidecar()
+        log.info("call {session_id}: recording stopped", session_id=self.call.session_id)
+
+    def fail(self, why: str) -> None:
+        """Stop recording this call after an error (the call goes on)."""
+        if self.state in ("stopped", "failed"):
+            return
+        self.state = "failed"
+        self.error = why
+        self._detach()
+        w, self.writer = self.writer, None
+        if w is not None:
+            with contextlib.suppress(Exception):
+                w.close()
+        self.ended = self.owner.wall_clock()
+        self.owner.counters["failed"] += 1
+        log.error("call {session_id}: recording stopped: {why} (the call goes on)", session_id=self.call.session_id, why=why)
+        self.write_sidecar()
+
+    def _detach(self) -> None:
+        for t in (self._timer, self._beep_timer):
+            if t is not None and t.active():
+                t.cancel()
+        self._timer = self._beep_timer = None
+        if getattr(self.stream, "recorder", None) is self.tap:
+            self.stream.recorder = None
+        if self.prompt is not None and getattr(self.stream, "prompt", None) is self.prompt:
+            self.stream.prompt = None
+        if self.sink is not None:
+            with _logged(self, "close"):
+                self.sink.close()
+
+    # --- the sidecar --------------------------------------------------------------------
+    def files(self) -> dict[str, str]:
+        out = {"audio": str(self.audio_path)} if self.audio_path.exists() else {}
+        if self.sink is not None:
+            with _logged(self, "files"):
+                out.update(self.sink.files())
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        call = self.call
+        codecs: dict[str, Any] = {"sip": self.codec_name, "ingress": call.ingress_codec(),
+                                  "audio": "opus" if self.owner.config.format == "ogg" else "pcm_s16le",
+                                  "sample_rate": self.rate, "channels": 2}
+        sink_error = None
+        if self.sink is not None:
+            with _logged(self, "codecs"):
+                codecs.update(self.sink.codecs())
+                sink_error = self.sink.error
+        return {
+            "session_id": call.session_id,
+            "sip_call_id": call.sip_call_id,
+            "mode": self.mode,
+            "state": self.state,
+            "files": self.files(),
+            "channels": {
+                "left": {"who": "web caller", "identity": call.identity, "ingress": call.ingress_kind, "client": call.client},
+                "right": {"who": "SIP", "destination": call.destination, "sip_call_id": call.sip_call_id},
+            },
+            "start": _iso(self.started),
+            "end": _iso(self.ended),
+            "duration_s": round(self.tap.timeline.base / self.rate, 3),
+            "pauses": [dict(p) for p in self.pauses],
+            "codecs": codecs,
+            "error": self.error,
+            **({"video_error": sink_error} if sink_error else {}),
+        }
+
+    def write_sidecar(self) -> None:
+        """Rewritten in place (a full disk still takes a file no larger than before)."""
+        try:
+            with open(self.sidecar, "w", encoding="utf-8") as f:
+                json.dump(self.describe(), f, indent=1)
+                f.write("\n")
+        except OSError as e:
+            log.error("call {session_id}: recording sidecar not written: {why}", session_id=self.call.session_id, why=_why(e))
+
+
+class _logged(contextlib.AbstractContextManager[None]):
+    """Log (never raise) a failure of the video/data sink."""
+
+    def __init__(self, rec: CallRecording, what: str) -> None:
+        self.rec, self.what = rec, what
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> bool:
+        if ev is not None and isinstance(ev, Exception):
+            log.failure("call {session_id}: recording sink {what} failed", session_id=self.rec.call.session_id, what=self.what)
+            return True
+        return False
+
+
+def _why(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "disk full"
+    return f"write error: {e.strerror or type(e).__name__}"
+
+
+class Recordings:
+    """Every recording of one call manager (a call observer on ``CallManager.observers``)."""
+
+    def __init__(self, config: RecordingConfig, reactor: Any, sink_factory: RecordingSinkFactory | None = None,
+                 wall_clock: Any = time.time) -> None:
+        self.config = config
+        self.reactor = reactor
+        #: the video/data half (R-video's ``legs/hub_recording.py``), set by the wiring; None: audio only
+        self.sink_factory = sink_factory
+        self.wall_clock = wall_clock
+        self.dir = Path(config.dir)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: live recordings by session ID
+        self.active: dict[str, CallRecording] = {}
+        self._announcements: dict[int, Any] = {}  # record_announcement by sample rate
+
+    def announcement(self, rate: int) -> Any:
+        """``record_announcement`` as PCM at ``rate`` (None: none, or unreadable: logged once)."""
+        path = self.config.record_announcement
+        if not path:
+            return None
+        if rate not in self._announcements:
+            try:
+                self._announcements[rate] = load_prompt(path, rate)
+            except (OSError, ValueError) as e:
+                log.error("record_announcement {path} unreadable: {why}", path=path, why=str(e))
+                self._announcements[rate] = None
+        return self._announcements[rate]
+
+    # --- policy -----------------------------------------------------------------------
+    @staticmethod
+    def mode_of(call: Any) -> str:
+        route = call.route
+        grant = getattr(call, "grant", None)
+        return record_mode(getattr(route, "record", "off"), getattr(grant, "record", None), bool(getattr(route, "record_on_request", False)))
+
+    # --- call observer --------------------------------------------------------------------
+    def call_progress(self, call: Any, state: Any) -> None:
+        if getattr(state, "value", None) == "early_media":
+            self._auto(call)
+
+    def call_answered(self, call: Any) -> None:
+        self._auto(call)
+
+    def call_ended(self, call: Any) -> None:
+        rec = self.active.pop(call.session_id, None)
+        if rec is not None and rec.call is call:
+            rec.stop()
+        elif rec is not None:
+            self.active[call.session_id] = rec
+
+    def _auto(self, call: Any) -> None:
+        if call.session_id in self.active and self.active[call.session_id].call is call:
+            return
+        mode = self.mode_of(call)
+        if mode == "off" or getattr(call, "recording_refused", False):
+            return
+        try:
+            self.start(call, mode)
+        except RecordingError:
+            call.recording_refused = True  # logged and counted by start(); not tried again
+
+    # --- control (the API) ----------------------------------------------------------------
+    def start(self, call: Any, mode: str | None = None) -> CallRecording:
+        """Start recording ``call``; :class:`RecordingError` if it cannot (counted, logged)."""
+        live = self.active.get(call.session_id)
+        if live is not None and live.call is call and live.state in ("recording", "paused"):
+            return live
+        stream = call.stream
+        if stream is None or getattr(stream, "codec", None) is None:
+            raise RecordingError("no_media", "the call has no negotiated audio yet")
+        mode = mode or self.mode_of(call)
+        if mode == "off":
+            mode = "audio"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            free_mb = shutil.disk_usage(self.dir).free // (1024 * 1024)
+        except OSError as e:
+            self.counters["refused_error"] += 1
+            log.error("recording directory {dir} unusable: {why}", dir=str(self.dir), why=_why(e))
+            raise RecordingError("error", "the recording directory is unusable") from None
+        if free_mb < self.config.min_free_mb:
+            self.counters["refused_low_space"] += 1
+            log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "call {session_id}: not recorded: {free} MB free in {dir} (min_free_mb {min})",
+                     session_id=call.session_id, free=free_mb, dir=str(self.dir), min=self.config.min_free_mb)
+            raise RecordingError("low_disk_space", f"less than {self.config.min_free_mb} MB free")
+        try:
+            base = self._new_base(call.session_id)
+            rec = CallRecording(self, call, mode, base)
+        except OSError as e:
+            self.counters["refused_error"] += 1
+            log.error("call {session_id}: recording not started: {why}", session_id=call.session_id, why=_why(e))
+            raise RecordingError("error", _why(e)) from None
+        self.active[call.session_id] = rec
+        call.recording = str(rec.sidecar)
+        rec.start()
+        self.counters["started"] += 1
+        return rec
+
+    def _new_base(self, session_id: str) -> Path:
+        """``{dir}/{path}`` for a new recording; ``-2``, ``-3``... if the session ID was reused."""
+        now = datetime.fromtimestamp(self.wall_clock(), UTC)
+        rel = self.config.path.format(date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"), session_id=session_id)
+        base = self.dir / rel
+        base.parent.mkdir(parents=True, exist_ok=True)
+        n, candidate = 1, base
+        while any(candidate.with_name(candidate.name + ext).exists() for ext in (".json", ".wav", ".ogg")):
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        return candidate
+
+    # --- retrieval ------------------------------------------------------------------------
+    def sidecars(self, session_id: str) -> list[Path]:
+        """Every sidecar of ``session_id`` under ``dir``, oldest first (by start time)."""
+        pattern = "".join(
+            glob.escape(literal) + ("" if name is None else glob.escape(session_id) if name == "session_id" else "*")
+            for literal, name, _spec, _conv in string.Formatter().parse(self.config.path))
+        found: list[tuple[str, float, Path]] = []
+        for p in list(self.dir.glob(pattern + ".json")) + list(self.dir.glob(pattern + "-*.json")):
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+                start = str(data.get("start") or "")
+                if data.get("session_id") != session_id:
+                    continue
+            except (OSError, ValueError, AttributeError):
+                continue
+            found.append((start, p.stat().st_mtime, p))
+        return [p for _s, _m, p in sorted(found, key=lambda x: (x[0], x[1]))]
+
+    def newest(self, session_id: str) -> tuple[Path, dict[str, Any]] | None:
+        """The newest sidecar of ``session_id`` and its content (None if there is none)."""
+        for p in reversed(self.sidecars(session_id)):
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(p.read_text(encoding="utf-8"))
+                if isinstance(data, dict):
+                    return p, self._recover(session_id, p, data)
+        return None
+
+    def _recover(self, session_id: str, sidecar: Path, data: dict[str, Any]) -> dict[str, Any]:
+        """A sidecar still ``recording``/``paused`` with no live recording of it was cut by a
+        crash: make its WAV's header whole (:func:`repair_wav`) and say so in the sidecar."""
+        live = self.active.get(session_id)
+        if data.get("state") not in ("recording", "paused") or (live is not None and live.sidecar == sidecar):
+            return data
+        wav = sidecar.with_name(sidecar.name[: -len(".json")] + ".wav")
+        try:
+            if wav.is_file():
+                repair_wav(wav)
+            end = max((f.stat().st_mtime for f in sidecar.parent.glob(sidecar.name[: -len(".json")] + ".*")), default=None)
+        except (OSError, ValueError) as e:
+            log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "recording {path}: not repaired: {why}", path=str(wav), why=str(e))
+            return data
+        data = {**data, "state": "interrupted", "end": data.get("end") or _iso(end),
+                "error": data.get("error") or "the gateway stopped before the recording ended"}
+        with contextlib.suppress(OSError):
+            sidecar.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        return data
+
+    def delete(self, session_id: str) -> int:
+        """Remove every recording of ``session_id`` (GDPR erasure): stops a live one first. The
+        number of files removed."""
+        rec = self.active.pop(session_id, None)
+        if rec is not None:
+            rec.stop()
+        removed = 0
+        for sidecar in self.sidecars(session_id):
+            paths = {sidecar}
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
+                stem = sidecar.name[: -len(".json")]
+                for f in (data.get("files") or {}).values():
+                    p = Path(str(f))
+                    if p.parent == sidecar.parent and p.name.startswith(stem + "."):  # only its own files
+                        paths.add(p)
+            for ext in (".wav", ".ogg", ".webm", ".mkv", ".mp4", ".data.jsonl"):
+                paths.add(sidecar.with_name(sidecar.name[: -len(".json")] + ext))
+            for p in paths:
+                try:
+                    os.remove(p)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        if removed:
+            self.counters["deleted"] += 1
+            log.info("recordings of {session_id} deleted ({n} files)", session_id=session_id, n=removed)
+        return removed
+
+    def shutdown(self) -> None:
+        for sid in list(self.active):
+            self.active.pop(sid).stop()
