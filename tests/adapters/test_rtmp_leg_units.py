@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from webgate.calls.call import CallState
-from webgate.legs.rtmp import AudioIn, Player
+from webgate.legs.rtmp_audio import AudioIn, Player
 from webgate.media.codecs import ulaw_encode
 from webgate.media.tones import ToneGenerator
 from webgate.proto import flv

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from tests.calls.gw import reactor, wait_for
 from webgate.adapters.outbox import Outbox as _Outbox
-from webgate.legs.rtmp import essential_tag as _essential
+from webgate.legs.rtmp_audio import essential_tag as _essential
 
 
 class _Sock(socket.socket):

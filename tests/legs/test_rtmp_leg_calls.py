@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from webgate.calls.errors import CallRefused
-from webgate.legs.rtmp import LiveLegs, RtmpLeg, essential_tag
+from webgate.legs.rtmp import LiveLegs, RtmpLeg
+from webgate.legs.rtmp_audio import essential_tag
 
 
 class FakeClock:

@@ -15,7 +15,7 @@ from tests.interop import peers
 from tests.ops.helpers import ADMIN_KEY, api, http, local_call, start_gateway, wait_for
 from webgate.calls.call import CallState
 from webgate.legs.local import LocalLeg
-from webgate.ops.api import openapi_document
+from webgate.ops.openapi import openapi_document
 
 TRUNK_PASSWORD = "trunk-secret-pw-77"
 
@@ -153,9 +153,12 @@ def _run_schemathesis(base: str, live_sid: str) -> list[str]:
         assert len(resp.json()["calls"]) == 1
     except Exception as e:  # noqa: BLE001
         failures.append(f"live list: {e}")
-    # schemathesis leaves out the document's own path; the other six operations ran
-    assert sorted(ran) == ["DELETE /api/calls/{session_id}", "GET /api/calls", "GET /api/calls/{session_id}",
-                           "GET /api/calls/{session_id}/snapshot.jpg", "GET /api/nodes", "GET /api/stats"], ran
+    # schemathesis leaves out the document's own path; the other operations ran (recording: ops/recordings_api.py)
+    assert sorted(ran) == ["DELETE /api/calls/{session_id}", "DELETE /api/recordings/{session_id}", "GET /api/calls",
+                           "GET /api/calls/{session_id}", "GET /api/calls/{session_id}/snapshot.jpg", "GET /api/nodes",
+                           "GET /api/recordings/{session_id}", "GET /api/recordings/{session_id}/audio",
+                           "GET /api/recordings/{session_id}/video", "GET /api/stats",
+                           "POST /api/calls/{session_id}/recording"], ran
     print(f"\nschemathesis: {len(calls)} generated requests over {len(ran)} operations, {len(failures)} failures")
     assert len(calls) >= 4 * 5, calls
     return failures

@@ -18,9 +18,11 @@ data messages go to its call's hub (never to SIP).
 Adapter rule: after every call into the core, write ``data_to_send()`` and drop the connection
 if the core is ``closed``. A failure while handling one connection closes that connection only.
 
-The Flash RPC commands are :mod:`webgate.adapters.rtmp_rpc`; what reaches the socket and how long
-it waits, :mod:`webgate.adapters.outbox`; what a call does with the audio (FLV tags <-> the SIP
-leg, players, pacing), :mod:`webgate.legs.rtmp`.
+The connection class is thin: the Flash RPC commands are :mod:`webgate.adapters.rtmp_rpc`, the
+publishes :mod:`webgate.adapters.rtmp_publish`, the players and watchers and their back-pressure
+:mod:`webgate.adapters.rtmp_play` (mixins of :class:`RtmpProtocol`); what reaches the socket and
+how long it waits, :mod:`webgate.adapters.outbox`; what a call does with the audio (FLV tags <->
+the SIP leg, players, pacing), :mod:`webgate.legs.rtmp` and :mod:`webgate.legs.rtmp_audio`.
 """
 
 from __future__ import annotations
@@ -32,26 +34,26 @@ from twisted.logger import Logger
 
 from webgate.adapters.guard import DeadlineTimer
 from webgate.adapters.outbox import Outbox
-from webgate.adapters.rtmp_rpc import APP_SIP, FlashRpc
-from webgate.calls.call import Call
+from webgate.adapters.rtmp_play import RtmpPlayback
+from webgate.adapters.rtmp_publish import RtmpPublishing
+from webgate.adapters.rtmp_rpc import (
+    APP_CALL,
+    APP_SESSION,
+    APP_SIP,
+    APP_WATCH,
+    TOKEN_OPTION,
+    FlashRpc,
+)
 from webgate.calls.errors import CallRefused
-from webgate.calls.policy import client_ip
-from webgate.calls.watch import NOT_FOUND
 from webgate.counters import count_error
-from webgate.legs.hub import TOO_MANY_WATCHERS, MediaHub, WatchRefused
 from webgate.legs.rtmp import (
     LiveLegs,
-    Player,
     RtmpLeg,
     default_codec_for_flash,
-    essential_tag,
-    may_listen,
-    normalise_codec,
     split_stream_name,
 )
-from webgate.legs.rtmp_watch import RtmpWatcher
+from webgate.legs.rtmp_audio import Player, normalise_codec
 from webgate.logsafe import safe
-from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import (
     AudioReceived,
     CommandReceived,
@@ -68,93 +70,13 @@ from webgate.proto.rtmp import (
     VideoReceived,
 )
 from webgate.security.connlimit import PROBE, ConnectionLimiter, StreamDeadlines
-from webgate.security.tokens import TokenError, looks_like_jwt, verify_token
+from webgate.security.tokens import looks_like_jwt
 
 log = Logger()
 
-APP_CALL = "call"
-APP_SESSION = "session"
-APP_WATCH = "watch"
-_REFUSED_BAD_NAME = {"invalid_destination", "destination_not_allowed", "invalid_session_id", "session_id_in_use"}
-# the call token on RTMP: "?token=" on the stream name (encoder style) or on the connect URL
-# (rtmp://HOST/call?token=...), or the Flash RPC connect's second argument when it is a JWT
-TOKEN_OPTION = "token"
 
 
-class _StreamSink:
-    """A player's RTMP stream on one connection (implements webgate.legs.rtmp.AudioSink)."""
-
-    def __init__(self, conn: RtmpProtocol, stream_id: int) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
-        self.live = True
-
-    @property
-    def open(self) -> bool:
-        return self.live and self.conn.is_open
-
-    def send_audio_tag(self, timestamp_ms: int, data: bytes) -> None:
-        if not self.open:
-            return
-        if not self.conn.audio_wanted(data):
-            return  # the client does not read in time (back-pressure): a gap, not a delay
-        try:
-            self.conn.core.send_audio(self.stream_id, timestamp_ms, data)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
-
-
-class _WatchStream:
-    """A watcher's RTMP stream on one connection (implements webgate.legs.rtmp_watch.WatchSink)."""
-
-    def __init__(self, conn: RtmpProtocol, stream_id: int, session_id: str) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
-        self.session_id = session_id
-        self.live = True
-
-    @property
-    def open(self) -> bool:
-        return self.live and self.conn.is_open
-
-    def writable(self) -> bool:
-        return self.conn.video_wanted()
-
-    def accept(self, metadata: dict[str, Any] | None) -> None:
-        try:
-            self.conn.core.accept_play(self.stream_id, metadata=metadata, info={"sessionId": self.session_id})
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
-
-    def send_video(self, timestamp_ms: int, body: bytes) -> None:
-        if not self.open:
-            return
-        try:
-            self.conn.core.send_video(self.stream_id, timestamp_ms, body)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
-
-    def send_data(self, timestamp_ms: int, name: str, value: Any) -> None:
-        if not self.open:
-            return
-        try:
-            self.conn.core.send_data(self.stream_id, name, value, timestamp_ms=timestamp_ms)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
-
-    def end(self, cause: str) -> None:
-        self.conn.end_watch(self.stream_id, cause)
-
-
-class RtmpProtocol(FlashRpc, protocol.Protocol):
+class RtmpProtocol(RtmpPublishing, RtmpPlayback, FlashRpc, protocol.Protocol):
     """One RTMP connection. In Flash RPC mode with a call token whose ``sub`` is the connect
     URL's user, it is also the registration of that web user (``webgate.calls.users``):
     calls from SIP toward the user are offered here (``invited``). The Flash RPC commands and
@@ -176,8 +98,8 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         self.conn_token: str | None = None  # the connection's call token (never logged)
         self.publishes: dict[int, RtmpLeg] = {}  # stream id -> leg (encoder style)
         self.flash_publish: int | None = None  # stream id of the Flash mic stream
-        self.players: dict[int, tuple[Player, _StreamSink, RtmpLeg]] = {}
-        self.watches: dict[int, tuple[RtmpWatcher, _WatchStream, MediaHub]] = {}  # stream id -> (watcher, sink, hub)
+        self.players = {}  # stream id -> (player, sink, leg): RtmpPlayback's
+        self.watches = {}  # stream id -> (watcher, sink, hub)
         self.destination_by_stream: dict[int, str] = {}
         self.lost = False
         self._timeout: Any = None
@@ -283,65 +205,6 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         if not self.lost:
             log.info("RTMP {client}: closed, but its peer read nothing for {s} s: aborting", client=self.client, s=self.factory.player_max_behind_s)
             self.transport.abortConnection()
-
-    def audio_wanted(self, tag: bytes) -> bool:
-        """Back-pressure for this connection's players: False (drop the tag) once its unsent data
-        has waited ``[rtmp] player_max_queue_ms``; past ``player_max_behind_s`` the connection is
-        closed. The AAC sequence header is never dropped."""
-        late = self._late()
-        if late is None or late < 0:
-            return late is None
-        if essential_tag(tag):
-            return True
-        self.audio_dropped += 1
-        self.factory.player_audio_dropped += 1
-        self._note_drop("player", "audio", self.audio_dropped, late)
-        return False
-
-    def video_wanted(self) -> bool:
-        """Back-pressure for this connection's watchers: False (the watcher drops video until the
-        next keyframe, and data) once its unsent data has waited ``[rtmp] player_max_queue_ms``;
-        past ``player_max_behind_s`` the connection is closed."""
-        late = self._late()
-        if late is None:
-            return True
-        if late >= 0:
-            self.video_dropped += 1
-            self.factory.watcher_video_dropped += 1
-            self._note_drop("watcher", "video", self.video_dropped, late)
-        return False
-
-    def _late(self) -> float | None:
-        """None: nothing waits too long. Else how long the unsent data has waited (seconds);
-        -1.0 when past ``player_max_behind_s`` (the connection has just been aborted)."""
-        outbox = self.outbox
-        if outbox is None or outbox.waiting_since is None:
-            return None
-        waited = outbox.waited(self.factory.reactor.seconds())
-        if waited > self.factory.player_max_behind_s:
-            self._abort_slow(waited)
-            return -1.0
-        return None if waited * 1000.0 <= self.factory.player_max_queue_ms else waited
-
-    def _note_drop(self, who: str, kind: str, n: int, waited: float) -> None:
-        if n in (1, 100, 10000):
-            queued = self.outbox.queued_bytes if self.outbox is not None else 0
-            log.info(
-                "RTMP {client}: slow {who}, {n} {kind} messages dropped ({waited:.1f} s behind, {queued} bytes queued)",
-                client=self.client, who=who, n=n, kind=kind, waited=waited, queued=queued,
-            )
-
-    def _abort_slow(self, waited: float) -> None:
-        log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
-            "RTMP {client}: player {waited:.1f} s behind ({queued} bytes queued), closing the connection",
-            client=self.client, waited=waited, queued=self.outbox.queued_bytes if self.outbox else 0,
-        )
-        self.factory.slow_players_closed += 1
-        count_error("rtmp_slow_player")
-        self.core.close()
-        if self.outbox is not None:
-            self.outbox.close()
-        self.transport.abortConnection()  # loseConnection would wait for a reader that does not read
 
     def close(self) -> None:
         self.core.close()
@@ -451,259 +314,6 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
         self._timeout = None
         log.info("RTMP {client}: connected to {app} ({codec})", client=self.client, app=safe(app), codec=self.conn_codec)
 
-    # ---- publish
-    def _on_publish(self, ev: PublishRequested) -> None:
-        name, opts = split_stream_name(ev.name)
-        if self.mode == APP_SIP:
-            if self.flash_publish is not None:
-                self.core.reject_publish(ev.stream_id, "NetStream.Publish.BadName", "already publishing")
-                return
-            self.flash_publish = ev.stream_id
-            self.core.accept_publish(ev.stream_id)
-            return
-        if self.mode != APP_CALL:
-            self.core.reject_publish(
-                ev.stream_id, "NetStream.Publish.Failed", "publish to rtmp://HOST/call/DESTINATION"
-            )
-            self.close()
-            return
-        leg = RtmpLeg(self.client, label=name, video=self.factory.video_config)
-        try:
-            call = leg.place(
-                self.manager,
-                name,
-                session_id=opts.get("session") or opts.get("sessionid") or None,
-                display_name=opts.get("name") or None,
-                token=opts.get(TOKEN_OPTION) or self.conn_token,
-                source_ip=self.peer_ip,
-            )
-        except CallRefused as e:
-            log.info("RTMP {client}: publish to {dest} refused: {code}", client=self.client, dest=safe(name), code=e.code)
-            code = "NetStream.Publish.BadName" if e.code in _REFUSED_BAD_NAME else "NetStream.Publish.Failed"
-            self.core.reject_publish(ev.stream_id, code, f"{e.code}: {e.message}")
-            self.close()  # an encoder has nothing else to do on this connection
-            return
-        stream_id = ev.stream_id
-
-        def ended(lg: RtmpLeg, c: Call, cause: str, status: int | None) -> None:
-            self._encoder_call_ended(stream_id, lg, c, cause)
-
-        leg.on_ended.append(ended)
-        self.publishes[ev.stream_id] = leg
-        self.destination_by_stream[ev.stream_id] = name
-        self.factory.live.add(name, leg)
-        self.core.accept_publish(ev.stream_id, {"sessionId": call.session_id, "destination": name})
-
-    def _encoder_call_ended(self, stream_id: int, leg: RtmpLeg, call: Call, cause: str) -> None:
-        """The call of an encoder-style publish ended (far end, limits, or the publisher)."""
-        self.factory.live.discard(leg)
-        for player in list(leg.players):
-            self.factory.end_player(player)
-        leg.players.clear()
-        if self.publishes.get(stream_id) is leg:
-            del self.publishes[stream_id]
-            self.destination_by_stream.pop(stream_id, None)
-            if cause != "client_hangup" and self.is_open:
-                self.core.send_status(
-                    stream_id, "status", "NetStream.Unpublish.Success", f"call ended: {cause}",
-                    sessionId=call.session_id, cause=cause,
-                )
-                self.flush()
-                if not self.publishes and not self.players:
-                    self.close()
-
-    def _end_publish(self, stream_id: int, why: str) -> None:
-        leg = self.publishes.get(stream_id)
-        if leg is not None:
-            log.info("RTMP {client}: publish ended ({why}), hanging up", client=self.client, why=why)
-            leg.client_hangup()
-
-    # ---- play
-    def _on_play(self, ev: PlayRequested) -> None:
-        name, opts = split_stream_name(ev.name)
-        if self.mode == APP_WATCH:
-            self._on_watch(ev.stream_id, name, opts)
-            return
-        requested = opts.get("codec")
-        codec = normalise_codec(requested) if requested is not None else None
-        if requested is not None and codec is None:
-            self.core.reject_play(ev.stream_id, "NetStream.Play.Failed", f"unknown codec {requested!r}")
-            return
-        leg: RtmpLeg | None = None
-        if self.mode == APP_SIP:
-            leg = self.flash_leg  # the connection's own call: nothing to find, nothing to guess
-            codec = codec or self.conn_codec or "nellymoser"
-            if leg is None:
-                self.core.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", f"no live call {name!r}")
-                return
-        else:
-            # a call found by name: a guess that fails counts (docs/security.md, "Session IDs and RTMP play")
-            if not self._may_try_play(ev.stream_id):
-                return
-            codec = codec or self.conn_codec or "aac"
-            if self.mode == APP_CALL:
-                leg = self.factory.live.latest(name)
-            elif self.mode == APP_SESSION:
-                call = self.manager.registry.by_session_id(name) if name.isdigit() else None
-                if call is not None and isinstance(call.leg, RtmpLeg) and not call.ended:
-                    leg = call.leg
-            if leg is not None and leg.call is not None and not may_listen(
-                leg.call, opts.get(TOKEN_OPTION) or self.conn_token, self.manager,
-                by_destination=self.mode == APP_CALL, source_ip=self.peer_ip,
-            ):
-                log.info("RTMP {client}: play of {name} refused (not the publisher, no valid token)", client=self.client, name=safe(name))
-                leg = None  # the same answer as for a call that does not exist: no oracle for live calls
-            if leg is None:
-                self._play_failed(ev.stream_id, name)
-                return
-        if ev.stream_id in self.players:
-            self._drop_player(ev.stream_id)
-        elif not self.players and self.outbox is not None:
-            # what the kernel holds for a reader that stalls is delay nobody can drop (docs/security.md)
-            self.outbox.limit_kernel_buffer(self.factory.player_send_buffer)
-        sink = _StreamSink(self, ev.stream_id)
-        player = Player(sink, codec or "aac", owner=self)
-        sip_codec = leg.call.codec if leg.call is not None else None
-        info = {"sessionId": leg.call.session_id} if leg.call is not None else None
-        self.core.accept_play(ev.stream_id, metadata=player.metadata(sip_codec), info=info)
-        leg.add_player(player)
-        self.players[ev.stream_id] = (player, sink, leg)
-        log.info("RTMP {client}: playing {name} as {codec}", client=self.client, name=safe(name), codec=player.choice)
-
-    def _may_try_play(self, stream_id: int) -> bool:
-        """An address at its attempt limit (``[limits] max_attempts_per_ip_per_minute``, which
-        failed plays count toward) may not play at all: a success would tell it what it guessed.
-        It gets ``NetStream.Play.Failed`` and the connection is closed."""
-        try:
-            self.manager.policy.check_attempts(client_ip(self.peer_ip))
-        except CallRefused as e:
-            self._refuse_play(stream_id, "NetStream.Play.Failed", f"{e.code}: {e.message}", close=True)
-            return False
-        return True
-
-    def _play_failed(self, stream_id: int, name: str) -> None:
-        """A play of a call that does not exist or may not be heard: StreamNotFound, one attempt
-        for the address's rate, and after ``[rtmp] play_failures_before_close`` of them (or at the
-        address's limit) the connection is closed."""
-        self.play_failures += 1
-        close = self.play_failures >= self.factory.play_failures_before_close
-        try:
-            self.manager.policy.attempt(client_ip(self.peer_ip))
-        except CallRefused:
-            close = True
-        self._refuse_play(stream_id, "NetStream.Play.StreamNotFound", f"no live call {name[:64]!r}", close=close)
-
-    def _refuse_play(self, stream_id: int, code: str, description: str, *, close: bool) -> None:
-        self.factory.plays_refused += 1
-        count_error("rtmp_play_refused")
-        self.core.reject_play(stream_id, code, description)
-        if close:
-            log.info("RTMP {client}: play refused ({code}) after {n} failed plays, closing",
-                     client=self.client, code=code, n=self.play_failures)
-            self.close()
-
-    # ---- watch (issue 14: the caller's video and data by session ID)
-    def _on_watch(self, stream_id: int, name: str, opts: dict[str, str]) -> None:
-        """Play ``watch/SESSIONID?token=JWT[&audio=none]``: who may watch is
-        ``CallManager.authorize_watch`` (it counts the attempt); every case of "no such call or not
-        yours" gets the same ``NetStream.Play.StreamNotFound``."""
-        audio = opts.get("audio", "none").strip().lower()
-        if audio != "none":
-            # options first: refused whatever the session ID, so nothing is learnt about calls
-            why = "audio=both is not supported yet" if audio == "both" else f"audio must be none, not {audio[:16]!r}"
-            self._refuse_play(stream_id, "NetStream.Play.Failed", why, close=False)
-            return
-        token = opts.get(TOKEN_OPTION) or self.conn_token
-        try:
-            call = self.manager.authorize_watch(name, token, self.peer_ip)
-        except CallRefused as e:
-            if e.code == NOT_FOUND:
-                self._watch_not_found(stream_id, name)
-            else:  # the address's attempt rate: as for a play at its limit
-                self._refuse_play(stream_id, "NetStream.Play.Failed", f"{e.code}: {e.message}", close=True)
-            return
-        hub = getattr(call, "hub", None)
-        if not isinstance(hub, MediaHub):
-            self._watch_not_found(stream_id, name)
-            return
-        if stream_id in self.players:
-            self._drop_player(stream_id)
-        if stream_id in self.watches:
-            self._drop_watch(stream_id)
-        if not self.players and not self.watches and self.outbox is not None:
-            self.outbox.limit_kernel_buffer(self.factory.player_send_buffer)
-        sink = _WatchStream(self, stream_id, call.session_id)
-        watcher = RtmpWatcher(sink, identity=self._token_sub(token), session_id=call.session_id, clock=self.factory.reactor.seconds)
-        try:
-            hub.add_watcher(watcher)
-        except WatchRefused as e:
-            if e.code == TOO_MANY_WATCHERS:
-                log.info("RTMP {client}: watch of {session_id} refused: {code}", client=self.client, session_id=call.session_id, code=e.code)
-                self._refuse_play(stream_id, "NetStream.Play.Failed", TOO_MANY_WATCHERS, close=False)
-            else:
-                self._watch_not_found(stream_id, name)
-            return
-        self.watches[stream_id] = (watcher, sink, hub)
-        watcher.begin()
-        log.info("RTMP {client}: watching call {session_id} ({codec})", client=self.client, session_id=call.session_id, codec=watcher.codec)
-
-    def _token_sub(self, token: str | None) -> str | None:
-        """The watcher's identity: its (already accepted) token's ``sub``."""
-        try:
-            return verify_token(token, self.manager.tokens, self.manager.wall_clock()).sub
-        except TokenError:
-            return None
-
-    def _watch_not_found(self, stream_id: int, name: str) -> None:
-        """StreamNotFound for every not-found case (the attempt was counted by authorize_watch);
-        after ``[rtmp] play_failures_before_close`` of them the connection is closed."""
-        self.play_failures += 1
-        close = self.play_failures >= self.factory.play_failures_before_close
-        self._refuse_play(stream_id, "NetStream.Play.StreamNotFound", f"no live call {name[:64]!r}", close=close)
-
-    def _drop_watch(self, stream_id: int) -> None:
-        entry = self.watches.pop(stream_id, None)
-        if entry is not None:
-            watcher, sink, hub = entry
-            sink.live = False
-            watcher.live = False
-            hub.remove_watcher(watcher)
-
-    def end_watch(self, stream_id: int, cause: str) -> None:
-        """The watched call ended (the hub already let the watcher go): Stream EOF +
-        NetStream.Play.Stop, as for a player."""
-        entry = self.watches.pop(stream_id, None)
-        if entry is None:
-            return
-        entry[1].live = False
-        log.info("RTMP {client}: watch of {session_id} ended ({cause})", client=self.client, session_id=entry[0].session_id, cause=cause)
-        if self.is_open:
-            try:
-                self.core.end_stream(stream_id)
-            except LocalProtocolError:
-                pass
-            self.flush()
-
-    def _drop_player(self, stream_id: int) -> None:
-        entry = self.players.pop(stream_id, None)
-        if entry is not None:
-            player, sink, leg = entry
-            sink.live = False
-            leg.remove_player(player)
-
-    def end_player(self, player: Player) -> None:
-        """The call a player listens to has ended: Stream EOF + NetStream.Play.Stop."""
-        for sid, (p, sink, _leg) in list(self.players.items()):
-            if p is player:
-                del self.players[sid]
-                sink.live = False
-                if self.is_open:
-                    try:
-                        self.core.end_stream(sid)
-                    except LocalProtocolError:
-                        pass
-                    self.flush()
-
     # ---- streams closing
     def _on_stream_closed(self, stream_id: int) -> None:
         if stream_id in self.publishes:
@@ -712,29 +322,6 @@ class RtmpProtocol(FlashRpc, protocol.Protocol):
             self.flash_publish = None
         self._drop_player(stream_id)
         self._drop_watch(stream_id)
-
-    # ---- media in
-    def _publishing_leg(self, stream_id: int) -> RtmpLeg | None:
-        leg = self.publishes.get(stream_id)
-        if leg is None and stream_id == self.flash_publish:
-            leg = self.flash_leg
-        return leg
-
-    def _on_audio(self, ev: AudioReceived) -> None:
-        leg = self._publishing_leg(ev.stream_id)
-        if leg is not None:
-            leg.audio_tag(ev.data)
-
-    def _on_video(self, ev: VideoReceived) -> None:
-        leg = self._publishing_leg(ev.stream_id)
-        if leg is not None:
-            leg.video_tag(ev.timestamp_ms, ev.data)
-
-    def _on_data(self, ev: DataReceived) -> None:
-        leg = self._publishing_leg(ev.stream_id)
-        if leg is not None:
-            leg.data_message(ev.name, ev.values)
-
 
 class RtmpFactory(protocol.Factory):
     """``RtmpFactory(manager, rtmp_config, reactor)``.

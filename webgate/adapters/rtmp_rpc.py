@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from webgate.adapters import aio
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import CallRefused
 from webgate.calls.users import check_registration, party, registration_expires
@@ -26,11 +27,19 @@ from webgate.proto.errors import LocalProtocolError
 from webgate.proto.rtmp import CommandReceived, RtmpServerConnection
 from webgate.proto.rtmp.amf import Undefined
 
-__all__ = ["APP_SIP", "FlashRpc", "call_failed"]
+__all__ = [
+    "APP_CALL", "APP_SESSION", "APP_SIP", "APP_WATCH", "TOKEN_OPTION", "ConnectionParts", "FlashRpc", "call_failed"]
 
 log = Logger()
 
+#: the connection's applications (rtmp://HOST/APP): Flash RPC, encoder style, by session ID, watch
 APP_SIP = "sip"
+APP_CALL = "call"
+APP_SESSION = "session"
+APP_WATCH = "watch"
+# the call token on RTMP: "?token=" on the stream name (encoder style) or on the connect URL
+# (rtmp://HOST/call?token=...), or the Flash RPC connect's second argument when it is a JWT
+TOKEN_OPTION = "token"
 
 
 def call_failed(description: str, **extra: Any) -> dict[str, Any]:
@@ -40,7 +49,27 @@ def call_failed(description: str, **extra: Any) -> dict[str, Any]:
     return info
 
 
-class FlashRpc:
+class ConnectionParts:
+    """What the RTMP connection's mixins (:class:`FlashRpc`, ``rtmp_play.RtmpPlayback``,
+    ``rtmp_publish.RtmpPublishing``) call on the connection, ``webgate.adapters.rtmp.RtmpProtocol``,
+    which provides them."""
+
+    @property
+    def manager(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class FlashRpc(ConnectionParts):
     """The Flash RPC commands and web-user registration of one RTMP connection (a mixin of
     ``webgate.adapters.rtmp.RtmpProtocol``, which provides the attributes declared here)."""
 
@@ -56,17 +85,8 @@ class FlashRpc:
     lost: bool
     registered_user: str | None
     grant: Any
-
-    @property
-    def manager(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def is_open(self) -> bool:
-        raise NotImplementedError
-
-    def flush(self) -> None:
-        raise NotImplementedError
+    #: an ``invite`` awaits the cluster's admission step (CallManager.reserve)
+    _inviting: bool = False
 
     def _end_publish(self, stream_id: int, why: str) -> None:
         raise NotImplementedError
@@ -184,7 +204,7 @@ class FlashRpc:
         if leg is None:
             self.core.send_error(tid, call_failed("invite needs rtmp://HOST/sip/USER", reason="not_sip"))
             return
-        if leg.call is not None and not leg.call.ended:
+        if (leg.call is not None and not leg.call.ended) or self._inviting:
             self.core.send_error(tid, call_failed("a call is already in progress", reason="call_in_progress"))
             return
         destination = args[0] if args else None
@@ -199,20 +219,49 @@ class FlashRpc:
         try:
             if session_id is not None and not isinstance(session_id, str):
                 raise CallRefused("invalid_session_id", "sessionId must be a string of digits")
-            call = leg.place(
-                self.manager,
-                destination,
-                session_id=session_id,
-                display_name=self.display_name,
-                # the URL's USER is a name the client chose: the identity is the token's sub or none
-                token=self.conn_token,
-                source_ip=self.peer_ip,
-            )
+            # the URL's USER is a name the client chose: the identity is the token's sub or none
+            if getattr(self.manager, "cluster", None) is not None:
+                # a cluster node: the cluster-wide limits and session ID first (one await)
+                admission = self.manager.admit(leg, destination, session_id=session_id, display_name=self.display_name,
+                                               token=self.conn_token, source_ip=self.peer_ip)
+                self._inviting = True
+                d = aio.as_deferred(self._invite_reserved(tid, leg, destination, admission))
+                d.addErrback(lambda f: log.failure("RTMP {client}: invite failed", f, client=self.client))
+                return
+            call = leg.place(self.manager, destination, session_id=session_id, display_name=self.display_name,
+                             token=self.conn_token, source_ip=self.peer_ip)
         except CallRefused as e:
-            log.info("RTMP {client}: invite refused: {code}", client=self.client, code=e.code)
-            self.core.send_error(tid, call_failed(e.message, reason=e.code))
-            self.rpc_callback("rejected", e.code)
+            self._invite_refused(tid, e)
             return
+        self._invite_placed(tid, call)
+
+    async def _invite_reserved(self, tid: float, leg: RtmpLeg, destination: Any, admission: Any) -> None:
+        """The rest of an ``invite`` on a cluster node: ``CallManager.reserve``, then the call."""
+        manager = self.manager
+        try:
+            try:
+                admission = await manager.reserve(leg, admission)
+                if not self.is_open or self.flash_leg is not leg:
+                    manager.release_reservation(admission)  # the client left meanwhile
+                    return
+                call = manager.place_call(leg, destination, admission=admission)
+            except CallRefused as e:
+                if self.is_open:
+                    self._invite_refused(tid, e)
+                    self.flush()
+                return
+            leg.attach_call(call)
+            self._invite_placed(tid, call)
+            self.flush()
+        finally:
+            self._inviting = False
+
+    def _invite_refused(self, tid: float, e: CallRefused) -> None:
+        log.info("RTMP {client}: invite refused: {code}", client=self.client, code=e.code)
+        self.core.send_error(tid, call_failed(e.message, reason=e.code))
+        self.rpc_callback("rejected", e.code)
+
+    def _invite_placed(self, tid: float, call: Call) -> None:
         if tid:
             self.core.send_result(tid, call.session_id)
         self.rpc_callback("sessionId", call.session_id)
