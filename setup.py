@@ -57,7 +57,7 @@ setup(
         "redis>=5",  # [cluster]: redis.asyncio on the asyncio reactor (webgate/cluster/)
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff", "import-linter", "pesq"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff", "import-linter", "pesq"],
         # bench/ (not the test suite): the load generator's WebSocket client, the profiler, Chromium callers
         "bench": ["websockets", "py-spy", "selenium"],
         # fuzz/ (not the test suite): the coverage-guided engine (a manylinux wheel for CPython 3.11)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from tests.adapters.webrtc_client import (
@@ -158,6 +159,7 @@ async def test_ws_register_refusals_and_replacement() -> None:
         await gw.stop()
 
 
+@pytest.mark.serial  # transcodes Opus <-> G.729 in real time and measures the tone: needs the CPU
 @pytest_twisted.ensureDeferred
 async def test_ws_inbound_offer_of_only_g729_is_answered_and_transcoded() -> None:
     """A PBX that offers only G.729 to a web user: answered with G.729 (bcg729, the frame path), not 488;

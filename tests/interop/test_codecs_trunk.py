@@ -364,6 +364,7 @@ LOSS_CASES = [
 ]
 
 
+@pytest.mark.serial  # PESQ and silent-hole figures: a busy CPU adds holes of its own
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case, codec, rtpmap, fmtp, min_pesq", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 
+import pytest
 import pytest_twisted
 
 from tests.calls.gw import reactor
@@ -19,6 +20,9 @@ CALLS = 200
 BATCH = 10
 RSS_BOUND_KB = 30 * 1024
 FD_BOUND = 5
+
+#: 200 calls set up against the clock: run alone (scripts/test.sh's serial phase)
+pytestmark = pytest.mark.serial
 
 
 def open_fds() -> int:
