@@ -138,7 +138,8 @@ class DataChannels {
 function openSocket(owner) {
   return new Promise((resolve, reject) => {
     let ws;
-    try { ws = owner.ws = new WebSocket(owner.gate.url); } catch (e) { reject(new WebGateError('connection_failed', String(e.message || e))); return; }
+    const url = owner._url || owner.gate.url;   // a watch that was redirected: the other node's
+    try { ws = owner.ws = new WebSocket(url); } catch (e) { reject(new WebGateError('connection_failed', String(e.message || e))); return; }
     let welcomed = false;
     ws.onmessage = (ev) => {
       let msg;
@@ -153,12 +154,17 @@ function openSocket(owner) {
       }
       owner._onMessage(msg);
     };
-    ws.onerror = () => { if (!welcomed) reject(new WebGateError('connection_failed', 'cannot reach ' + owner.gate.url)); };
+    ws.onerror = () => { if (!welcomed) reject(new WebGateError('connection_failed', 'cannot reach ' + url)); };
     ws.onclose = () => {
-      if (!welcomed) reject(new WebGateError('connection_failed', 'connection closed by ' + owner.gate.url));
+      if (!welcomed) reject(new WebGateError('connection_failed', 'connection closed by ' + url));
       else owner._end('connection_lost', null, true);
     };
   });
+}
+
+/** The gateway answered `redirect`: the watched call lives on another node of a cluster. */
+class Redirect extends Error {
+  constructor(url) { super('redirected to ' + url); this.url = url; }
 }
 
 export class WebGate extends EventTarget {
@@ -662,51 +668,66 @@ export class WebGateWatch extends EventTarget {
   }
 
   async _start() {
-    const opts = this.opts;
     this.state = 'connecting';
-    const accepted = new Promise((resolve, reject) => { this._pending = { resolve, reject }; });
     const timer = setTimeout(() => this._fail(new WebGateError('timeout', 'the gateway did not answer in time')), this.gate.timeoutMs);
     try {
-      await openSocket(this);
-      const iceServers = this.gate.iceServers || (this._welcome && this._welcome.ice_servers) || [];
-      const pc = this.pc = new RTCPeerConnection({ iceServers });
-      const createDataChannel = pc.createDataChannel.bind(pc);
-      pc.createDataChannel = (label, init) => this._data.adopt(createDataChannel(label, init), false);
-      pc.ondatachannel = (ev) => this._data.adopt(ev.channel, true);
-      pc.ontrack = (ev) => {
-        this.remoteStream.addTrack(ev.track);
-        this._emit('track', { track: ev.track });
-        if (ev.track.kind === 'video') this._waitForFrame(ev.track);
-      };
-      pc.onconnectionstatechange = () => {
-        this._emit('connectionstatechange', { state: pc.connectionState });
-        if (pc.connectionState === 'failed') this._end('ice_failed', null, true);
-      };
-      if (opts.video !== false) {
-        const t = pc.addTransceiver('video', { direction: 'recvonly' });
-        if (opts.videoCodecs) {
-          const prefs = videoCodecPreferences(opts.videoCodecs);
-          if (prefs && t.setCodecPreferences) t.setCodecPreferences(prefs);
-        }
+      try {
+        await this._attempt();
+      } catch (err) {
+        if (!(err instanceof Redirect) || this.state === 'ended') throw err;
+        // a cluster: the call lives on another node. Watch there, once (a second redirect fails)
+        this._cleanup();
+        this._url = err.url;
+        this._data = new DataChannels(this, false);
+        await this._attempt();
       }
-      if (opts.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
-      pc.createDataChannel(DATA_LABEL, { ordered: true });
-      await pc.setLocalDescription(await pc.createOffer());
-      await waitForIceGathering(pc, 1500);
-      pc.onicecandidate = (ev) => this._send({ type: 'candidate', candidate: ev.candidate ? ev.candidate.toJSON() : null });
-      const msg = { type: 'watch', session_id: this.sessionId, sdp: pc.localDescription.sdp };
-      const token = opts.token != null ? opts.token : this.gate.token;
-      if (token != null) msg.token = token;
-      this._send(msg);
-      if (pc.iceGatheringState === 'complete') this._send({ type: 'candidate', candidate: null });
-      await accepted;
     } catch (err) {
-      this._fail(err instanceof WebGateError ? err : new WebGateError('client_error', String(err && err.message || err)));
-      await accepted.catch(() => {});
+      if (this.state !== 'ended') this._fail(err instanceof WebGateError ? err : new WebGateError('client_error', String(err && err.message || err)));
       throw this._error;
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** One try: open the WebSocket, offer, send `watch`; resolves on `watching`. */
+  async _attempt() {
+    const opts = this.opts;
+    const accepted = new Promise((resolve, reject) => { this._pending = { resolve, reject }; });
+    accepted.catch(() => {});
+    await openSocket(this);
+    const iceServers = this.gate.iceServers || (this._welcome && this._welcome.ice_servers) || [];
+    const pc = this.pc = new RTCPeerConnection({ iceServers });
+    const createDataChannel = pc.createDataChannel.bind(pc);
+    pc.createDataChannel = (label, init) => this._data.adopt(createDataChannel(label, init), false);
+    pc.ondatachannel = (ev) => this._data.adopt(ev.channel, true);
+    pc.ontrack = (ev) => {
+      this.remoteStream.addTrack(ev.track);
+      this._emit('track', { track: ev.track });
+      if (ev.track.kind === 'video') this._waitForFrame(ev.track);
+    };
+    pc.onconnectionstatechange = () => {
+      this._emit('connectionstatechange', { state: pc.connectionState });
+      if (pc.connectionState === 'failed') this._end('ice_failed', null, true);
+    };
+    if (opts.video !== false) {
+      const t = pc.addTransceiver('video', { direction: 'recvonly' });
+      if (opts.videoCodecs) {
+        const prefs = videoCodecPreferences(opts.videoCodecs);
+        if (prefs && t.setCodecPreferences) t.setCodecPreferences(prefs);
+      }
+    }
+    if (opts.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.createDataChannel(DATA_LABEL, { ordered: true });
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc, 1500);
+    pc.onicecandidate = (ev) => this._send({ type: 'candidate', candidate: ev.candidate ? ev.candidate.toJSON() : null });
+    const msg = { type: 'watch', session_id: this.sessionId, sdp: pc.localDescription.sdp };
+    if (opts.audio) msg.audio = true;   // the call's audio, both parties mixed (silent monitoring)
+    const token = opts.token != null ? opts.token : this.gate.token;
+    if (token != null) msg.token = token;
+    this._send(msg);
+    if (pc.iceGatheringState === 'complete') this._send({ type: 'candidate', candidate: null });
+    await accepted;
   }
 
   // the WebSocket's messages (WebGateCall._open hands them here)
@@ -728,6 +749,16 @@ export class WebGateWatch extends EventTarget {
         break;
       case 'video':
         this._setVideo({ codec: msg.codec == null ? null : msg.codec, width: msg.width, height: msg.height });
+        break;
+      case 'redirect':   // the call lives on another node (docs/protocol.md): _start follows it once
+        if (!this._pending) break;
+        if (!this._url && typeof msg.url === 'string' && /^wss?:\/\//i.test(msg.url)) {
+          const p = this._pending;
+          this._pending = null;
+          p.reject(new Redirect(msg.url));
+        } else {
+          this._fail(new WebGateError('redirect_loop', 'redirected again, to ' + msg.url));
+        }
         break;
       case 'ended':
         if (this._pending) this._fail(new WebGateError(msg.cause || 'ended', 'the watch ended: ' + msg.cause));

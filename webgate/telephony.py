@@ -14,23 +14,38 @@ from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from webgate.adapters import media_loop
 from webgate.adapters.rtp import RtpPortPool
 from webgate.adapters.sip import SipTransport
 from webgate.adapters.sip_resolver import SipLocator, start_locator
-from webgate.calls.dialplan import DialPlan
+from webgate.calls.dialplan import DialPlan, locate_key
 from webgate.calls.manager import CallManager
 from webgate.calls.policy import CallPolicy
+from webgate.calls.recording import Recordings
 from webgate.calls.registry import CallRegistry, InMemoryCallRegistry
 from webgate.calls.session_id import SessionIdAllocator
 from webgate.calls.users import InboundAllowList, WebUsers
-from webgate.config import HostPort
+from webgate.config import HostPort, RecordingConfig
+from webgate.legs.hub_recording import HubRecordingFactory
 from webgate.listen import ListenError, tls_server_context, tls_trust_root
 from webgate.media.codecs import set_library_paths
+from webgate.proto.errors import LocalProtocolError
+from webgate.proto.sip.locate import plan_for
 from webgate.proto.sip.message import SipURI
-from webgate.proto.sip.transaction import TimerConfig, TransactionState
-from webgate.proto.sip.useragent import Credentials, LocalEndpoint, UAConfig, UserAgent
+from webgate.proto.sip.transaction import Addr, TimerConfig, TransactionState
+from webgate.proto.sip.useragent import (
+    Credentials,
+    LocalEndpoint,
+    Registration,
+    UAConfig,
+    UserAgent,
+)
 
 log = Logger()
+
+#: a node that got an out-of-dialog OPTIONS within this many seconds is being probed (a
+#: dispatcher): its drain waits for the next probe, answered 503, before ending its calls
+PROBED_WITHIN_S = 30.0
 
 
 def _tls_client_options(ca_file: str) -> Any:
@@ -68,6 +83,9 @@ class TelephonyService(service.Service):
         self.transport: SipTransport | None = None
         self.rtp_pool: RtpPortPool | None = None
         self.manager: CallManager | None = None
+        #: call recording (webgate/calls/recording.py); its ``sink_factory`` (video/data) is set by the wiring
+        self.recordings = Recordings(getattr(config, "recording", None) or RecordingConfig(), reactor,
+                                     sink_factory=HubRecordingFactory())
         self.bound: dict[str, tuple[str, int]] = {}
         self.registrations: list[Any] = []
         #: RFC 3263 DNS for trunks named by DNS name (None: none is); ``locator_ready`` fires
@@ -80,7 +98,8 @@ class TelephonyService(service.Service):
         cfg = self.config
         sip = cfg.sip
         timers = TimerConfig(t1=sip.t1_ms / 1000.0, t2=sip.t2_ms / 1000.0, t4=sip.t4_ms / 1000.0)
-        ua_cfg = UAConfig(endpoints={}, user_agent=sip.user_agent, timers=timers, honour_maddr=sip.honour_maddr)
+        ua_cfg = UAConfig(endpoints={}, user_agent=sip.user_agent, timers=timers, honour_maddr=sip.honour_maddr,
+                          failover_timeout=sip.failover_timeout_s)
         if sip.outbound_proxy is not None:
             ua_cfg.outbound_proxy = SipURI.parse(sip.outbound_proxy.text)
         self.ua = UserAgent(ua_cfg)
@@ -117,8 +136,10 @@ class TelephonyService(service.Service):
             ua_cfg.endpoints[name] = LocalEndpoint(name, host, port)
             log.info("SIP listening on {transport} {host}:{port} (advertised {adv})", transport=name, host=hp.host, port=port, adv=host)
         rtp = cfg.rtp
+        media_loop.set_default_mode(rtp.media_io, rtp.read_interval_ms)  # also the WebRTC legs' ICE sockets
         self.rtp_pool = RtpPortPool(self.reactor, rtp.bind, rtp.port_min, rtp.port_max,
-                                    strict_source=rtp.strict_source, relearn_after_s=rtp.relearn_after_s)
+                                    strict_source=rtp.strict_source, relearn_after_s=rtp.relearn_after_s,
+                                    media_io=rtp.media_io)
         rtp_adv = rtp.advertised_address or rtp.bind
         if rtp_adv in ("0.0.0.0", "::"):
             rtp_adv = "127.0.0.1"
@@ -168,6 +189,7 @@ class TelephonyService(service.Service):
         if self.cluster is not None:
             self.manager.cluster = self.cluster.node  # the cluster-wide admission step
             self.manager.observers.append(self.cluster.index)
+        self.manager.observers.append(self.recordings)  # before the CDR writer: the sidecar is final first
         # REGISTER for trunks that require it
         now = self.reactor.seconds()
         for trunk in cfg.trunks:
@@ -177,9 +199,47 @@ class TelephonyService(service.Service):
             user = trunk.username or trunk.auth_username
             aor = SipURI(scheme="sip", user=user, host=target.host)
             creds = Credentials(trunk.auth_username or trunk.username, trunk.password, trunk.realm) if trunk.password else None
+            where, transport = locate_key(cfg, trunk)
+            if self.locator is not None and plan_for(where, transport).kind != "ip":
+                # a registrar (or proxy) by DNS name: RFC 3263 servers, as for calls (first REGISTER
+                # once they are known; failover to the next on 503 or no answer)
+                self._register_located(trunk.name, aor, target, creds, trunk.register_expires, where, transport)
+                continue
             reg = self.ua.register(aor, target, now, credentials=creds, expires=trunk.register_expires, transport=trunk.transport)
             self.registrations.append(reg)
         self.transport.flush()
+        if self.cluster is not None and cfg.cluster.registrar:
+            # the web users REGISTERed at Kamailio's registrar with this node's contact (docs/cluster.md)
+            from webgate.cluster.sip_users import SipUserRegistrations
+
+            self.cluster.register_users_at(SipUserRegistrations(
+                self.ua, SipURI.parse(cfg.cluster.registrar), self.reactor.seconds, self.transport.flush,
+                self.registrations))
+
+    def _register_located(self, name: str, aor: SipURI, registrar: SipURI, creds: Credentials | None,
+                          expires: int, where: SipURI, transport: str | None) -> None:
+        """Trunk ``name``'s registration toward the located servers of ``where``: REGISTER when
+        the first answer comes, and every DNS refresh updates its servers."""
+        assert self.locator is not None
+        held: list[Registration] = []
+
+        def located(found: list[Addr]) -> None:
+            if self.ua is None or self.transport is None or (held and not held[0].active):
+                return
+            if held:
+                self.ua.set_register_destinations(held[0], found)
+                return
+            try:
+                reg = self.ua.register(aor, registrar, self.reactor.seconds(), credentials=creds, expires=expires,
+                                       transport=found[0][0], destinations=found)
+            except LocalProtocolError as e:
+                log.warn("trunk {trunk}: cannot register: {error}", trunk=name, error=e.message)  # noqa: G010
+                return
+            held.append(reg)
+            self.registrations.append(reg)
+            self.transport.flush()
+
+        self.locator.subscribe(where, transport, located)
 
     def _on_event(self, ev: Any) -> None:
         if self.manager is not None:
@@ -202,9 +262,18 @@ class TelephonyService(service.Service):
             self.cluster.start()  # in the background: the gateway fills in its HTTP and RTMP addresses first
 
     def drain(self, timeout_s: float = 10.0) -> defer.Deferred[None]:
-        """End every live call (BYE/CANCEL; clients told, cause ``shutdown``), remove
-        registrations, and wait until those requests are answered (or time out in the
-        transaction layer), at most ``timeout_s``."""
+        """Leave a SIP dispatcher's set first (SIP OPTIONS are answered 503 from now on; a node
+        that is being probed waits for the next probe, at most half of ``timeout_s``), then end
+        every live call (BYE/CANCEL; clients told, cause ``shutdown``), remove registrations,
+        and wait until those requests are answered (or time out in the transaction layer), all
+        within ``timeout_s``."""
+        if self.ua is not None:
+            self.ua.out_of_service = True
+        return defer.ensureDeferred(self._drain(timeout_s))
+
+    async def _drain(self, timeout_s: float) -> None:
+        start = self.reactor.seconds()
+        await self._leave_dispatcher(timeout_s / 2)
         if self.manager is not None:
             self.manager.shutdown()
         if self.ua is not None and self.transport is not None:
@@ -212,7 +281,20 @@ class TelephonyService(service.Service):
             for reg in self.registrations:
                 self.ua.unregister(reg, now)
             self.transport.flush()
-        return defer.ensureDeferred(self._wait_for_requests(timeout_s))
+        await self._wait_for_requests(max(0.1, timeout_s - (self.reactor.seconds() - start)))
+
+    async def _leave_dispatcher(self, wait_s: float) -> None:
+        """A node probed with OPTIONS (one arrived in the last ``PROBED_WITHIN_S``: Kamailio's
+        dispatcher, docs/cluster.md) keeps its calls until a probe was answered 503, so that
+        the dispatcher sends new calls elsewhere before these end; at most ``wait_s``."""
+        ua = self.ua
+        if ua is None or ua.options_at is None or self.reactor.seconds() - ua.options_at > PROBED_WITHIN_S:
+            return
+        refused, deadline = ua.options_refused, self.reactor.seconds() + wait_s
+        log.info("shutdown: answering SIP OPTIONS 503 until the next probe (at most {s} s) before ending calls",
+                 s=round(wait_s, 1))
+        while ua.options_refused == refused and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, 0.05)
 
     def pending_requests(self) -> int:
         """Client transactions still waiting for a final response (BYE, CANCEL, the INVITEs
@@ -234,6 +316,7 @@ class TelephonyService(service.Service):
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
+        self.recordings.shutdown()
         ds = []
         if self.cluster is not None:
             ds.append(self.cluster.stop(leave=True))  # the drain ended the calls: leave at once

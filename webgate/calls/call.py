@@ -110,8 +110,15 @@ class Call:
         #: the call's video and data, reachable by session ID (webgate.legs.hub.MediaHub, made by
         #: the leg; None for legs without video or data, e.g. LocalLeg)
         self.hub: Any = None
+        #: supervisor audio (webgate.legs.monitor.CallMonitor): set only while the hub has audio
+        #: watchers; it is handed both directions' audio as it passes (web_payload/web_pcm here,
+        #: sip_payload/sip_pcm in media_path) and does its work on the media clock
+        self.monitor: Any = None
         #: blind transfers by the SIP far end (REFER): {"to", "referred_by", "at", "sip_call_id"}
         self.transfers: list[dict[str, Any]] = []
+        #: the sidecar of the call's recording (webgate/calls/recording.py), None if not recorded
+        self.recording: str | None = None
+        self.recording_refused = False  # an automatic recording could not start (not tried again)
 
     @property
     def ingress_kind(self) -> str:
@@ -138,11 +145,15 @@ class Call:
         """Frame path: PCM from the web side toward SIP (resampled and encoded there)."""
         if self.stream is not None and self.state is not CallState.ENDED:
             self.stream.send_pcm(pcm, rate)
+            if self.monitor is not None:
+                self.monitor.web_pcm(pcm, rate)
 
     def send_payload(self, payload: bytes, samples: int | None = None) -> None:
         """Packet path: a payload already in the SIP leg's codec, relayed untouched."""
         if self.stream is not None and self.state is not CallState.ENDED:
             self.stream.send_payload(payload, samples)
+            if self.monitor is not None:
+                self.monitor.web_payload(payload)
 
     def send_dtmf(self, digits: str, duration_ms: int = 160) -> None:
         self.manager.send_dtmf(self, digits, duration_ms)

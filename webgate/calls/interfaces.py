@@ -7,18 +7,32 @@ adapters implement (calls/ imports no adapter; adapters may import calls).
 - :class:`SipSender`: the SIP transport that sends what the user agent queued
   (``adapters/sip.py``: ``SipTransport``);
 - :class:`ClusterAdmission`: a cluster node's shared limits and session IDs
-  (``cluster/node.py``: ``ClusterNode``), the one asynchronous step of a call's admission.
+  (``cluster/node.py``: ``ClusterNode``), the one asynchronous step of a call's admission;
+- :class:`RecordingSink` / :class:`RecordingSinkFactory`: the video and data half of a call's
+  recording (``legs/hub_recording.py``), driven by ``calls/recording.py`` (docs/recording.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import pathlib
+
+    import numpy
+
     from webgate.media.stream import RtpAudioStream
 
-__all__ = ["ClusterAdmission", "MediaPort", "MediaTicker", "PortAllocator", "SipSender"]
+__all__ = [
+    "ClusterAdmission",
+    "MediaPort",
+    "MediaTicker",
+    "PortAllocator",
+    "RecordingSink",
+    "RecordingSinkFactory",
+    "SipSender",
+]
 
 
 class MediaTicker(Protocol):
@@ -89,3 +103,45 @@ class ClusterAdmission(Protocol):
     def release(self, session_id: str) -> None:
         """Give a reservation back (idempotent; the call allocator does it when a call ends)."""
         ...
+
+
+class RecordingSink(Protocol):
+    """The video and data half of one call's recording (R-video's), driven by R-audio's CallRecording."""
+
+    def audio(self, stereo: numpy.ndarray) -> None:
+        """int16, shape (n, 2), left = web caller, right = SIP; contiguous from timeline 0."""
+        ...
+
+    def paused(self, on: bool) -> None:
+        """Pause: drop video/data until resumed."""
+        ...
+
+    def files(self) -> dict[str, str]:
+        """``{"video": path, "data": path}`` (those that exist)."""
+        ...
+
+    def codecs(self) -> dict[str, str]:
+        """``{"video": "VP8"/"H264", "container": "webm"/...}``."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why it stopped, if it failed (disk full ...)."""
+        ...
+
+    def close(self) -> None:
+        """Finish the files (idempotent)."""
+        ...
+
+
+class RecordingSinkFactory(Protocol):
+    """Makes a call's :class:`RecordingSink` when its recording starts.
+
+    ``base``: the path without extension (``{dir}/{date}/{session_id}``); the sink adds
+    ``.webm``/``.mkv``/``.mp4`` and ``.data.jsonl``. ``rate``: the sample rate the stereo arrives
+    at. ``timeline()``: seconds since the recording's start (monotonic), the clock the audio is
+    aligned on. ``video=False`` ("audio" mode): only the data file. None if the call has no hub."""
+
+    def __call__(
+        self, call: Any, base: pathlib.Path, rate: int, timeline: Callable[[], float], video: bool
+    ) -> RecordingSink | None: ...

@@ -67,6 +67,8 @@ class MediaPaths:
     def _audio_to_leg(call: Call, pcm: Any, rate: int) -> None:
         if call.times.first_media_mono is None:
             call.times.first_media_mono = time.monotonic()
+        if call.monitor is not None:
+            call.monitor.sip_pcm(pcm, rate)  # supervisor audio (only while someone listens)
         try:
             call.leg.audio_from_sip(call, pcm, rate)
         except Exception:
@@ -119,7 +121,13 @@ class MediaPaths:
         old = call.media_path
         if names & packet_codecs and sink is not None and stream is not None:
             new = "packet"
-            stream.on_payload = lambda payload, samples, pkt: sink(call, payload, samples)
+
+            def to_leg(payload: bytes, samples: int, pkt: Any, sink: Any = sink) -> None:
+                if call.monitor is not None:
+                    call.monitor.sip_payload(payload)  # supervisor audio: queued, decoded on the clock
+                sink(call, payload, samples)
+
+            stream.on_payload = to_leg
         else:
             new = "frame"
             if stream is not None:

@@ -63,6 +63,7 @@ partial_timeout_s = 10
 max_send_buffer = 262144
 send_stall_s = 30
 dns_servers = []
+failover_timeout_s = 4
 
 [rtp]
 bind = "127.0.0.1"
@@ -73,6 +74,8 @@ jitter_min_ms = 20
 jitter_max_ms = 200
 strict_source = true
 relearn_after_s = 0
+media_io = "loop"
+read_interval_ms = 0
 
 [session_id]
 length = 10
@@ -135,6 +138,15 @@ webhook_url = ""
 webhook_timeout_s = 5
 webhook_retries = 3
 
+[recording]
+dir = "recordings"
+path = "{{date}}/{{session_id}}"
+format = "wav"
+min_free_mb = 500
+flush_s = 1.0
+record_beep_s = 0
+record_announcement = ""
+
 [shutdown]
 timeout_s = 10
 
@@ -156,4 +168,5 @@ sip_contact = ""
 heartbeat_s = 2
 node_ttl_s = 6
 on_redis_down = "refuse"
+registrar = ""
 """

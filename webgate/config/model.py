@@ -193,6 +193,31 @@ class CdrConfig:
     webhook_retries: int = 3
 
 
+#: ``[[route]] record`` and the token claim ``record``: what of a call is recorded
+RECORD_MODES = ("off", "audio", "audio+video")
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """``[recording]`` (docs/recording.md): where and how calls are recorded; whether a call is
+    recorded is its route's ``record`` (and the token claim ``record``)."""
+
+    #: the directory the recordings go under
+    dir: str = "recordings"
+    #: each recording's path under ``dir`` without extension; must contain ``{session_id}``
+    path: str = "{date}/{session_id}"
+    #: "wav" (16-bit PCM, crash safe) or "ogg" (Opus)
+    format: str = "wav"
+    #: a recording does not start while the disk of ``dir`` has less than this free
+    min_free_mb: int = 500
+    #: how often the file is written and its header made whole (seconds)
+    flush_s: float = 1.0
+    #: a short beep to both parties every this many seconds while recording (0 = off)
+    record_beep_s: int = 0
+    #: a WAV file played to both parties when recording starts ("" = none)
+    record_announcement: str = ""
+
+
 @dataclass(frozen=True)
 class ShutdownConfig:
     #: on SIGTERM: stop taking calls, BYE live ones, and exit at the latest after this long
@@ -226,6 +251,8 @@ class ClusterConfig:
     node_ttl_s: float = 6.0
     #: new calls while Redis is unreachable: "refuse" (cluster_unavailable) or "local"
     on_redis_down: str = "refuse"
+    #: Kamailio's registrar (sip:HOST[:PORT]) at which the node REGISTERs its web users; "" = none
+    registrar: str = ""
 
 
 @dataclass(frozen=True)
@@ -263,6 +290,9 @@ class SipConfig:
     send_stall_s: int = 30
     #: DNS servers for trunks and proxies named by DNS name (RFC 3263 NAPTR/SRV/A); () = the system's
     dns_servers: tuple[HostPort, ...] = ()
+    #: a located server (RFC 3263) that sends nothing back to an INVITE/REGISTER for this long is
+    #: given up for the next one (before Timer B/F); 0 = wait for Timer B/F
+    failover_timeout_s: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -280,6 +310,12 @@ class RtpConfig:
     #: > 0: a learnt source silent this long is learnt again (probation again); 0 = only when a
     #: re-INVITE/UPDATE moves the far end's media
     relearn_after_s: int = 0
+    #: how media sockets are read: "loop" (one event-loop reader draining every RTP/RTCP port and
+    #: a directly relayed WebRTC call's ICE socket) or "twisted" (a Twisted/asyncio reader each)
+    media_io: str = "loop"
+    #: media_io "loop": 0 = read when a socket is readable; N ms = read every socket every N ms
+    #: instead (fewer, fuller wake-ups for up to N ms of added delay per pass)
+    read_interval_ms: int = 0
 
     @property
     def port_pairs(self) -> int:
@@ -387,6 +423,10 @@ class RouteConfig:
     max_duration_s: int = 0
     #: the far end of a call through this route may transfer it (REFER; the target goes through the dial plan)
     transfer: bool = False
+    #: record calls through this route: "off", "audio" or "audio+video" ([recording])
+    record: str = "off"
+    #: the token claim ``record`` may ask for more than ``record`` (else only for less)
+    record_on_request: bool = False
     regex: re.Pattern[str] = field(default=re.compile(""), repr=False, compare=False)
 
 
@@ -405,6 +445,7 @@ class Config:
     video: VideoConfig = VideoConfig()
     api: ApiConfig = ApiConfig()
     cdr: CdrConfig = CdrConfig()
+    recording: RecordingConfig = RecordingConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     cluster: ClusterConfig = ClusterConfig()
     codecs: CodecsConfig = CodecsConfig()

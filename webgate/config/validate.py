@@ -46,6 +46,7 @@ from webgate.config.model import (
     KNOWN_CODECS,
     LOG_LEVELS,
     ON_REDIS_DOWN,
+    RECORD_MODES,
     ApiConfig,
     BuiltinConfig,
     CdrConfig,
@@ -57,6 +58,7 @@ from webgate.config.model import (
     IceServerConfig,
     LimitsConfig,
     LogConfig,
+    RecordingConfig,
     RouteConfig,
     RtmpConfig,
     RtpConfig,
@@ -116,6 +118,7 @@ class _Validator:
         sections = {
             "http", "rtmp", "sip", "rtp", "session_id", "builtin", "limits", "log", "trunk", "route",
             "webrtc", "tokens", "video", "api", "cdr", "shutdown", "cluster", "codecs",
+            "recording",
         }
         for k in data:
             if k not in sections:
@@ -272,6 +275,8 @@ class _Validator:
         )
         s.finish()
 
+        recording = self.recording(Section(self, "recording", data.get("recording", {}), RecordingConfig()))
+
         s = Section(self, "shutdown", data.get("shutdown", {}), ShutdownConfig())
         shutdown = self.build(ShutdownConfig, dict(timeout_s=s.integer("timeout_s", 1, 3600)))
         s.finish()
@@ -300,6 +305,7 @@ class _Validator:
             video=video,
             api=api,
             cdr=cdr,
+            recording=recording,
             shutdown=shutdown,
             cluster=cluster,
             codecs=codecs,
@@ -307,6 +313,23 @@ class _Validator:
             routes=tuple(routes),
             source=source,
         )
+
+    def recording(self, s: Section) -> Any:
+        """``[recording]`` (docs/recording.md)."""
+        rec = self.build(
+            RecordingConfig,
+            dict(
+                dir=s.string("dir", check=check_nonempty_text),
+                path=s.string("path", check=_check_recording_path),
+                format=s.choice("format", ("wav", "ogg")),
+                min_free_mb=s.integer("min_free_mb", 0, 10_000_000),
+                flush_s=s.number("flush_s", 0.05, 60.0),
+                record_beep_s=s.integer("record_beep_s", 0, 3600),
+                record_announcement=s.string("record_announcement", check=check_text),
+            ),
+        )
+        s.finish()
+        return rec
 
     def cluster(self, s: Section) -> Any:
         """``[cluster]`` (docs/cluster.md): off by default; a node's Redis, name, addresses, heartbeat."""
@@ -322,6 +345,7 @@ class _Validator:
                 heartbeat_s=s.number("heartbeat_s", 0.1, 60),
                 node_ttl_s=s.number("node_ttl_s", 0.2, 600),
                 on_redis_down=s.choice("on_redis_down", ON_REDIS_DOWN),
+                registrar=s.string("registrar", check=_check_registrar),
             ),
         )
         s.finish()
@@ -484,6 +508,7 @@ class _Validator:
             max_send_buffer=s.integer("max_send_buffer", 4096, 1 << 30),
             send_stall_s=s.integer("send_stall_s", 1, 3600),
             dns_servers=self.dns_servers(s),
+            failover_timeout_s=s.number("failover_timeout_s", 0, 60),
         )
         s.finish()
         if isinstance(values["outbound_proxy"], str):
@@ -510,6 +535,8 @@ class _Validator:
             jitter_max_ms=s.integer("jitter_max_ms", 1, 10000),
             strict_source=s.boolean("strict_source"),
             relearn_after_s=s.integer("relearn_after_s", 0, 86400),
+            media_io=s.choice("media_io", ("loop", "twisted")),
+            read_interval_ms=s.integer("read_interval_ms", 0, 20),
         )
         s.finish()
         for k in ("bind", "advertised_address"):
@@ -669,6 +696,8 @@ class _Validator:
                 public=s.boolean("public"),
                 max_duration_s=s.integer("max_duration_s", 0),
                 transfer=s.boolean("transfer"),
+                record=s.choice("record", RECORD_MODES),
+                record_on_request=s.boolean("record_on_request"),
                 regex=regex,
             )
             s.finish()
@@ -676,6 +705,21 @@ class _Validator:
             if r is not MISSING:
                 out.append(r)
         return out
+
+
+def _check_recording_path(path: str) -> str | None:
+    """``[recording] path``: a relative template of {date}, {time}, {session_id}, with {session_id}."""
+    try:
+        names = {f for _l, f, _s, _c in string.Formatter().parse(path) if f is not None}
+    except ValueError as e:
+        return f"invalid format string {path!r}: {e}"
+    if "session_id" not in names:
+        return "must contain {session_id}"
+    if names - {"date", "time", "session_id"}:
+        return f"unknown field(s) {sorted(names - {'date', 'time', 'session_id'})} (use {{date}}, {{time}}, {{session_id}})"
+    if path.startswith("/") or ".." in path.split("/") or "\\" in path or check_text(path):
+        return "must be a relative path without '..', backslashes or control characters"
+    return None
 
 
 def _check_rewrite(rewrite: str, regex: re.Pattern[str]) -> str | None:
@@ -720,6 +764,7 @@ OVERRIDABLE = frozenset(
         ("video", VideoConfig),
         ("api", ApiConfig),
         ("cdr", CdrConfig),
+        ("recording", RecordingConfig),
         ("shutdown", ShutdownConfig),
         ("cluster", ClusterConfig),
     )
@@ -767,3 +812,16 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ConfigError([f"{section}: must be a table"], source)
         table[name] = value
     return parse_config(data, source)
+
+
+def _check_registrar(value: str) -> str | None:
+    """``[cluster] registrar``: "" or a SIP URI of a host (no user part)."""
+    if not value:
+        return None
+    try:
+        uri = parse_sip_uri(value)
+    except ValueError:
+        return f"invalid SIP URI {value!r} (e.g. \"sip:10.0.0.5:5060\")"
+    if uri.user:
+        return f"{value!r}: the registrar's URI has no user part"
+    return None

@@ -56,7 +56,8 @@ from twisted.logger import Logger
 
 from webgate.calls.call import Call, CallState
 from webgate.config import WebRtcConfig
-from webgate.legs.hub import MediaHub, RtpVideo, attach_hub
+from webgate.legs.hub import MediaHub, attach_hub
+from webgate.legs.hub_types import RtpVideo
 from webgate.logsafe import safe
 from webgate.media.audio import PCM, Framer, Resampler
 from webgate.media.codecs import (
@@ -200,6 +201,7 @@ class SipAudioSource:
         self._time_base = Fraction(1, rate)
         self._last_samples = self.samples
         self._framer = Framer(self.samples)
+        self._resamplers.clear()  # made for the old rate: their output would be taken as the new one's
         self._queue.clear()
 
     def push(self, pcm: PCM, rate: int) -> None:

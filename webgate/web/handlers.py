@@ -23,12 +23,14 @@ from twisted.python.failure import Failure
 from webgate.adapters import aio
 from webgate.adapters.webrtc import InvalidOffer, WebRtcLeg
 from webgate.adapters.webrtc_watch import WebRtcWatcher, watch_video_format
-from webgate.legs.hub import WatchRefused
+from webgate.legs.hub_types import WatchRefused
 from webgate.legs.webrtc import WebRtcSettings
+from webgate.calls import elsewhere
 from webgate.calls.call import Call, CallState
 from webgate.calls.errors import HOLD_FAILED, CallRefused
 from webgate.calls.policy import client_ip
 from webgate.calls.users import check_registration, party, registration_expires
+from webgate.calls.watch import NOT_FOUND
 from webgate.logsafe import safe
 from webgate.security.candidates import CANDIDATE_REFUSED, CandidateRefused
 from webgate.security.tokens import MAX_TOKEN_LENGTH, TokenError, verify_token
@@ -500,7 +502,7 @@ class SignallingHandlers:
         return self.watch is not None and not self.watch.closed
 
     def _on_watch(self, msg: dict[str, Any]) -> None:
-        """``{"type": "watch", "session_id": ID, "sdp": OFFER[, "token": JWT]}``: watch a web
+        """``{"type": "watch", "session_id": ID, "sdp": OFFER[, "token": JWT][, "audio": true]}``: watch a web
         call's video and data by its session ID (docs/protocol.md "Who may watch"). The token
         (this message's, else the ``auth`` one) must allow it; every refusal but the attempt
         rate's and ``too_many_watchers`` is the same ``not_found``. Answered ``watching`` (with
@@ -518,11 +520,19 @@ class SignallingHandlers:
             session_id = str(session_id)
         token = _opt_str(msg, "token", MAX_TOKEN_LENGTH) or self.token
         manager = self.factory.manager
-        call = manager.authorize_watch(session_id, token, client_ip(self.client))  # raises CallRefused
+        try:
+            call = manager.authorize_watch(session_id, token, client_ip(self.client))  # raises CallRefused
+        except CallRefused as e:
+            if e.code != NOT_FOUND or getattr(manager.registry, "elsewhere", None) is None:
+                raise
+            # a cluster node: the call may live on another node (docs/cluster.md "Redirects")
+            lookup: Deferred[None] = aio.as_deferred(self._watch_elsewhere(session_id, token, e))
+            lookup.addErrback(lambda f: log.failure("ws {client}: looking up a watch failed", f, client=self.client))
+            return
         identity = verify_token(token, manager.tokens, now=manager.wall_clock()).sub  # (valid: just checked)
         watcher = WebRtcWatcher(
             call.hub, identity=identity, settings=self.settings, signal=self.send, reactor=self.factory.reactor,
-            client=self.client, on_end=self._watch_ended,
+            client=self.client, on_end=self._watch_ended, audio=msg.get("audio") is True,
         )
         try:
             video = watcher.join()
@@ -535,6 +545,26 @@ class SignallingHandlers:
         watcher.announced = True
         d: Deferred[None] = aio.as_deferred(self._start_watch(watcher, sdp, watch_video_format(call)))
         d.addErrback(self._watch_failed, watcher)
+
+    async def _watch_elsewhere(self, session_id: object, token: str | None, refusal: CallRefused) -> None:
+        """The watched call is not here: if it lives on another node and this token may watch
+        it there, ``{"type": "redirect", "url": NODE_WS_URL, ...}`` (the client re-sends its
+        ``watch`` there); else the same refusal (``not_found``) as in one process."""
+        manager = self.factory.manager
+        try:
+            found = await elsewhere.locate(manager.registry, session_id)
+        except CallRefused as e:  # cluster_unavailable: the index cannot be read
+            self.error(e.code, e.message, ref="watch")
+            return
+        if found is not None:
+            entry, info = found
+            if info.ws_url and elsewhere.may_watch(entry, token, manager.tokens, manager.wall_clock()):
+                log.info("ws {client}: watch of {session_id} redirected to node {node}", client=self.client,
+                         session_id=entry.session_id, node=safe(entry.node))
+                self.send({"type": "redirect", "ref": "watch", "url": info.ws_url, "session_id": entry.session_id,
+                           "node": entry.node})
+                return
+        self.error(refusal.code, refusal.message, ref="watch")
 
     async def _start_watch(self, watcher: WebRtcWatcher, sdp: str, fmt: Any) -> None:
         try:

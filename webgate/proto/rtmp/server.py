@@ -524,6 +524,17 @@ class RtmpServerConnection:
             raise LocalProtocolError(f"stream {stream_id} is {st.state.name}")
         return st
 
+    def play_pending(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` has a play waiting for :meth:`accept_play` / :meth:`reject_play`
+        (an adapter that answers later checks that the client did not give up meanwhile)."""
+        st = self._streams.get(stream_id)
+        return st is not None and st.state is _StreamState.PLAY_PENDING
+
+    def publish_pending(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` has a publish waiting for :meth:`accept_publish` / :meth:`reject_publish`."""
+        st = self._streams.get(stream_id)
+        return st is not None and st.state is _StreamState.PUBLISH_PENDING
+
     # ---- adapter API: connection
     def accept_connect(
         self,
@@ -657,11 +668,13 @@ class RtmpServerConnection:
         stream_id: int,
         code: str = "NetStream.Play.StreamNotFound",
         description: str = "Stream not found.",
+        **extra: Any,
     ) -> None:
+        """Refuse a pending play; ``extra`` goes into the info object (e.g. ``redirect``)."""
         st = self._stream(stream_id, _StreamState.PLAY_PENDING)
         st.state = _StreamState.IDLE
         self._send_status(
-            stream_id, _status("error", code, description, details=st.name)
+            stream_id, _status("error", code, description, details=st.name, **extra)
         )
 
     def send_status(
