@@ -18,7 +18,7 @@ from tests.adapters.webrtc_client import (
 from tests.calls.gw import wait_for
 from webgate.adapters import aio
 from webgate.adapters.webrtc import SipAudioTrack
-from webgate.legs.webrtc import packet_samples
+from webgate.legs.webrtc_media import packet_samples
 from webgate.media.codecs import OPUS_SILENCE, create_decoder, opus_packet_samples
 from webgate.media.tones import ToneGenerator
 from webgate.ops.metrics import GatewayMetrics

@@ -13,7 +13,8 @@ import numpy as np
 from twisted.internet.task import Clock
 
 from webgate.calls.call import CallState
-from webgate.legs.webrtc import AnswerInfo, EncodedAudio, SipAudioSource, WebRtcCallLeg, WebRtcSettings
+from webgate.legs.webrtc import AnswerInfo, WebRtcCallLeg, WebRtcSettings
+from webgate.legs.webrtc_media import EncodedAudio, SipAudioSource
 from webgate.media.codecs import ulaw_encode
 
 

@@ -58,13 +58,8 @@ from webgate.adapters import aio
 from webgate.adapters.webrtc_data import DataChannels
 from webgate.adapters.webrtc_direct import DirectAudio
 from webgate.adapters.webrtc_video import CallerVideo, forwardable
-from webgate.legs.webrtc import (
-    AnswerInfo,
-    SipAudioSource,
-    VideoFormat,
-    WebRtcCallLeg,
-    WebRtcSettings,
-)
+from webgate.legs.webrtc import AnswerInfo, WebRtcCallLeg, WebRtcSettings
+from webgate.legs.webrtc_media import SipAudioSource, VideoFormat
 from webgate.logsafe import safe
 from webgate.media.frames import audio_frame_pcm
 from webgate.security.candidates import CandidateGate
@@ -106,7 +101,7 @@ class InvalidOffer(Exception):
 
 
 class SipAudioTrack(SipAudioSource, AudioStreamTrack):
-    """The leg's :class:`~webgate.legs.webrtc.SipAudioSource` as the aiortc track the browser
+    """The leg's :class:`~webgate.legs.webrtc_media.SipAudioSource` as the aiortc track the browser
     hears: ``recv`` waits until the next frame is due and returns it. While the leg sends the
     audio itself (``direct``), ``recv`` waits until the track is stopped."""
 

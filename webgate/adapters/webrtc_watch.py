@@ -52,7 +52,8 @@ from webgate.adapters.webrtc_data import DataChannels
 from webgate.adapters.webrtc_video import WatcherVideo
 from webgate.legs.hub import MediaHub
 from webgate.legs.hub_types import FlvVideo, RtpVideo
-from webgate.legs.webrtc import VideoFormat, WebRtcSettings
+from webgate.legs.webrtc import WebRtcSettings
+from webgate.legs.webrtc_media import VideoFormat
 from webgate.logsafe import safe
 from webgate.proto import h264
 from webgate.proto.errors import RemoteProtocolError

@@ -9,8 +9,10 @@ Every key has a default (see :data:`DEFAULT_TOML`), so an empty file is a valid
 configuration. Secrets (trunk passwords) are kept out of ``repr()``.
 
 The package's parts: :mod:`~webgate.config.model` (the dataclasses), :mod:`~webgate.config.defaults`
-(the embedded default TOML), :mod:`~webgate.config.fields` (reading and checking one table) and
-:mod:`~webgate.config.validate` (the sections' schema, loading and parsing). Matching a
+(the embedded default TOML), :mod:`~webgate.config.fields` (reading and checking one table),
+:mod:`~webgate.config.validate` (the sections' schema, loading and parsing), with the readers of
+the newer sections in :mod:`~webgate.config.sections` and of ``[[trunk]]``/``[[route]]`` in
+:mod:`~webgate.config.tables`. Matching a
 destination against the ``[[route]]`` table is the dial plan's (:mod:`webgate.calls.dialplan`).
 This module is the package's API.
 """

@@ -3,7 +3,8 @@
 :class:`Section` reads one table key by key, checks each value's type and range, and reports
 every problem as ``"prefix.key: message"`` to a :class:`Reporter` (the validator of
 :mod:`webgate.config.validate`), returning :data:`MISSING` for a bad value so that the checks
-go on and all errors are reported together. The ``check_*`` functions take a string and return
+go on and all errors are reported together; :class:`Collector` is that reporter's base (the
+validator and its readers' mixins). The ``check_*`` functions take a string and return
 what is wrong with it (None: nothing). Internal to :mod:`webgate.config`, except
 :func:`parse_host_port` and :func:`parse_sip_uri`, which the package exports.
 """
@@ -14,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from webgate.config.model import HostPort, SipUri
 
@@ -27,6 +28,8 @@ _HOSTNAME_RE = re.compile(
 # user part of a SIP URI: unreserved / escaped / user-unreserved (RFC 3261 25.1)
 _SIP_USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+T = TypeVar("T")
 
 
 def _is_host(host: str) -> bool:
@@ -195,6 +198,23 @@ class _Missing:
 
 MISSING: Any = _Missing()
 """The value :class:`Section` returns for a key it reported an error for."""
+
+
+class Collector:
+    """The errors of one validation run (it is the :class:`Reporter` of its sections) and the
+    building of a section's dataclass: the base of the validator and of its readers' mixins."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def err(self, key: str, message: str) -> None:
+        self.errors.append(f"{key}: {message}")
+
+    def build(self, cls: Callable[..., T], values: dict[str, Any]) -> T | Any:
+        """``cls(**values)``, or :data:`MISSING` when a value is missing (its error already reported)."""
+        if any(v is MISSING for v in values.values()):
+            return MISSING
+        return cls(**values)
 
 
 def type_name(value: Any) -> str:

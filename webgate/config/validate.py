@@ -1,4 +1,6 @@
-"""Validation: the schema of every section, and the entry points that load and parse a file.
+"""Validation: the schema's driver and the older sections' readers, and the entry points that
+load and parse a file (the newer sections' readers are :mod:`webgate.config.sections`'s, those of
+``[[trunk]]`` and ``[[route]]`` :mod:`webgate.config.tables`'s).
 
 :func:`load_config` reads a file (or the embedded default) and applies command-line overrides;
 :func:`parse_config` checks an already-parsed mapping. Every error names the key it is about
@@ -10,43 +12,30 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import string
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from webgate.config.defaults import DEFAULT_TOML
 from webgate.config.fields import (
-    CONTROL_RE,
     MISSING,
-    TOKEN_RE,
     Section,
-    check_admin_key,
     check_dest_name,
     check_file,
     check_host,
-    check_http_url,
-    check_node_id,
-    check_redis_url,
-    check_url,
     check_nonempty_text,
     check_optional_host,
-    check_sip_user,
     check_text,
     check_token,
-    check_token_key,
     parse_host_port,
     parse_sip_uri,
     strip_brackets,
     type_name,
 )
 from webgate.config.model import (
-    KNOWN_CODECS,
     LOG_LEVELS,
-    ON_REDIS_DOWN,
-    RECORD_MODES,
     ApiConfig,
     BuiltinConfig,
     CdrConfig,
@@ -59,21 +48,17 @@ from webgate.config.model import (
     LimitsConfig,
     LogConfig,
     RecordingConfig,
-    RouteConfig,
     RtmpConfig,
     RtpConfig,
     SessionIdConfig,
     ShutdownConfig,
     SipConfig,
-    SipUri,
     TokensConfig,
-    TrunkConfig,
     VideoConfig,
     WebRtcConfig,
 )
-from webgate.media.codecs import missing_message, probe, required_libraries
-
-T = TypeVar("T")
+from webgate.config.sections import NewerSections
+from webgate.config.tables import TrunkTables
 
 
 class ConfigError(ValueError):
@@ -86,33 +71,20 @@ class ConfigError(ValueError):
         super().__init__("\n".join(prefix + e for e in self.errors))
 
 
-# Headers the SIP UA writes itself; a trunk may not set them.
-_RESERVED_HEADERS = frozenset(
-    h.lower()
-    for h in ["Via", "v", "From", "f", "To", "t", "Call-ID", "i", "CSeq", "Contact", "m", "Content-Length", "l", "Content-Type", "c", "Max-Forwards", "Route", "Record-Route", "Authorization", "Proxy-Authorization", "Content-Encoding", "e", "Supported", "k", "Allow",
-              "Session-Expires", "x", "Min-SE", "RSeq", "RAck"]
-)
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9\-.\[\]:]+(?::\d{1,5})?/?", re.IGNORECASE)
 _ICE_URL_RE = re.compile(r"(?:stuns?|turns?):[^\s]+", re.IGNORECASE)
 
 
-class _Validator:
+class _Validator(NewerSections, TrunkTables):
     """One validation run: reads every section, collects the errors (it is the
     :class:`~webgate.config.fields.Reporter` of its :class:`Section` objects), and builds the
-    :class:`Config` if there were none."""
+    :class:`Config` if there were none. The readers of the newer sections are
+    :mod:`webgate.config.sections`'s, those of ``[[trunk]]`` and ``[[route]]``
+    :mod:`webgate.config.tables`'s."""
 
     def __init__(self) -> None:
-        self.errors: list[str] = []
+        super().__init__()
         self.trunk_names: set[str] = set()
-
-    def err(self, key: str, message: str) -> None:
-        self.errors.append(f"{key}: {message}")
-
-    def build(self, cls: Callable[..., T], values: dict[str, Any]) -> T | Any:
-        if any(v is MISSING for v in values.values()):
-            return MISSING
-        return cls(**values)
 
     def config(self, data: Mapping[str, Any], source: str) -> Config:
         sections = {
@@ -234,53 +206,12 @@ class _Validator:
         )
         s.finish()
 
-        s = Section(self, "tokens", data.get("tokens", {}), TokensConfig())
-        tokens = self.build(
-            TokensConfig,
-            dict(
-                key=s.string("key", check=check_token_key),
-                issuer=s.string("issuer", check=check_text),
-                audience=s.string("audience", check=check_text),
-                leeway_s=s.integer("leeway_s", 0, 3600),
-            ),
-        )
-        s.finish()
-
-        s = Section(self, "video", data.get("video", {}), VideoConfig())
-        video = self.build(
-            VideoConfig,
-            dict(
-                max_watchers_per_call=s.integer("max_watchers_per_call", 1, 1000),
-                max_bitrate_kbps=s.integer("max_bitrate_kbps", 50, 100000),
-                transcode=s.boolean("transcode"),
-                max_data_bytes=s.integer("max_data_bytes", 1, 1 << 24),
-                data_rate_per_s=s.integer("data_rate_per_s", 1, 100000),
-            ),
-        )
-        s.finish()
-
-        s = Section(self, "api", data.get("api", {}), ApiConfig())
-        api = self.build(ApiConfig, dict(admin_key=s.string("admin_key", check=check_admin_key), metrics=s.boolean("metrics")))
-        s.finish()
-
-        s = Section(self, "cdr", data.get("cdr", {}), CdrConfig())
-        cdr = self.build(
-            CdrConfig,
-            dict(
-                file=s.string("file", check=check_text),
-                webhook_url=s.string("webhook_url", check=check_http_url),
-                webhook_timeout_s=s.integer("webhook_timeout_s", 1, 600),
-                webhook_retries=s.integer("webhook_retries", 0, 100),
-            ),
-        )
-        s.finish()
-
+        tokens = self.tokens(Section(self, "tokens", data.get("tokens", {}), TokensConfig()))
+        video = self.video(Section(self, "video", data.get("video", {}), VideoConfig()))
+        api = self.api(Section(self, "api", data.get("api", {}), ApiConfig()))
+        cdr = self.cdr(Section(self, "cdr", data.get("cdr", {}), CdrConfig()))
         recording = self.recording(Section(self, "recording", data.get("recording", {}), RecordingConfig()))
-
-        s = Section(self, "shutdown", data.get("shutdown", {}), ShutdownConfig())
-        shutdown = self.build(ShutdownConfig, dict(timeout_s=s.integer("timeout_s", 1, 3600)))
-        s.finish()
-
+        shutdown = self.shutdown(Section(self, "shutdown", data.get("shutdown", {}), ShutdownConfig()))
         cluster = self.cluster(Section(self, "cluster", data.get("cluster", {}), ClusterConfig()))
 
         codecs = self.codec_libraries(Section(self, "codecs", data.get("codecs", {}), CodecsConfig()))
@@ -313,64 +244,6 @@ class _Validator:
             routes=tuple(routes),
             source=source,
         )
-
-    def recording(self, s: Section) -> Any:
-        """``[recording]`` (docs/recording.md)."""
-        rec = self.build(
-            RecordingConfig,
-            dict(
-                dir=s.string("dir", check=check_nonempty_text),
-                path=s.string("path", check=_check_recording_path),
-                format=s.choice("format", ("wav", "ogg")),
-                min_free_mb=s.integer("min_free_mb", 0, 10_000_000),
-                flush_s=s.number("flush_s", 0.05, 60.0),
-                record_beep_s=s.integer("record_beep_s", 0, 3600),
-                record_announcement=s.string("record_announcement", check=check_text),
-            ),
-        )
-        s.finish()
-        return rec
-
-    def cluster(self, s: Section) -> Any:
-        """``[cluster]`` (docs/cluster.md): off by default; a node's Redis, name, addresses, heartbeat."""
-        cluster = self.build(
-            ClusterConfig,
-            dict(
-                enabled=s.boolean("enabled"),
-                redis_url=s.string("redis_url", check=check_redis_url),
-                node_id=s.string("node_id", check=check_node_id),
-                ws_url=s.string("ws_url", check=check_url(("ws", "wss"))),
-                rtmp_url=s.string("rtmp_url", check=check_url(("rtmp", "rtmps"))),
-                sip_contact=s.string("sip_contact", check=check_url(("sip", "sips"))),
-                heartbeat_s=s.number("heartbeat_s", 0.1, 60),
-                node_ttl_s=s.number("node_ttl_s", 0.2, 600),
-                on_redis_down=s.choice("on_redis_down", ON_REDIS_DOWN),
-                registrar=s.string("registrar", check=_check_registrar),
-            ),
-        )
-        s.finish()
-        if cluster is not MISSING and cluster.node_ttl_s < 2 * cluster.heartbeat_s:
-            self.err(s.key("node_ttl_s"), f"{cluster.node_ttl_s:g} is less than twice heartbeat_s ({cluster.heartbeat_s:g})")
-        return cluster
-
-    def codec_libraries(self, s: Section) -> Any:
-        """``[codecs]``: where the codec libraries loaded at run time are (a soname or a path)."""
-        codecs = self.build(
-            CodecsConfig,
-            {f.name: s.string(f.name, check=check_text) for f in fields(CodecsConfig)},
-        )
-        s.finish()
-        return codecs
-
-    def check_codec_libraries(self, codecs: CodecsConfig, trunks: list[TrunkConfig]) -> None:
-        """A trunk codec whose library does not load from its ``[codecs]`` path is an error that
-        names the package: ``trunk pbx: codec G729 needs libbcg729 (apt install libbcg729-0)``."""
-        paths = codecs.library_paths()
-        for t in trunks:
-            for codec in t.codecs:
-                for key in required_libraries(codec):
-                    if probe(key, paths[key]) is None:
-                        self.err(f"trunk {t.name}", missing_message(codec, key))
 
     def tls_listener(self, s: Section) -> dict[str, Any]:
         """``tls_listen``/``tls_cert``/``tls_key`` of an HTTP or RTMP section."""
@@ -552,196 +425,6 @@ class _Validator:
             self.err("rtp.jitter_max_ms", f"{jhi} must be >= rtp.jitter_min_ms ({jlo})")
         return self.build(RtpConfig, values)
 
-    def trunks(self, items: Any) -> list[TrunkConfig]:
-        if not isinstance(items, list):
-            self.err("trunk", "must be an array of tables ([[trunk]])")
-            return []
-        out: list[TrunkConfig] = []
-        seen: set[str] = set()
-        defaults = TrunkConfig(name="", target=SipUri("sip", "", "x", None, "", "sip:x"))
-        for i, item in enumerate(items):
-            s = Section(self, f"trunk[{i}]", item, defaults)
-            name = s.string("name", required=True)
-            if isinstance(name, str):
-                if not _NAME_RE.fullmatch(name):
-                    self.err(s.key("name"), f"{name!r} is not a valid name (letters, digits, '_', '.', '-')")
-                elif name in seen:
-                    self.err(s.key("name"), f"duplicate trunk name {name!r}")
-                seen.add(name)
-                self.trunk_names.add(name)
-            target = s.string("target", required=True)
-            if isinstance(target, str):
-                try:
-                    target = parse_sip_uri(target)
-                except ValueError:
-                    self.err(s.key("target"), f"invalid SIP URI {target!r} (e.g. \"sip:pbx.example.com:5060\")")
-                    target = MISSING
-            values = dict(
-                name=name,
-                target=target,
-                transport=s.choice("transport", ("udp", "tcp", "tls")),
-                username=s.string("username", check=check_sip_user),
-                password=s.string("password", check=check_text),
-                auth_username=s.string("auth_username", check=check_text),
-                realm=s.string("realm", check=check_text),
-                register=s.boolean("register"),
-                register_expires=s.integer("register_expires", 60, 86400),
-                dtmf=s.choice("dtmf", ("rfc4733", "info")),
-                codecs=self.codecs(s),
-                headers=self.headers(s),
-                from_user=s.string("from_user", check=check_sip_user),
-                from_display=s.string("from_display", check=check_text),
-                session_expires_s=s.integer("session_expires_s", 0, 86400),
-                outbound_proxy=s.string("outbound_proxy"),
-            )
-            s.finish()
-            if isinstance(values["outbound_proxy"], str):
-                if values["outbound_proxy"] == "":
-                    values["outbound_proxy"] = None
-                else:
-                    try:
-                        values["outbound_proxy"] = parse_sip_uri(values["outbound_proxy"])
-                    except ValueError:
-                        self.err(s.key("outbound_proxy"), f"invalid SIP URI {values['outbound_proxy']!r} (e.g. \"sip:proxy.example.com;lr\")")
-                        values["outbound_proxy"] = MISSING
-            se = values["session_expires_s"]
-            if isinstance(se, int) and 0 < se < 90:
-                self.err(s.key("session_expires_s"), f"{se} is below 90 (RFC 4028's smallest Min-SE); 0 turns the session timer off")
-            if values["register"] is True and values["username"] == "":
-                self.err(s.key("username"), "is required when register = true")
-            if isinstance(target, SipUri) and target.scheme == "sips" and values["transport"] not in ("tls", MISSING):
-                self.err(s.key("transport"), "must be \"tls\" for a sips: target")
-            t = self.build(TrunkConfig, values)
-            if t is not MISSING:
-                out.append(t)
-        return out
-
-    def codecs(self, s: Section) -> Any:
-        s.known.add("codecs")
-        if "codecs" not in s.table:
-            return s.defaults.codecs
-        value = s.table["codecs"]
-        canon = {c.lower(): c for c in KNOWN_CODECS}
-        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
-            self.err(s.key("codecs"), f"must be a non-empty array of strings, not {value!r}")
-            return MISSING
-        out: list[str] = []
-        for c in value:
-            if c.lower() not in canon:
-                self.err(s.key("codecs"), f"unknown codec {c!r} (known: {', '.join(KNOWN_CODECS)})")
-                return MISSING
-            if canon[c.lower()] in out:
-                self.err(s.key("codecs"), f"duplicate codec {c!r}")
-                return MISSING
-            out.append(canon[c.lower()])
-        return tuple(out)
-
-    def headers(self, s: Section) -> Any:
-        s.known.add("headers")
-        if "headers" not in s.table:
-            return ()
-        value = s.table["headers"]
-        if not isinstance(value, Mapping):
-            self.err(s.key("headers"), f"must be a table of header = \"value\", not {type_name(value)}")
-            return MISSING
-        out: list[tuple[str, str]] = []
-        ok = True
-        for name, val in value.items():
-            key = f"{s.key('headers')}.{name}"
-            if not TOKEN_RE.fullmatch(name):
-                self.err(key, f"{name!r} is not a valid SIP header name (token)")
-                ok = False
-            elif name.lower() in _RESERVED_HEADERS:
-                self.err(key, f"{name!r} is set by the SIP stack and cannot be configured")
-                ok = False
-            elif not isinstance(val, str):
-                self.err(key, f"must be a string, not {type_name(val)}")
-                ok = False
-            elif CONTROL_RE.sub("", val.replace("\t", " ")) != val.replace("\t", " "):
-                self.err(key, "value must not contain CR, LF or other control characters")
-                ok = False
-            else:
-                out.append((name, val))
-        return tuple(out) if ok else MISSING
-
-    def routes(self, items: Any, trunks: list[TrunkConfig]) -> list[RouteConfig]:
-        if not isinstance(items, list):
-            self.err("route", "must be an array of tables ([[route]])")
-            return []
-        names = self.trunk_names  # including trunks that had other errors
-        out: list[RouteConfig] = []
-        defaults = RouteConfig(pattern="", trunk="")
-        for i, item in enumerate(items):
-            s = Section(self, f"route[{i}]", item, defaults)
-            pattern = s.string("pattern", required=True)
-            regex: Any = MISSING
-            if isinstance(pattern, str):
-                try:
-                    regex = re.compile(pattern)
-                except re.error as e:
-                    self.err(s.key("pattern"), f"invalid regular expression {pattern!r}: {e}")
-            trunk = s.string("trunk", required=True)
-            if isinstance(trunk, str) and trunk not in names:
-                self.err(s.key("trunk"), f"no trunk named {trunk!r}")
-            rewrite = s.string("rewrite")
-            if isinstance(rewrite, str) and regex is not MISSING:
-                problem = _check_rewrite(rewrite, regex)
-                if problem:
-                    self.err(s.key("rewrite"), problem)
-                    rewrite = MISSING
-            values = dict(
-                pattern=pattern,
-                trunk=trunk,
-                rewrite=rewrite,
-                public=s.boolean("public"),
-                max_duration_s=s.integer("max_duration_s", 0),
-                transfer=s.boolean("transfer"),
-                record=s.choice("record", RECORD_MODES),
-                record_on_request=s.boolean("record_on_request"),
-                regex=regex,
-            )
-            s.finish()
-            r = self.build(RouteConfig, values)
-            if r is not MISSING:
-                out.append(r)
-        return out
-
-
-def _check_recording_path(path: str) -> str | None:
-    """``[recording] path``: a relative template of {date}, {time}, {session_id}, with {session_id}."""
-    try:
-        names = {f for _l, f, _s, _c in string.Formatter().parse(path) if f is not None}
-    except ValueError as e:
-        return f"invalid format string {path!r}: {e}"
-    if "session_id" not in names:
-        return "must contain {session_id}"
-    if names - {"date", "time", "session_id"}:
-        return f"unknown field(s) {sorted(names - {'date', 'time', 'session_id'})} (use {{date}}, {{time}}, {{session_id}})"
-    if path.startswith("/") or ".." in path.split("/") or "\\" in path or check_text(path):
-        return "must be a relative path without '..', backslashes or control characters"
-    return None
-
-
-def _check_rewrite(rewrite: str, regex: re.Pattern[str]) -> str | None:
-    try:
-        parsed = list(string.Formatter().parse(rewrite))
-    except ValueError as e:
-        return f"invalid format string {rewrite!r}: {e}"
-    allowed = {"dest", *map(str, range(regex.groups + 1)), *regex.groupindex}
-    for _literal, fname, spec, conv in parsed:
-        if fname is None:
-            continue
-        if fname not in allowed:
-            return (
-                f"unknown field {{{fname}}} in {rewrite!r} (use {{dest}}, {{0}}..{{{regex.groups}}}"
-                + "".join(f", {{{n}}}" for n in regex.groupindex)
-                + ")"
-            )
-        if spec or conv:
-            return f"format specs and conversions are not allowed in {rewrite!r}"
-    if not any(fname is not None for _l, fname, _s, _c in parsed) and not rewrite:
-        return "must not be empty"
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -814,14 +497,3 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return parse_config(data, source)
 
 
-def _check_registrar(value: str) -> str | None:
-    """``[cluster] registrar``: "" or a SIP URI of a host (no user part)."""
-    if not value:
-        return None
-    try:
-        uri = parse_sip_uri(value)
-    except ValueError:
-        return f"invalid SIP URI {value!r} (e.g. \"sip:10.0.0.5:5060\")"
-    if uri.user:
-        return f"{value!r}: the registrar's URI has no user part"
-    return None
