@@ -1,13 +1,21 @@
 """Kamailio in front of the nodes: what it adds per call (issue 15; docs/cluster.md "Scaling").
 
-Starts deploy/local-cluster.sh (Redis, Kamailio, two nodes), then SIPp places ``--calls`` calls
-to ``echo`` at ``--rate`` per second (``tests/interop/scenarios/uac_echo.xml``: INVITE with an
-SDP offer, 200, ACK, ``--hold-ms``, BYE): once straight to node1, once through Kamailio (the
-dispatcher spreads them over both nodes). Reported: set-up time (INVITE to 200, SIPp's
-``-trace_rtt``) median and p99 each way, and Kamailio's CPU per call (all its processes,
-``/proc``), and the nodes' CPU per call.
+Starts deploy/local-cluster.sh (Redis, Kamailio, two nodes; the nodes' per-source limits lifted:
+every call comes from one address), then SIPp places ``--calls`` calls to ``echo`` (``--service``) at
+``--rate`` per second (``tests/interop/scenarios/uac_echo.xml``: INVITE with an SDP offer, 200, ACK, hold,
+BYE): once straight to node1 (one node), once through Kamailio (the dispatcher spreads them over
+both nodes). Each call is held until every call of the run is up, plus ``--window-s``, so all
+``--calls`` are up at once. Reported each way:
 
-    .venv/bin/python bench/cluster_kamailio.py [--calls 40] [--rate 4] [--out FILE.json]
+- ``calls_held``: calls answered and still alive at the end of the window (SIPp's successful
+  calls: answered, held, and their BYE answered 200 - a call the gateway dropped, or never
+  answered, fails), and ``peak_concurrent``: SIPp's most calls in progress at once (its
+  ``-trace_stat`` ``CurrentCall``, each second);
+- set-up time (INVITE to 200, SIPp's ``-trace_rtt``) median and p99;
+- the nodes' CPU per call (all node processes, ``/proc``, over the whole SIPp run) and, through
+  Kamailio, Kamailio's CPU per call (all its processes).
+
+    .venv/bin/python bench/cluster_kamailio.py [--calls 40] [--rate 4] [--window-s 3] [--service echo|tone] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -47,17 +55,16 @@ def cpu_of(match: str) -> float:
     return total
 
 
-def sipp(target: str, calls: int, rate: int, hold_ms: int, work: Path, source: str) -> list[float]:
-    """SIPp's INVITE -> 200 times (ms) of ``calls`` calls to ``echo`` at ``target``."""
+def sipp(target: str, calls: int, rate: int, hold_ms: int, work: Path, source: str, service: str = "echo") -> dict[str, Any]:
+    """SIPp's ``calls`` calls to ``service`` at ``target``: their INVITE -> 200 times (ms), how many
+    completed (answered, held ``hold_ms``, BYE answered) or failed, and the most in progress at once."""
     work.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
-        ["sipp", "-sf", str(UAC), target, "-s", "echo", "-m", str(calls), "-r", str(rate), "-l", str(calls),
+        ["sipp", "-sf", str(UAC), target, "-s", service, "-m", str(calls), "-r", str(rate), "-l", str(calls),
          "-d", str(hold_ms), "-i", source, "-p", str(random.randrange(40000, 49000)),
-         "-mp", str(2 * random.randrange(17000, 19000)), "-nostdin", "-timeout", "120s", "-trace_rtt",
-         "-rtt_freq", "1"],
-        cwd=work, capture_output=True, text=True, timeout=300, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"sipp to {target} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+         "-mp", str(2 * random.randrange(17000, 19000)), "-nostdin", "-timeout", f"{120 + hold_ms // 1000}s",
+         "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-fd", "1", "-rtp_echo"],
+        cwd=work, capture_output=True, text=True, timeout=300 + hold_ms / 1000, check=False)
     times: list[float] = []
     for f in work.glob("*_rtt.csv"):
         with f.open() as fh:
@@ -65,7 +72,16 @@ def sipp(target: str, calls: int, rate: int, hold_ms: int, work: Path, source: s
                 # Date_ms;response_time_ms;rtd_no
                 if len(row) >= 2 and row[1].replace(".", "", 1).isdigit():
                     times.append(float(row[1]))
-    return times
+    ok = failed = peak = 0
+    for f in work.glob("*_.csv"):  # -trace_stat, a row a second: the last holds the cumulative counts
+        with f.open() as fh:
+            rows = list(csv.DictReader(fh, delimiter=";"))
+        if rows:
+            ok, failed = int(rows[-1]["SuccessfulCall(C)"]), int(rows[-1]["FailedCall(C)"])
+            peak = max(int(row["CurrentCall"]) for row in rows)
+    if not times:
+        raise SystemExit(f"sipp to {target} set up no call (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return {"times": times, "completed": ok, "failed": failed, "peak": peak}
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -74,36 +90,54 @@ def summary(times: list[float]) -> dict[str, float]:
             "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2)}
 
 
+def phase(target: str, args: argparse.Namespace, work: Path, source: str, cpu: dict[str, str]) -> dict[str, Any]:
+    """One SIPp run of ``--calls`` held calls at ``target``, with the CPU (ms per call) of each
+    process group in ``cpu`` (name -> command-line match) over it."""
+    ramp_s = args.calls / args.rate
+    hold_ms = int(1000 * (ramp_s + args.setup_margin_s + args.window_s))
+    before = {k: cpu_of(m) for k, m in cpu.items()}
+    r = sipp(target, args.calls, args.rate, hold_ms, work, source, args.service)
+    out: dict[str, Any] = summary(r["times"])
+    out.update({"calls_held": r["completed"], "failed": r["failed"], "peak_concurrent": r["peak"], "hold_ms": hold_ms})
+    for k, m in cpu.items():
+        out[f"{k}_cpu_ms_per_call"] = round(1000 * (cpu_of(m) - before[k]) / args.calls, 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # the nodes' per-source limits (60 attempts a minute, 10 calls at once by default) bound a
-    # run: SIPp calls direct from 127.0.0.5, Kamailio (127.0.0.1) spreads its over both nodes
-    ap.add_argument("--calls", type=int, default=40)
-    ap.add_argument("--rate", type=int, default=4)
-    ap.add_argument("--hold-ms", type=int, default=1000)
+    ap.add_argument("--calls", type=int, default=40, help="calls placed, and held at once (at most ~240: "
+                    "each node has 500 RTP ports, and direct all go to node1)")
+    ap.add_argument("--rate", type=int, default=4, help="new calls per second")
+    ap.add_argument("--window-s", type=float, default=3.0, help="all calls up together this long")
+    ap.add_argument("--setup-margin-s", type=float, default=2.0, help="after the last INVITE, before the window")
+    ap.add_argument("--service", default="echo", help="echo: SIPp sends no RTP, so no media flows (signalling, "
+                    "registry and timers only); tone: the node sends a tone, SIPp's -rtp_echo returns it")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wgkb", dir="/tmp"))
     env = {**os.environ, "CLUSTER_DIR": str(work / "c"), "REDIS_PORT": str(random.randrange(40000, 49000)),
            "KAMAILIO_PORT": str(random.randrange(40000, 49000)), "NODE_HTTP_PORT": str(random.randrange(40000, 49000)),
            "NODE_RTMP_PORT": str(random.randrange(40000, 49000)), "NODE_SIP_PORT": str(random.randrange(40000, 49000)),
-           "RTP_PORT_MIN": str(2 * random.randrange(12000, 14000)), "DS_PING_INTERVAL": "2"}
+           "RTP_PORT_MIN": str(2 * random.randrange(12000, 14000)), "DS_PING_INTERVAL": "2",
+           # all calls of a phase come from one address (SIPp's, or Kamailio's): no per-source limits
+           "NODE_EXTRA_TOML": "[limits]\nmax_calls = 10000\nmax_calls_per_ip = 0\n"
+                              "max_attempts_per_ip_per_minute = 1000000\n"}
     up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=120, check=False)
     if up.returncode != 0:
         raise SystemExit(up.stderr)
     status = json.loads(up.stdout)
-    out: dict[str, Any] = {"calls": args.calls, "rate": args.rate, "hold_ms": args.hold_ms}
+    out: dict[str, Any] = {"calls": args.calls, "rate": args.rate, "window_s": args.window_s, "service": args.service}
     try:
         node1 = status["nodes"][0]["sip"]
-        cfg = str(ROOT / "deploy" / "kamailio" / "kamailio.cfg")
-        sipp(node1, 10, args.rate, 100, work / "warm", "127.0.0.6")
-        n0 = cpu_of("webgate --config")
-        out["direct"] = summary(sipp(node1, args.calls, args.rate, args.hold_ms, work / "direct", "127.0.0.5"))
-        out["direct"]["nodes_cpu_ms_per_call"] = round(1000 * (cpu_of("webgate --config") - n0) / args.calls, 2)
-        k0, n0 = cpu_of(cfg), cpu_of("webgate --config")
-        out["kamailio"] = summary(sipp(status["kamailio"], args.calls, args.rate, args.hold_ms, work / "kamailio", "127.0.0.1"))
-        out["kamailio"]["kamailio_cpu_ms_per_call"] = round(1000 * (cpu_of(cfg) - k0) / args.calls, 3)
-        out["kamailio"]["nodes_cpu_ms_per_call"] = round(1000 * (cpu_of("webgate --config") - n0) / args.calls, 2)
+        # this run's processes only (a test suite may run other clusters meanwhile)
+        nodes, kamailio = f"--config {env['CLUSTER_DIR']}/node", f"-Y {env['CLUSTER_DIR']}/kamailio"
+        subprocess.run(["sipp", "-sf", str(UAC), node1, "-s", "echo", "-m", "10", "-r", str(args.rate), "-d", "100",
+                        "-i", "127.0.0.6", "-p", str(random.randrange(40000, 49000)), "-nostdin", "-timeout", "60s"],
+                       cwd=work, capture_output=True, timeout=120, check=False)  # warm-up
+        out["direct_one_node"] = phase(node1, args, work / "direct", "127.0.0.5", {"nodes": nodes})
+        out["kamailio_two_nodes"] = phase(status["kamailio"], args, work / "kamailio", "127.0.0.1",
+                                          {"nodes": nodes, "kamailio": kamailio})
     finally:
         subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(work, ignore_errors=True)

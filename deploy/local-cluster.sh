@@ -13,7 +13,8 @@
 # checkout's .venv. Everything lives in $CLUSTER_DIR (logs: redis.log, kamailio.log,
 # node*/webgate.log). Settings (environment, defaults below): CLUSTER_DIR, REDIS_PORT,
 # KAMAILIO_ADDR, KAMAILIO_PORT, NODE_ADDRS, NODE_HTTP_PORT, NODE_RTMP_PORT, NODE_SIP_PORT,
-# RTP_PORT_MIN, DS_PING_INTERVAL, HEARTBEAT_S, NODE_TTL_S, ON_REDIS_DOWN, WITH_CLUSTER.
+# RTP_PORT_MIN, DS_PING_INTERVAL, HEARTBEAT_S, NODE_TTL_S, ON_REDIS_DOWN, WITH_CLUSTER,
+# NODE_EXTRA_TOML (TOML text appended to every node's webgate.toml, e.g. a [limits] table).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +34,7 @@ NODE_TTL_S=${NODE_TTL_S:-3}
 ON_REDIS_DOWN=${ON_REDIS_DOWN:-refuse}
 # 1 = the nodes share their state through Redis ([cluster] section); 0 = two independent nodes
 WITH_CLUSTER=${WITH_CLUSTER:-1}
+NODE_EXTRA_TOML=${NODE_EXTRA_TOML:-}
 
 PIDS=$CLUSTER_DIR/pids
 STATUS=$CLUSTER_DIR/cluster.json
@@ -112,6 +114,7 @@ node_ttl_s = $NODE_TTL_S
 on_redis_down = "$ON_REDIS_DOWN"
 registrar = "sip:$KAMAILIO_ADDR:$KAMAILIO_PORT"
 EOF
+    [ -z "$NODE_EXTRA_TOML" ] || printf '\n%s\n' "$NODE_EXTRA_TOML"
     return 0
 }
 

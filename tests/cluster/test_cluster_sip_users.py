@@ -2,9 +2,11 @@
 gateways, nodes "a" and "b" of one cluster on a private redis-server, and a real Kamailio with
 deploy/kamailio/kamailio.cfg whose dispatcher set is the two nodes.
 
-- alice registers on B over the WebSocket: B REGISTERs ``sip:alice@B`` at Kamailio by itself;
-  SIPp calls alice through Kamailio, the call rings at B (``invited`` on B's WebSocket), alice
-  accepts, SIPp's call is answered and ends normally;
+- alice (aiortc over /ws, a 700 Hz tone) registers on B: B REGISTERs ``sip:alice@B`` at Kamailio
+  by itself; baresip (a 440 Hz tone) calls alice through Kamailio, the call rings at B (``invited``
+  on B's WebSocket), alice accepts, and the audio is measured both ways (440 Hz at the browser,
+  700 Hz in baresip's recording; the RTP flows between baresip and B, Kamailio relays the
+  signalling); alice hangs up and baresip sees the call closed;
 - alice registers again on A (her newest connection): A's REGISTER replaces the binding at
   Kamailio, B notices (the cluster's users) and stops refreshing its own, and SIPp's next call
   rings at A;
@@ -18,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,17 @@ from tests.adapters.webrtc_client import Browser, WsClient, complete_call, conne
 from tests.calls.gw import rtp_range, wait_for
 from tests.cluster.conftest import RedisServer
 from tests.cluster.test_local_cluster import UAC_ECHO, _port
+from tests.interop import peers
+from tests.interop.conftest import tone_baresip
 from tests.ops.helpers import RunningGateway, gateway_config
 from tests.require import require_program
+from webgate.media.analysis import dominant_frequency, read_wav, rms_dbfs
 from webgate.security.tokens import mint_token
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "cluster-sip-users-token-key-0123456789ab"
+BROWSER_HZ = 700.0
+BARESIP_HZ = 440.0
 
 
 class Kamailio:
@@ -74,8 +82,16 @@ class Kamailio:
 
 @pytest.fixture
 def programs() -> None:
-    for program, package in (("kamailio", "kamailio"), ("kamcmd", "kamailio"), ("sipp", "sip-tester")):
+    for program, package in (("kamailio", "kamailio"), ("kamcmd", "kamailio"), ("sipp", "sip-tester"),
+                             ("baresip", "baresip-core")):
         require_program(program, package)
+
+
+@pytest.fixture
+def bob(tmp_path: Path) -> Iterator[peers.Baresip]:
+    """baresip (auto-answer, no registration) whose microphone is a 440 Hz tone."""
+    with tone_baresip(tmp_path, BARESIP_HZ) as b:
+        yield b
 
 
 def node_config(server: RedisServer, node_id: str, kamailio_port: int) -> Any:
@@ -130,10 +146,43 @@ async def call_rings_at(ws: WsClient, kamailio: Kamailio, trace: Path) -> None:
         await browser.close()
 
 
+async def baresip_call_rings_at(ws: WsClient, kamailio: Kamailio, bob: peers.Baresip) -> None:
+    """baresip calls alice through Kamailio; the call must ring on ``ws``, which accepts it with a
+    700 Hz browser: the browser hears baresip's 440 Hz, baresip's recording holds the 700 Hz."""
+    browser = Browser(tone_hz=BROWSER_HZ)
+    try:
+        before = set(bob.rec_dir.glob("dump-*-dec.wav"))
+        await deferToThread(bob.dial, f"sip:alice@127.0.0.1:{kamailio.port}")
+        invited = await ws.next("invited", timeout=10)
+        assert invited["to"] == "alice" and invited["from"] == "bob", invited
+        await complete_call(ws, browser, {"type": "accept", "call": invited["call"]}, timeout=10)
+        await deferToThread(bob.wait_event, "CALL_ESTABLISHED", 5)
+
+        heard, level = await browser.heard(seconds=3, timeout=12, tail_s=1.5)
+        print(f"\nbaresip (440 Hz, INVITE via Kamailio) -> node B -> browser heard {heard:.1f} Hz at {level:.1f} dBFS")
+        assert abs(heard - BARESIP_HZ) < 20, heard
+        assert level > -35, level
+
+        ws.send({"type": "hangup"})
+        await ws.next("ended", cause="client_hangup", timeout=5)
+        await deferToThread(bob.wait_event, "CALL_CLOSED", 10)
+        wav = bob.recorded_wav("dec")
+        assert wav is not None and wav not in before, "baresip recorded nothing new"
+        x, rate = read_wav(wav)
+        seg = x[int(rate * 1.0): int(rate * 2.5)]
+        assert len(seg) > rate * 1.2, f"baresip recorded only {len(x) / rate:.2f} s"
+        f, level = dominant_frequency(seg, rate), rms_dbfs(seg)
+        print(f"browser (700 Hz) -> node B -> baresip heard {f:.1f} Hz at {level:.1f} dBFS")
+        assert abs(f - BROWSER_HZ) < 20, f
+        assert level > -35, level
+    finally:
+        await browser.close()
+
+
 @pytest.mark.timeout(120)
 @pytest_twisted.ensureDeferred
 async def test_web_users_are_registered_at_kamailio_and_the_newest_wins(
-        redis_server: RedisServer, programs: None, tmp_path: Path) -> None:
+        redis_server: RedisServer, programs: None, bob: peers.Baresip, tmp_path: Path) -> None:
     kport = _port("127.0.0.1")
     a = RunningGateway(node_config(redis_server, "a", kport))
     b = RunningGateway(node_config(redis_server, "b", kport))
@@ -143,11 +192,12 @@ async def test_web_users_are_registered_at_kamailio_and_the_newest_wins(
         assert await wait_for(lambda: a.gw.cluster.node.available and b.gw.cluster.node.available, 5)
         assert await wait_for(lambda: (kamailio.dir / "ctl").exists(), 15), kamailio.log.read_text(errors="replace")
 
-        # alice on B: B registers her at Kamailio with its own contact; a call rings at B
+        # alice on B: B registers her at Kamailio with its own contact; baresip's call rings at B,
+        # audio measured both ways
         clients.append(await register(b))
         at_b = f"sip:alice@127.0.0.1:{sip_port(b)}"
         assert await wait_for(lambda: kamailio.contacts("alice") == [at_b], 5), kamailio.rpc("ul.dump")
-        await call_rings_at(clients[-1], kamailio, tmp_path / "to_b")
+        await baresip_call_rings_at(clients[-1], kamailio, bob)
 
         # alice's newest connection is on A: the route moves, B stops refreshing hers
         clients.append(await register(a))
