@@ -1,6 +1,6 @@
 """Two whole gateways (``build_gateway`` with ``[cluster] enabled``) in this process, nodes "a"
 and "b" of one cluster on a private redis-server: session IDs stay unique across the nodes under
-concurrent calls to ``echo`` (through the async admission step, the pool of IDs claimed ahead,
+400 concurrent calls to ``echo``, half on each (through the async admission step, the pool of IDs claimed ahead,
 and WebSocket calls); ``max_calls_per_identity`` holds across the nodes; ``/api/nodes`` lists
 both, ``/api/calls?scope=cluster`` the calls of both, ``/api/calls/{id}`` of a call on the other
 node answers 307 to it; with Redis stopped new calls are refused ``cluster_unavailable`` while a
@@ -35,12 +35,12 @@ TTL_S = 1.5
 
 
 def node_config(server: RedisServer, node_id: str, **cluster: Any) -> Any:
-    lo, hi = rtp_range(400)
+    lo, hi = rtp_range(900)  # 200+ calls to echo: two port pairs each (the call's, the built-in's)
     return gateway_config({
         "cluster": {"enabled": True, "redis_url": server.url, "node_id": node_id, "heartbeat_s": 0.25,
                     "node_ttl_s": TTL_S, **cluster},
         "rtp": {"port_min": lo, "port_max": hi},
-        "limits": {"max_calls": 200, "max_calls_per_identity": 2, "max_calls_per_ip": 0,
+        "limits": {"max_calls": 250, "max_calls_per_identity": 2, "max_calls_per_ip": 0,
                    "max_attempts_per_ip_per_minute": 0},
         "tokens": {"key": KEY},
     })
@@ -95,9 +95,11 @@ def hang_up(*calls: Call) -> None:
 @pytest_twisted.ensureDeferred
 async def test_session_ids_unique_across_two_nodes(redis_server: RedisServer) -> None:
     async with two_nodes(redis_server) as (a, b):
-        # 120 calls to echo at once, half on each node: 30 per node through the async step,
-        # 30 from the IDs the node claimed ahead (an ingress without the step, a call from SIP)
-        ds = [defer.Deferred.fromCoroutine(place(gw, reserve=r)) for gw in (a, b) for r in [True, False] * 30]
+        # 400 calls to echo at once, half on each node: 170 per node through the async step,
+        # 30 from the IDs the node claimed ahead (an ingress without the step, a call from SIP;
+        # the pool holds at least 32)
+        ds = [defer.Deferred.fromCoroutine(place(gw, reserve=r)) for gw in (a, b)
+              for r in [True] * 170 + [False] * 30]
         placed = await defer.gatherResults(ds, consumeErrors=True)
         calls = [c for c, _leg in placed]
         browser, ws = Browser(tone_hz=800), None
@@ -107,15 +109,15 @@ async def test_session_ids_unique_across_two_nodes(redis_server: RedisServer) ->
             await ws.next("welcome")
             accepted = await complete_call(ws, browser, {"type": "call", "destination": "echo"})
             sids = [c.session_id for c in calls] + [accepted["session_id"]]
-            assert len(set(sids)) == len(sids) == 121, "a session ID was given twice"
+            assert len(set(sids)) == len(sids) == 401, "a session ID was given twice"
             assert all(len(s) == 10 and s[0] in "12345678" for s in sids)
-            assert await wait_for(lambda: all(c.state is CallState.ANSWERED for c in calls), 15)
+            assert await wait_for(lambda: all(c.state is CallState.ANSWERED for c in calls), 40)
             # the index knows each call and its node
             await sleep(0.5)
             status, body = await api("GET", b.url("/api/calls?scope=cluster"))
             assert status == 200
             where = {c["session_id"]: c["node"] for c in body["calls"]}
-            assert len(where) == 121
+            assert len(where) == 401
             assert all(where[c.session_id] == ("a" if c.manager is a.manager else "b") for c in calls)
             assert where[accepted["session_id"]] == "b"
             assert {c["state"] for c in body["calls"]} == {"answered"}
@@ -128,7 +130,7 @@ async def test_session_ids_unique_across_two_nodes(redis_server: RedisServer) ->
             await browser.close()
             hang_up(*calls)
         # ended calls leave the index
-        assert await wait_for(lambda: len(a.gw.registry) == 0 and len(b.gw.registry) == 0, 5)
+        assert await wait_for(lambda: len(a.gw.registry) == 0 and len(b.gw.registry) == 0, 20)
         await sleep(0.5)
         status, body = await api("GET", a.url("/api/calls?scope=cluster"))
         assert status == 200 and body["calls"] == []
