@@ -35,13 +35,17 @@ def rtp_range(n: int = 40) -> tuple[int, int]:
         _next_rtp[0] += n
         if _next_rtp[0] > _SPAN[1] - n:
             _next_rtp[0] = _SPAN[0]
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", lo))
-            s.close()
-        except OSError:
-            continue
-        return lo, lo + n - 1
+        if all(_udp_free(p) for p in range(lo, lo + n)):  # every port, not just the first
+            return lo, lo + n - 1
+
+
+def _udp_free(port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def make_config(extra: dict[str, Any] | None = None, **sip: Any) -> Any:

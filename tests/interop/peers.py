@@ -118,6 +118,8 @@ def free_port_block(count: int, kind: str = "udp", align: int = 2) -> int:
         base = free_port(kind)
         base -= base % align
         ports = range(base, base + count)
+        if not any(lo <= base and base + count <= hi for lo, hi in _port_ranges()):
+            continue  # the block would run out of its range (into a gateway's RTP span or another worker's slice)
         if any(p in _issued and p != base + 0 for p in ports[1:]):
             continue
         if all(_can_bind(p, kind) and _can_bind(p, kind, "0.0.0.0") for p in ports):
