@@ -16,6 +16,7 @@ the back-pressure on both (a mixin of :class:`webgate.adapters.rtmp.RtmpProtocol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -50,8 +51,9 @@ __all__ = ["RtmpPlayback"]
 log = Logger()
 
 
-class _StreamSink:
-    """A player's RTMP stream on one connection (implements webgate.legs.rtmp_audio.AudioSink)."""
+class _Stream:
+    """One play stream of a connection: sends through the RTMP core, then flushes; a stream the
+    core refuses (closed, deleted) stops sending."""
 
     def __init__(self, conn: RtmpPlayback, stream_id: int) -> None:
         self.conn = conn
@@ -62,31 +64,35 @@ class _StreamSink:
     def open(self) -> bool:
         return self.live and self.conn.is_open
 
-    def send_audio_tag(self, timestamp_ms: int, data: bytes) -> None:
+    def _send(self, send: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         if not self.open:
             return
-        if not self.conn.audio_wanted(data):
-            return  # the client does not read in time (back-pressure): a gap, not a delay
         try:
-            self.conn.core.send_audio(self.stream_id, timestamp_ms, data)
+            send(self.stream_id, *args, **kwargs)
         except LocalProtocolError:
             self.live = False
             return
         self.conn.flush()
 
+    def _send_audio(self, timestamp_ms: int, data: bytes) -> None:
+        # the players' back-pressure: a gap, not a delay, for a client that does not read in time
+        if self.open and self.conn.audio_wanted(data):
+            self._send(self.conn.core.send_audio, timestamp_ms, data)
 
-class _WatchStream:
+
+class _StreamSink(_Stream):
+    """A player's RTMP stream on one connection (implements webgate.legs.rtmp_audio.AudioSink)."""
+
+    def send_audio_tag(self, timestamp_ms: int, data: bytes) -> None:
+        self._send_audio(timestamp_ms, data)
+
+
+class _WatchStream(_Stream):
     """A watcher's RTMP stream on one connection (implements webgate.legs.rtmp_watch.WatchSink)."""
 
     def __init__(self, conn: RtmpPlayback, stream_id: int, session_id: str) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
+        super().__init__(conn, stream_id)
         self.session_id = session_id
-        self.live = True
-
-    @property
-    def open(self) -> bool:
-        return self.live and self.conn.is_open
 
     def writable(self) -> bool:
         return self.conn.video_wanted()
@@ -100,35 +106,14 @@ class _WatchStream:
         self.conn.flush()
 
     def send_video(self, timestamp_ms: int, body: bytes) -> None:
-        if not self.open:
-            return
-        try:
-            self.conn.core.send_video(self.stream_id, timestamp_ms, body)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
+        self._send(self.conn.core.send_video, timestamp_ms, body)
 
     def send_data(self, timestamp_ms: int, name: str, value: Any) -> None:
-        if not self.open:
-            return
-        try:
-            self.conn.core.send_data(self.stream_id, name, value, timestamp_ms=timestamp_ms)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
+        self._send(self.conn.core.send_data, name, value, timestamp_ms=timestamp_ms)
 
     def send_audio(self, timestamp_ms: int, data: bytes) -> None:
         """Supervisor audio (``audio=both``): the players' back-pressure (``audio_wanted``)."""
-        if not self.open or not self.conn.audio_wanted(data):
-            return
-        try:
-            self.conn.core.send_audio(self.stream_id, timestamp_ms, data)
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
+        self._send_audio(timestamp_ms, data)
 
     def end(self, cause: str) -> None:
         self.conn.end_watch(self.stream_id, cause)
