@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
 UAC = ROOT / "tests" / "interop" / "scenarios" / "uac_echo.xml"
 TICK = os.sysconf("SC_CLK_TCK")
+_issued: set[int] = set()
+
+
+def _port() -> int:
+    """A TCP+UDP port free on every address, below the kernel's ephemeral range (no client socket can
+    take it before its listener binds it) and outside the nodes' RTP ports (24000-28999, below)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        top = min(int(f.read().split()[0]), 65536) - 64
+    while True:
+        port = random.randrange(12000, min(20000, top))
+        if port in _issued:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        _issued.add(port)
+        return port
 
 
 def cpu_of(match: str) -> float:
@@ -61,7 +82,7 @@ def sipp(target: str, calls: int, rate: int, hold_ms: int, work: Path, source: s
     work.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
         ["sipp", "-sf", str(UAC), target, "-s", service, "-m", str(calls), "-r", str(rate), "-l", str(calls),
-         "-d", str(hold_ms), "-i", source, "-p", str(random.randrange(40000, 49000)),
+         "-d", str(hold_ms), "-i", source, "-p", str(_port()),
          "-mp", str(2 * random.randrange(17000, 19000)), "-nostdin", "-timeout", f"{120 + hold_ms // 1000}s",
          "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-fd", "1", "-rtp_echo"],
         cwd=work, capture_output=True, text=True, timeout=300 + hold_ms / 1000, check=False)
@@ -116,9 +137,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wgkb", dir="/tmp"))
-    env = {**os.environ, "CLUSTER_DIR": str(work / "c"), "REDIS_PORT": str(random.randrange(40000, 49000)),
-           "KAMAILIO_PORT": str(random.randrange(40000, 49000)), "NODE_HTTP_PORT": str(random.randrange(40000, 49000)),
-           "NODE_RTMP_PORT": str(random.randrange(40000, 49000)), "NODE_SIP_PORT": str(random.randrange(40000, 49000)),
+    env = {**os.environ, "CLUSTER_DIR": str(work / "c"), "REDIS_PORT": str(_port()),
+           "KAMAILIO_PORT": str(_port()), "NODE_HTTP_PORT": str(_port()),
+           "NODE_RTMP_PORT": str(_port()), "NODE_SIP_PORT": str(_port()),
            "RTP_PORT_MIN": str(2 * random.randrange(12000, 14000)), "DS_PING_INTERVAL": "2",
            # all calls of a phase come from one address (SIPp's, or Kamailio's): no per-source limits
            "NODE_EXTRA_TOML": "[limits]\nmax_calls = 10000\nmax_calls_per_ip = 0\n"
@@ -133,7 +154,7 @@ def main() -> None:
         # this run's processes only (a test suite may run other clusters meanwhile)
         nodes, kamailio = f"--config {env['CLUSTER_DIR']}/node", f"-Y {env['CLUSTER_DIR']}/kamailio"
         subprocess.run(["sipp", "-sf", str(UAC), node1, "-s", "echo", "-m", "10", "-r", str(args.rate), "-d", "100",
-                        "-i", "127.0.0.6", "-p", str(random.randrange(40000, 49000)), "-nostdin", "-timeout", "60s"],
+                        "-i", "127.0.0.6", "-p", str(_port()), "-nostdin", "-timeout", "60s"],
                        cwd=work, capture_output=True, timeout=120, check=False)  # warm-up
         out["direct_one_node"] = phase(node1, args, work / "direct", "127.0.0.5", {"nodes": nodes})
         out["kamailio_two_nodes"] = phase(status["kamailio"], args, work / "kamailio", "127.0.0.1",

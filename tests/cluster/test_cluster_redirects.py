@@ -160,9 +160,10 @@ async def test_an_rtmp_play_at_the_wrong_node_is_redirected_and_ffmpeg_plays_the
             assert redirect["code"] == "NetStream.Play.Failed", redirect
             assert redirect["redirect"] == f"{rtmp_url(a)}/session/{sid}" and redirect["node"] == "a", redirect
             # watch/ID redirects with a token that may watch; an unknown ID is StreamNotFound
-            info = await play(b_port, "watch", sid, agent_token())
+            token = agent_token()  # one token: two made a second apart differ (iat, exp)
+            info = await play(b_port, "watch", sid, token)
             assert info["code"] == "NetStream.Play.Failed"
-            assert info["redirect"] == f"{rtmp_url(a)}/watch/{sid}?token={agent_token()}", info
+            assert info["redirect"] == f"{rtmp_url(a)}/watch/{sid}?token={token}", info
             assert (await play(b_port, "watch", sid))["code"] == "NetStream.Play.StreamNotFound"
             assert (await play(b_port, "session", "1234567890"))["code"] == "NetStream.Play.StreamNotFound"
 

@@ -15,7 +15,6 @@ deploy/kamailio/kamailio.cfg whose dispatcher set is the two nodes.
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 import subprocess
@@ -118,7 +117,7 @@ def sipp_call(kamailio: Kamailio, user: str, trace: Path) -> subprocess.Complete
     trace.mkdir(exist_ok=True)
     return subprocess.run(
         ["sipp", "-sf", str(UAC_ECHO), f"127.0.0.1:{kamailio.port}", "-s", user, "-m", "1", "-d", "1000",
-         "-i", "127.0.0.1", "-p", str(_port("127.0.0.1")), "-mp", str(2 * random.randrange(17000, 19000)),
+         "-i", "127.0.0.1", "-p", str(_port("127.0.0.1")), "-mp", str(peers.free_port_block(4, "udp", align=2)),
          "-nostdin", "-timeout", "20s", "-timeout_error"],
         cwd=trace, capture_output=True, text=True, timeout=40, check=False)
 

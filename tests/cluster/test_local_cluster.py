@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.calls.gw import rtp_range
+from tests.interop.peers import free_port, free_port_block
 from tests.require import require_program
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -46,10 +48,14 @@ def _bindable(addr: str, port: int) -> bool:
 
 
 def _port(*addrs: str) -> int:
-    while True:
-        port = random.randrange(40000, 49000)
+    """A TCP+UDP port free on every one of ``addrs``, from peers.free_port: below the kernel's
+    ephemeral range (a client socket cannot take it before the listener binds it), outside the
+    gateways' RTP spans and in this pytest-xdist worker's own slice."""
+    for _ in range(200):
+        port = free_port("both")
         if all(_bindable(a, port) for a in addrs):
             return port
+    raise AssertionError(f"no port free on all of {addrs}")
 
 
 class Cluster:
@@ -63,7 +69,9 @@ class Cluster:
             "NODE_HTTP_PORT": str(_port(*NODES)),
             "NODE_RTMP_PORT": str(_port(*NODES)),
             "NODE_SIP_PORT": str(_port(*NODES)),
-            "RTP_PORT_MIN": str(2 * random.randrange(25000, 29000)),
+            # the script gives each node 500 ports: from the gateways' RTP span (this worker's slice),
+            # not the peers' range, whose ports are never handed out twice in a process
+            "RTP_PORT_MIN": str(rtp_range(1000)[0]),
             "DS_PING_INTERVAL": "1",
         }
         self.status: dict[str, Any] = {}
@@ -159,7 +167,7 @@ def sipp_echo(cluster: Cluster, calls: int = 1) -> subprocess.CompletedProcess[s
     trace.mkdir()
     return subprocess.run(
         ["sipp", "-sf", str(UAC_ECHO), f"{host}:{port}", "-s", "echo", "-m", str(calls), "-l", "1", "-d", "300",
-         "-i", "127.0.0.1", "-p", str(_port("127.0.0.1")), "-mp", str(2 * random.randrange(17000, 19000)),
+         "-i", "127.0.0.1", "-p", str(_port("127.0.0.1")), "-mp", str(free_port_block(4, "udp", align=2)),
          "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_msg", "-message_file", str(trace / "msgs.log")],
         cwd=trace, capture_output=True, text=True, timeout=60, check=False)
 
@@ -198,7 +206,7 @@ def test_status_json_and_everything_answers(cluster: Cluster) -> None:
         with urllib.request.urlopen(node["http"] + "/health", timeout=5) as resp:
             assert resp.status == 200
             # the nodes share their state through the script's Redis (WITH_CLUSTER=1, the default)
-            assert wait(lambda: _health(node["http"])["cluster"]["redis"] == "up", 10), _health(node["http"])
+            assert wait(lambda n=node: _health(n["http"])["cluster"]["redis"] == "up", 10), _health(node["http"])
             assert _health(node["http"])["cluster"]["node_id"] == node["id"]
     host, port = cluster.kamailio
     assert sip_request(cluster, "OPTIONS", f"sip:{host}:{port}")[-1].startswith("SIP/2.0 200")
