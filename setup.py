@@ -35,6 +35,7 @@ setup(
     packages=find_packages(include=["webgate", "webgate.*"]) + ["twisted.plugins"],
     package_data={
         "webgate": ["py.typed"],
+        "webgate.native": ["_relay.pyi"],
         "twisted.plugins": ["webgate_plugin.py"],
     },
     # The browser client is served by the gateway from <prefix>/share/webgate/html5_client.
@@ -55,6 +56,7 @@ setup(
         "prometheus_client",
         "pyjwt",
         "redis>=5",  # [cluster]: redis.asyncio on the asyncio reactor (webgate/cluster/)
+        "cffi>=1.15",  # webgate/native/: the relay module (built by cffi_modules below)
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "selenium", "pytest-twisted", "python-librtmp", "schemathesis", "mypy", "ruff", "import-linter", "pesq"],
@@ -64,6 +66,10 @@ setup(
         "fuzz": ["atheris>=2.3"],
     },
     entry_points={"console_scripts": ["webgate = webgate.cli:main"]},
+    # webgate.native._relay (C, out-of-line API mode): compiled by pip install; pip install -e builds it in place
+    # (webgate/native/_relay.abi3.so), next to the sources the static .pth points at. An optional extension
+    # (_build_relay.py): without a C compiler or Python's headers the install goes on without it.
+    cffi_modules=["webgate/native/_build_relay.py:ffibuilder"],
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

@@ -126,6 +126,7 @@ class Scenario:
     target: str  # webgate | janus
     codec: str  # pcmu | opus | nellymoser | aac
     steps: list[int]
+    rtp: str = ""  # a line for webgate's [rtp] table for this scenario only ("g711py": media_io = "loop")
 
 
 class Bench:
@@ -154,12 +155,14 @@ class Bench:
         if not line.startswith("READY"):
             raise RuntimeError(f"far end did not start: {line!r}; see {self.work / 'farend.err'}")
 
-    def start_webgate(self, extra: str = "") -> None:
+    def start_webgate(self, extra: str = "", rtp: str = "") -> None:
         """A fresh webgate for each scenario: memory per call is measured from its RSS at start.
-        ``extra``: TOML appended to the generated config (the watched-video scenario's token key)."""
+        ``extra``: TOML appended to the generated config (the watched-video scenario's token key);
+        ``rtp``: a line for its [rtp] table (a scenario's own, e.g. the Python relay's media_io)."""
         self.starts += 1
         cfg = self.work / "webgate.toml"
-        cfg.write_text(CONFIG.format(log_level=self.args.log_level, rtp_extra="\n".join(self.args.webgate_rtp)) + extra)
+        lines = [*self.args.webgate_rtp, *([rtp] if rtp else [])]
+        cfg.write_text(CONFIG.format(log_level=self.args.log_level, rtp_extra="\n".join(lines)) + extra)
         cmd = pinned([PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                       "-l", str(self.work / f"webgate-{self.starts}.log"), "webgate", "--config", str(cfg)], GATEWAY_CPU)
         self.webgate = subprocess.Popen(cmd, cwd=self.work, stdout=subprocess.DEVNULL,
@@ -489,12 +492,16 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     out = [
         Scenario("g711", "WebRTC G.711 pass-through (webgate)", "webrtc", "webgate", "pcmu", steps(args.steps)),
         Scenario("janus", "WebRTC G.711 relay (Janus)", "webrtc", "janus", "pcmu", steps(args.steps)),
+        Scenario("g711py", "WebRTC G.711 pass-through (webgate, media_io = \"loop\": the relay in Python)", "webrtc",
+                 "webgate", "pcmu", steps(args.steps), rtp='media_io = "loop"'),
         Scenario("opus", "WebRTC Opus<->G.711 (webgate)", "webrtc", "webgate", "opus", steps(args.opus_steps)),
         Scenario("nelly", "RTMP Nellymoser<->G.711 (webgate)", "rtmp", "webgate", "nellymoser", steps(args.rtmp_steps)),
         Scenario("aac", "RTMP AAC<->G.711 (webgate)", "rtmp", "webgate", "aac", steps(args.rtmp_steps)),
     ]
     only = set(args.only.split(",")) if args.only else None
-    return [s for s in out if (only is None or s.key in only) and not (s.target == "janus" and args.no_janus)]
+    named = {"g711py"}  # run only when named in --only
+    return [s for s in out if (s.key in only if only is not None else s.key not in named)
+            and not (s.target == "janus" and args.no_janus)]
 
 
 def xcheck_scenarios(args: argparse.Namespace) -> list[tuple[Scenario, Scenario]]:
@@ -746,9 +753,10 @@ def main() -> int:
     ap.add_argument("--watch-steps", default="10,50",
                     help="calls of the watched-video scenario (--only watch): audio-only, then with video and a "
                          "watcher each, at each step")
-    ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac,xcheck,watch "
+    ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac,xcheck,watch,g711py "
                                                "(xcheck: the Chromium cross-check; watch: the watched-video "
-                                               "scenario, only when named here)")
+                                               "scenario and g711py: the relay in Python (media_io = \"loop\"), "
+                                               "only when named here)")
     ap.add_argument("--no-janus", action="store_true")
     ap.add_argument("--no-setup-rate", action="store_true")
     ap.add_argument("--sync", action="store_true",
@@ -815,12 +823,12 @@ def main() -> int:
                                "runs": [], "setup_rate": [], "fixed": [], "xcheck": [],
                                "load_shape": b.load_shape()}
 
-    def fresh(target: str) -> None:
+    def fresh(target: str, rtp: str = "") -> None:
         """Start a gateway; measure its CPU with 0 calls first (once per run and target)."""
         if target == "janus":
             b.start_janus()
         else:
-            b.start_webgate()
+            b.start_webgate(rtp=rtp)
         if args.idle_window > 0 and not any(f["target"] == target and f["run"] == run for f in results["fixed"]):
             f = b.measure_idle(target)
             f["run"] = run
@@ -838,7 +846,7 @@ def main() -> int:
             steps: list[dict[str, Any]] = []
             results["runs"].append({"steps": steps})
             for s in scns:
-                fresh(s.target)
+                fresh(s.target, s.rtp)
                 for n in s.steps:
                     f = b.run_step(s, n, args.rate, args.window)
                     steps.append(f)

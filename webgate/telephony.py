@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from webgate.adapters import media_loop
+from webgate.adapters.recording_store import FileStore
 from webgate.adapters.rtp import RtpPortPool
 from webgate.adapters.sip import SipTransport
 from webgate.adapters.sip_resolver import SipLocator, start_locator
@@ -85,7 +86,7 @@ class TelephonyService(service.Service):
         self.manager: CallManager | None = None
         #: call recording (webgate/calls/recording.py); its ``sink_factory`` (video/data) is set by the wiring
         self.recordings = Recordings(getattr(config, "recording", None) or RecordingConfig(), reactor,
-                                     sink_factory=HubRecordingFactory())
+                                     sink_factory=HubRecordingFactory(), store=FileStore())
         self.bound: dict[str, tuple[str, int]] = {}
         self.registrations: list[Any] = []
         #: RFC 3263 DNS for trunks named by DNS name (None: none is); ``locator_ready`` fires
@@ -255,6 +256,7 @@ class TelephonyService(service.Service):
         if self.ua is None:
             self.build()
         super().startService()
+        self.recordings.sweep_at_start()  # in a thread: recordings a crash left unfinished
         if self.cluster is not None:
             bound = self.bound.get("udp") or self.bound.get("tcp")
             if bound is not None:

@@ -27,6 +27,7 @@ def _rtp(pt: int, payload: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("codecs", "direct", "path", "sip_codecs", "media_io"),
     [
+        (None, True, "packet", None, "native"),  # G.711 relayed in C (the native reader's rules), both ways
         (None, True, "packet", None, "loop"),  # G.711 relayed, both ways direct, one loop reader
         (None, True, "packet", None, "twisted"),  # the same on Twisted's/asyncio's per-socket readers
         (None, True, "packet", None, "loop:5"),  # the loop reader on a 5 ms timer ([rtp] read_interval_ms)
@@ -46,7 +47,8 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
     gw = Gateway({"rtp": {"media_io": media_io, "read_interval_ms": int(interval or 0)}},
                  settings=WebRtcSettings(direct_audio=direct, allow_private_candidates=True))
     reader = gw.svc.rtp_pool.reader
-    assert (reader is not None) == (media_io == "loop")
+    assert (reader is not None) == (media_io != "twisted")
+    assert (reader is not None and hasattr(reader, "set_rule")) == (media_io == "native")
     assert reader is None or reader.interval == int(interval or 0) / 1000
     browser = Browser(tone_hz=700.0, codecs=codecs)
     ws = None
@@ -59,6 +61,17 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
         print(f"\n[direct={direct} {call.codec} {call.media_path}] echo measured {measured:.1f} Hz, {level:.1f} dBFS")
         assert abs(measured - 700.0) < 15 and level > -30
         assert call.media_path == path
+        offload = getattr(leg._direct, "offload", None)
+        if media_io == "native" and direct and path == "packet":
+            # both directions carried in C: the counters Python reads still move
+            assert offload is not None and offload.engaged == (True, True), offload and offload.engaged
+            relayed = offload.relayed
+            await sleep(1.0)
+            assert offload.relayed > relayed + 50 and reader.relayed > 100
+            assert call.stream.stats.packets_received > 50 and call.stream.stats.packets_sent > 50
+            assert call.stream.rx_stats is not None and call.stream.rx_stats.received > 50
+        else:
+            assert offload is None
         sender = next(t.sender for t in leg.pc.getTransceivers() if t.sender.track is leg.out_track)
         if direct:
             d = leg._direct
@@ -77,7 +90,7 @@ async def test_echo_through_direct_audio(codecs: list[str] | None, direct: bool,
             proto = leg.pc.getTransceivers()[0].sender.transport.transport._connection._nominated[1].protocol
             ice_sock = proto.transport._sock
             # [rtp] media_io: the ICE socket is read by the loop reader, or by asyncio's own reader
-            assert (reader is not None and ice_sock in reader._fds) == (media_io == "loop")
+            assert (reader is not None and ice_sock in reader._fds) == (media_io != "twisted")
             assert (ice_sock.fileno() in proto.transport._loop._selector.get_map()) == (media_io == "twisted")
             assert (d._sendto == proto.transport.sendto) == (media_io == "twisted")  # loop: the socket's own sendto
             before = d.packets_received

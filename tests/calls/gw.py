@@ -55,9 +55,10 @@ def make_config(extra: dict[str, Any] | None = None, **sip: Any) -> Any:
         "rtmp": {"listen": ""},
         "sip": {"udp": "127.0.0.1:0", "tcp": "127.0.0.1:0", "t1_ms": 100, **sip},
         "rtp": {"port_min": lo, "port_max": hi,
-                # WEBGATE_TEST_MEDIA_IO=twisted runs the suite's gateways on the per-port readers
-                # (the relay implementation before issue 18); the default is the one loop reader
-                "media_io": os.environ.get("WEBGATE_TEST_MEDIA_IO", "loop")},
+                # WEBGATE_TEST_MEDIA_IO=loop / twisted runs the suite's gateways on the Python loop
+                # reader / the per-port readers (the relay implementations before the native one);
+                # the default is the product's ("native")
+                "media_io": os.environ.get("WEBGATE_TEST_MEDIA_IO", "native")},
         # every peer of the suite runs on this machine: Chromium offers loopback candidates
         # (--allow-loopback-in-peer-connection), which the default refuses (docs/security.md)
         "webrtc": {"allow_private_candidates": True},

@@ -149,13 +149,15 @@ def browser_ready(require_program: Callable[[str], str]) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("media_io", ["loop", "twisted"])  # each relay implementation ([rtp] media_io)
+@pytest.mark.parametrize("media_io", ["native", "loop", "twisted"])  # each relay implementation ([rtp] media_io)
 @pytest_twisted.ensureDeferred
 async def test_chromium_calls_echo_hears_its_tone_and_dtmf(browser_ready: None, tone_wav: str, media_io: str) -> None:
     gw = Gateway({"rtp": {"media_io": media_io}})
     reader = gw.svc.rtp_pool.reader
-    assert (reader is not None) == (media_io == "loop")
+    assert (reader is not None) == (media_io != "twisted")
+    assert (reader is not None and hasattr(reader, "set_rule")) == (media_io == "native")
     read_before = reader.datagrams if reader is not None else 0
+    relayed_before = getattr(reader, "relayed", 0)
     try:
 
         def steps(drv: Any) -> dict[str, Any]:
@@ -190,6 +192,8 @@ async def test_chromium_calls_echo_hears_its_tone_and_dtmf(browser_ready: None, 
         assert await wait_for(lambda: not gw.svc.rtp_pool.in_use, 5)
         if reader is not None:  # the call's media came through the one loop reader (both legs: > 2 × 50)
             assert reader.datagrams - read_before > 100
+        if media_io == "native":  # relayed in C, both ways (the DTMF digits and RTCP went through Python)
+            assert reader.relayed - relayed_before > 100
     finally:
         await gw.stop()
 

@@ -23,6 +23,7 @@ from tests.calls.gw import process_exit
 from tests.interop import peers
 from tests.ops.helpers import ADMIN_KEY, TWISTD, api, sleep, twistd_env
 from tests.recording.helpers import freq_of, read_stereo
+from webgate.adapters.recording_store import FileStore
 from webgate.calls.recording import Recordings
 from webgate.config import RecordingConfig
 
@@ -112,7 +113,7 @@ record = "audio"
     tail = stereo[-int(0.8 * rate):]
     assert abs(freq_of(tail[:, 0], rate) - 800) < 15 and abs(freq_of(tail[:, 1], rate) - 440) < 15
     # the next gateway (what GET /api/recordings/ID does) repairs the header and says what happened
-    recs = Recordings(RecordingConfig(dir=str(rec), path="{session_id}", min_free_mb=0), reactor=None)
+    recs = Recordings(RecordingConfig(dir=str(rec), path="{session_id}", min_free_mb=0), reactor=None, store=FileStore())
     found = recs.newest(side["session_id"])
     assert found is not None and found[1]["state"] == "interrupted" and found[1]["end"], found
     assert json.loads(sidecars[0].read_text())["state"] == "interrupted"

@@ -29,12 +29,15 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from webgate.adapters.loop_entry import LoopEntry
+
 __all__ = ["MAX_PER_SOCKET", "MEDIA_IO", "MediaReader", "fast_sendto", "reader_for", "set_default_mode", "take_asyncio_socket"]
 
 log = Logger()
 
-#: the values of ``[rtp] media_io``
-MEDIA_IO = ("loop", "twisted")
+#: the values of ``[rtp] media_io``: "native" is this module's reader with the relay's
+#: per-packet work in C (webgate/adapters/native_reader.py), "loop" this module's in Python
+MEDIA_IO = ("native", "loop", "twisted")
 #: datagrams read from one socket per wake-up before the next ready socket's turn
 MAX_PER_SOCKET = 64
 #: the receive size: as Twisted's UDP port (RTP, RTCP, STUN and DTLS records all fit)
@@ -70,20 +73,49 @@ def asyncio_loop_of(reactor: Any) -> Any:
     return loop if loop is not None and hasattr(loop, "add_reader") else None
 
 
-def reader_for(loop: Any, mode: str | None = None) -> MediaReader | None:
-    """The loop's one :class:`MediaReader`, or None when ``mode`` (default: the process's) is
-    ``"twisted"``, the loop is None, or it has no ``add_reader`` (not a selector loop)."""
-    if (mode or _mode["value"]) != "loop" or loop is None or not hasattr(loop, "add_reader"):
+_native_state: dict[str, Any] = {"cls": None, "checked": False}
+
+
+def _native_class() -> Any:
+    """:class:`~webgate.adapters.native_reader.NativeMediaReader`, or None (logged once) when the
+    C module was not built."""
+    st = _native_state
+    if not st["checked"]:
+        st["checked"] = True
+        try:
+            from webgate.adapters.native_reader import NativeMediaReader, available
+        except ImportError as e:
+            why = repr(e)
+        else:
+            if available():
+                st["cls"] = NativeMediaReader
+                return NativeMediaReader
+            why = "webgate.native._relay not built"
+        log.warn("[rtp] media_io = \"native\": the native relay is unavailable ({why}); the Python loop reader relays instead", why=why)
+    return st["cls"]
+
+
+def reader_for(loop: Any, mode: str | None = None) -> Any:
+    """The loop's one reader (a :class:`MediaReader`, or with ``"native"`` the native one), or
+    None when ``mode`` (default: the process's) is ``"twisted"``, the loop is None, or it has no
+    ``add_reader`` (not a selector loop).  A loop has one reader at a time: a gateway of another
+    mode made later in the same process (tests) gets its kind once the old one is idle."""
+    m = mode or _mode["value"]
+    if m == "twisted" or loop is None or not hasattr(loop, "add_reader"):
         return None
+    cls = (_native_class() if m == "native" else None) or MediaReader
     r = _READERS.get(loop)
-    if r is None or r.closed:
-        r = _READERS[loop] = MediaReader(loop, _interval["value"])
-    elif r.interval != _interval["value"] and not len(r):
-        r.interval = _interval["value"]  # a new configuration (a test's gateway): taken while idle
+    if r is not None and not r.closed:
+        if type(r) is cls or len(r):
+            if isinstance(r, MediaReader) and r.interval != _interval["value"] and not len(r):
+                r.interval = _interval["value"]  # a new configuration (a test's gateway): taken while idle
+            return r  # the same kind, or busy with the other kind's sockets: shared
+        r.close()
+    r = _READERS[loop] = cls(loop, _interval["value"])
     return r
 
 
-class MediaReader:
+class MediaReader(LoopEntry):
     """One ``epoll`` in the event loop for many UDP sockets (see the module doc)."""
 
     def __init__(self, loop: Any, interval: float = 0.0) -> None:
@@ -91,13 +123,11 @@ class MediaReader:
         #: 0: one wake-up when any socket is readable; > 0 s: every socket read this often
         #: (``[rtp] read_interval_ms``: fewer, fuller wake-ups for up to this much added delay)
         self.interval = interval
-        self._timer: Any = None
-        self._due = 0.0
         self.closed = False
         self._ep = select.epoll()
+        self._poll_fd = self._ep.fileno()
         self._handlers: dict[int, tuple[socket.socket, Handler]] = {}
         self._fds: dict[socket.socket, int] = {}
-        self._in_loop = False
         #: wake-ups and datagrams read (bench and tests: datagrams per wake-up)
         self.wakeups = 0
         self.datagrams = 0
@@ -120,13 +150,7 @@ class MediaReader:
             self._ep.register(fd, select.EPOLLIN)
         except FileExistsError:
             self._ep.modify(fd, select.EPOLLIN)
-        if not self._in_loop:
-            if self.interval > 0:
-                self._due = self.loop.time() + self.interval
-                self._timer = self.loop.call_at(self._due, self._timed)
-            else:
-                self.loop.add_reader(self._ep.fileno(), self._ready)
-            self._in_loop = True
+        self._enter_loop()
 
     def remove(self, sock: socket.socket) -> None:
         """Stop reading ``sock`` (also after it was closed)."""
@@ -143,24 +167,6 @@ class MediaReader:
                     pass
         if not self._handlers and self._in_loop:
             self._leave_loop()
-
-    def _leave_loop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        else:
-            self.loop.remove_reader(self._ep.fileno())
-        self._in_loop = False
-
-    def _timed(self) -> None:
-        """``interval`` > 0: read what arrived since the last time, on an absolute schedule (a
-        late wake-up does not shift it; more than one interval late, it starts again from now)."""
-        now = self.loop.time()
-        self._due += self.interval
-        if self._due <= now:
-            self._due = now + self.interval
-        self._timer = self.loop.call_at(self._due, self._timed)
-        self._ready()
 
     def _ready(self) -> None:
         self.wakeups += 1
@@ -233,9 +239,9 @@ def fast_sendto(transport: Any, sendto: Callable[[bytes, Any], None]) -> Callabl
     """``sendto`` for an asyncio datagram transport: a plain ``socket.sendto`` when the process
     reads media with the loop reader (``[rtp] media_io = "loop"``), falling back to the transport's
     own ``sendto`` (which buffers a full socket, and reports errors to its protocol) when the
-    socket refuses; the transport's own ``sendto`` otherwise."""
+    socket refuses; the transport's own ``sendto`` otherwise.  ``"native"`` is a loop reader too."""
     sock = getattr(transport, "_sock", None)
-    if _mode["value"] != "loop" or not isinstance(sock, socket.socket):
+    if _mode["value"] == "twisted" or not isinstance(sock, socket.socket):
         return sendto
     raw = sock.sendto
 

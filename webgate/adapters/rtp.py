@@ -148,6 +148,7 @@ class RtpEndpoint:
         kwargs.setdefault("relearn_after_s", self.pool.relearn_after_s)
         kwargs.setdefault("log", stream_log)
         self.stream = RtpAudioStream(self.send_rtp, self.send_rtcp, **kwargs)
+        self.stream.owner = self  # the native relay finds this endpoint's sockets through it
         self.pool.clock.add(self.stream)
         return self.stream
 

@@ -101,10 +101,14 @@ class SrtpTap:
         # wake-up) instead of asyncio's reader, one datagram a wake-up; everything still goes
         # through the hook above
         self._give_back: Callable[[], None] | None = None
+        #: the loop reader reading this socket (None: asyncio's own reader)
+        self.reader: Any = None
         transport = getattr(protocol, "transport", None)
         reader = media_loop.reader_for(getattr(transport, "_loop", None))
         if reader is not None and transport is not None:
             self._give_back = media_loop.take_asyncio_socket(reader, transport, datagram_received)
+            if self._give_back is not None:
+                self.reader = reader
 
     @classmethod
     def take(cls, protocol: Any, unprotect: Callable[[bytes], bytes], payload_types: set[int] | frozenset[int],
@@ -154,6 +158,12 @@ class DirectAudio:
         self.send_errors = 0
         self.handler_errors = 0
         self._octets = 0
+        #: the nominated pair's socket (the native relay reads and writes it), aiortc's SRTP sessions
+        self.ice_sock: Any = None
+        self.rx_session: Any = None
+        self.tx_session: Any = None
+        #: the native relay carrying this audio ([rtp] media_io = "native"), once the leg is bound
+        self.offload: Any = None
 
     def start(self) -> bool:
         """Take the audio over (the peer connection must be connected); False if it cannot."""
@@ -164,6 +174,8 @@ class DirectAudio:
             protocol, self._sendto, self._addr = nominated_path(dtls)
             self._protect = dtls._tx_srtp.protect
             self._unprotect = dtls._rx_srtp.unprotect
+            self.tx_session, self.rx_session = dtls._tx_srtp, dtls._rx_srtp
+            self.ice_sock = getattr(protocol.transport, "_sock", None)
             self._ssrc = int(self._sender._ssrc)
             sent = int(self._sender._RTCRtpSender__packet_count)
         except (AttributeError, KeyError, TypeError) as e:
@@ -195,10 +207,61 @@ class DirectAudio:
         self.active = True
         return True
 
+    # --- the native relay ([rtp] media_io = "native", webgate/adapters/native_relay.py) ----------
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    @property
+    def remote_addr(self) -> Any:
+        return self._addr
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    @next_seq.setter
+    def next_seq(self, seq: int) -> None:
+        self._seq = seq & 0xFFFF
+
+    @property
+    def next_ts(self) -> int:
+        return self._ts
+
+    @next_ts.setter
+    def next_ts(self, ts: int) -> None:
+        self._ts = ts & 0xFFFFFFFF
+
+    def count_sent(self, packets: int, octets: int, last_ts: int, age_s: float, clock_rate: int) -> None:
+        """Packets the native relay sent for us: aiortc's sender report counters follow (the
+        NTP/RTP pair: now, and the last packet's timestamp moved on by its age)."""
+        self.packets_sent += packets
+        self._octets += octets
+        s = self._sender
+        s._RTCRtpSender__packet_count = self.packets_sent
+        s._RTCRtpSender__octet_count = self._octets
+        s._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()
+        s._RTCRtpSender__rtp_timestamp = (last_ts + int(age_s * clock_rate)) & 0xFFFFFFFF
+
+    def bind_leg(self, leg: Any) -> None:
+        """The leg this audio belongs to: with the native reader, its relayed packets may be
+        carried in C (:class:`~webgate.adapters.native_relay.CallOffload`)."""
+        tap = self._tap
+        if self.offload is not None or not self.active or self.ice_sock is None or tap is None or tap.reader is None:
+            return  # the ICE socket is not read by the loop's reader (media_io "twisted")
+        reader = tap.reader
+        if not hasattr(reader, "set_rule"):
+            return  # media_io "loop": the pure-Python reader relays
+        from webgate.adapters.native_relay import CallOffload
+
+        self.offload = CallOffload(reader, self, leg)
+
     def send(self, payload_type: int, payload: bytes, samples: int, marker: bool = False) -> None:
         """Send one payload now; ``samples`` (RTP clock) advances the timestamp after it."""
         if not self.active or self._sendto is None or self._protect is None:
             return
+        if self.offload is not None:
+            self.offload.yield_web()  # our sequence number and timestamp back from the native path
         pkt = _HDR.pack(0x80, payload_type | (0x80 if marker else 0), self._seq, self._ts, self._ssrc) + payload
         try:
             self._sendto(self._protect(pkt), self._addr)
@@ -223,6 +286,9 @@ class DirectAudio:
         self._ts = (self._ts + samples) & 0xFFFFFFFF
 
     def stop(self) -> None:
+        if self.offload is not None:
+            self.offload.stop()
+            self.offload = None
         if self._tap is not None:
             self._tap.release(self._pts)
             self._tap = None

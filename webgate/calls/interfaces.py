@@ -9,7 +9,10 @@ adapters implement (calls/ imports no adapter; adapters may import calls).
 - :class:`ClusterAdmission`: a cluster node's shared limits and session IDs
   (``cluster/node.py``: ``ClusterNode``), the one asynchronous step of a call's admission;
 - :class:`RecordingSink` / :class:`RecordingSinkFactory`: the video and data half of a call's
-  recording (``legs/hub_recording.py``), driven by ``calls/recording.py`` (docs/recording.md).
+  recording (``legs/hub_recording.py``), driven by ``calls/recording.py`` (docs/recording.md);
+- :class:`RecordingStore` / :class:`AudioFileWriter`: the files of the recordings (free space,
+  the audio file, sidecars, erasure, crash repair), ``adapters/recording_store.py``
+  ``FileStore``: ``calls/recording.py`` does no file I/O itself.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ if TYPE_CHECKING:
 
     import numpy
 
+    from webgate.media.recording.sweep import SweepResult
     from webgate.media.stream import RtpAudioStream
 
 __all__ = [
+    "AudioFileWriter",
     "ClusterAdmission",
     "MediaPort",
     "MediaTicker",
     "PortAllocator",
     "RecordingSink",
     "RecordingSinkFactory",
+    "RecordingStore",
     "SipSender",
 ]
 
@@ -145,3 +151,65 @@ class RecordingSinkFactory(Protocol):
     def __call__(
         self, call: Any, base: pathlib.Path, rate: int, timeline: Callable[[], float], video: bool
     ) -> RecordingSink | None: ...
+
+
+class AudioFileWriter(Protocol):
+    """A recording's stereo audio file as it is written (WAV or Ogg Opus); ``OSError`` from
+    each method when the disk is full or a write fails."""
+
+    def write(self, samples: numpy.ndarray) -> None:
+        """int16, shape (n, 2)."""
+        ...
+
+    def flush(self) -> None:
+        """Push what was written to the file (and make a WAV header whole)."""
+        ...
+
+    def close(self) -> None:
+        """Finish the file (idempotent)."""
+        ...
+
+
+class RecordingStore(Protocol):
+    """The files of call recordings under ``[recording] dir``: what ``calls/recording.py`` asks
+    of the disk (``adapters/recording_store.py`` ``FileStore``). Paths are ``pathlib.Path``;
+    ``OSError`` means the disk said no (the caller logs, counts, fails the one recording)."""
+
+    def free_mb(self, directory: pathlib.Path) -> int:
+        """Create ``directory`` if missing; the free space of its filesystem (MB)."""
+        ...
+
+    def new_base(self, base: pathlib.Path, extensions: tuple[str, ...]) -> pathlib.Path:
+        """``base``, or ``base-2``, ``base-3``... the first for which no ``base + ext`` exists;
+        its directory created."""
+        ...
+
+    def open_audio(self, path: pathlib.Path, rate: int, fmt: str) -> AudioFileWriter:
+        """A new stereo audio file (``fmt``: ``"wav"`` or ``"ogg"``); never overwrites one."""
+        ...
+
+    def exists(self, path: pathlib.Path) -> bool: ...
+
+    def write_json(self, path: pathlib.Path, data: dict[str, Any]) -> None:
+        """Write a sidecar in place (a full disk still takes a file no larger than before)."""
+        ...
+
+    def read_json(self, path: pathlib.Path) -> Any:
+        """A sidecar's content; ``OSError``/``ValueError`` if unreadable."""
+        ...
+
+    def find(self, directory: pathlib.Path, patterns: list[str]) -> list[tuple[pathlib.Path, float]]:
+        """The files under ``directory`` matching any of the glob ``patterns``, with their mtimes."""
+        ...
+
+    def remove(self, path: pathlib.Path) -> bool:
+        """Remove a file; False if there was none."""
+        ...
+
+    def repair(self, sidecar: pathlib.Path, data: dict[str, Any], now: float) -> dict[str, Any]:
+        """Finish a recording a crash left unfinished (WAV header, sidecar marked); its new content."""
+        ...
+
+    def sweep(self, directory: pathlib.Path, template: str, days: int, before: float, quiet_s: float) -> SweepResult:
+        """Repair the recent unfinished recordings (bounded; may block: run it in a thread)."""
+        ...

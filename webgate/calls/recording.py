@@ -13,6 +13,9 @@ A :class:`CallRecording` taps the call's RTP stream in both directions
 :class:`~webgate.calls.interfaces.RecordingSink`, if a factory was given) and keeps the
 sidecar ``{dir}/{path}.json`` up to date. A write failure (disk full, I/O error) stops that
 recording, never the call.
+
+Every file operation goes through a :class:`~webgate.calls.interfaces.RecordingStore`
+(``adapters/recording_store.py`` ``FileStore``): this module does no file I/O itself.
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
-import json
-import os
-import shutil
 import string
 import time
 from datetime import UTC, datetime
@@ -32,12 +32,16 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from webgate.calls.interfaces import RecordingSink, RecordingSinkFactory
+from webgate.calls.interfaces import (
+    AudioFileWriter,
+    RecordingSink,
+    RecordingSinkFactory,
+    RecordingStore,
+)
 from webgate.config import RecordingConfig
 from webgate.media.recording.audio import RecordingTap
-from webgate.media.recording.ogg import OggOpusWriter
 from webgate.media.recording.prompt import PromptPlayer, beep, load_prompt
-from webgate.media.recording.wav import WavWriter, repair_wav
+from webgate.media.recording.sweep import SweepResult
 
 __all__ = ["MODES", "CallRecording", "Recordings", "record_mode"]
 
@@ -45,7 +49,7 @@ log = Logger()
 
 #: the record modes, least first
 MODES = ("off", "audio", "audio+video")
-COUNTERS = ("started", "stopped", "failed", "refused_low_space", "refused_error", "deleted")
+COUNTERS = ("started", "stopped", "failed", "refused_low_space", "refused_error", "deleted", "repaired")
 
 
 def record_mode(route_mode: str, claim: str | None, on_request: bool) -> str:
@@ -93,8 +97,7 @@ class CallRecording:
         self.stream = stream
         fmt = owner.config.format
         self.audio_path = base.with_name(base.name + (".ogg" if fmt == "ogg" else ".wav"))
-        self.writer: WavWriter | OggOpusWriter | None = (
-            OggOpusWriter(self.audio_path, self.rate) if fmt == "ogg" else WavWriter(self.audio_path, self.rate))
+        self.writer: AudioFileWriter | None = owner.store.open_audio(self.audio_path, self.rate, fmt)
         self.sink: RecordingSink | None = None
         self._timer: Any = None
         self._beep_timer: Any = None
@@ -255,7 +258,7 @@ class CallRecording:
 
     # --- the sidecar --------------------------------------------------------------------
     def files(self) -> dict[str, str]:
-        out = {"audio": str(self.audio_path)} if self.audio_path.exists() else {}
+        out = {"audio": str(self.audio_path)} if self.owner.store.exists(self.audio_path) else {}
         if self.sink is not None:
             with _logged(self, "files"):
                 out.update(self.sink.files())
@@ -293,9 +296,7 @@ class CallRecording:
     def write_sidecar(self) -> None:
         """Rewritten in place (a full disk still takes a file no larger than before)."""
         try:
-            with open(self.sidecar, "w", encoding="utf-8") as f:
-                json.dump(self.describe(), f, indent=1)
-                f.write("\n")
+            self.owner.store.write_json(self.sidecar, self.describe())
         except OSError as e:
             log.error("call {session_id}: recording sidecar not written: {why}", session_id=self.call.session_id, why=_why(e))
 
@@ -323,9 +324,11 @@ class Recordings:
     """Every recording of one call manager (a call observer on ``CallManager.observers``)."""
 
     def __init__(self, config: RecordingConfig, reactor: Any, sink_factory: RecordingSinkFactory | None = None,
-                 wall_clock: Any = time.time) -> None:
+                 wall_clock: Any = time.time, *, store: RecordingStore) -> None:
         self.config = config
         self.reactor = reactor
+        #: the files (``adapters/recording_store.py`` ``FileStore``)
+        self.store = store
         #: the video/data half (R-video's ``legs/hub_recording.py``), set by the wiring; None: audio only
         self.sink_factory = sink_factory
         self.wall_clock = wall_clock
@@ -334,6 +337,8 @@ class Recordings:
         #: live recordings by session ID
         self.active: dict[str, CallRecording] = {}
         self._announcements: dict[int, Any] = {}  # record_announcement by sample rate
+        #: what the sweep at start did (None until it is done, or if it is off)
+        self.last_sweep: SweepResult | None = None
 
     def announcement(self, rate: int) -> Any:
         """``record_announcement`` as PCM at ``rate`` (None: none, or unreadable: logged once)."""
@@ -394,8 +399,7 @@ class Recordings:
         if mode == "off":
             mode = "audio"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            free_mb = shutil.disk_usage(self.dir).free // (1024 * 1024)
+            free_mb = self.store.free_mb(self.dir)
         except OSError as e:
             self.counters["refused_error"] += 1
             log.error("recording directory {dir} unusable: {why}", dir=str(self.dir), why=_why(e))
@@ -423,13 +427,7 @@ class Recordings:
         """``{dir}/{path}`` for a new recording; ``-2``, ``-3``... if the session ID was reused."""
         now = datetime.fromtimestamp(self.wall_clock(), UTC)
         rel = self.config.path.format(date=now.strftime("%Y-%m-%d"), time=now.strftime("%H%M%S"), session_id=session_id)
-        base = self.dir / rel
-        base.parent.mkdir(parents=True, exist_ok=True)
-        n, candidate = 1, base
-        while any(candidate.with_name(candidate.name + ext).exists() for ext in (".json", ".wav", ".ogg")):
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
-        return candidate
+        return self.store.new_base(self.dir / rel, (".json", ".wav", ".ogg"))
 
     # --- retrieval ------------------------------------------------------------------------
     def sidecars(self, session_id: str) -> list[Path]:
@@ -438,46 +436,81 @@ class Recordings:
             glob.escape(literal) + ("" if name is None else glob.escape(session_id) if name == "session_id" else "*")
             for literal, name, _spec, _conv in string.Formatter().parse(self.config.path))
         found: list[tuple[str, float, Path]] = []
-        for p in list(self.dir.glob(pattern + ".json")) + list(self.dir.glob(pattern + "-*.json")):
+        for p, mtime in self.store.find(self.dir, [pattern + ".json", pattern + "-*.json"]):
             try:
-                data = json.loads(p.read_text(encoding="utf-8"))
+                data = self.store.read_json(p)
                 start = str(data.get("start") or "")
                 if data.get("session_id") != session_id:
                     continue
             except (OSError, ValueError, AttributeError):
                 continue
-            found.append((start, p.stat().st_mtime, p))
+            found.append((start, mtime, p))
         return [p for _s, _m, p in sorted(found, key=lambda x: (x[0], x[1]))]
 
     def newest(self, session_id: str) -> tuple[Path, dict[str, Any]] | None:
         """The newest sidecar of ``session_id`` and its content (None if there is none)."""
         for p in reversed(self.sidecars(session_id)):
             with contextlib.suppress(OSError, ValueError):
-                data = json.loads(p.read_text(encoding="utf-8"))
+                data = self.store.read_json(p)
                 if isinstance(data, dict):
                     return p, self._recover(session_id, p, data)
         return None
 
     def _recover(self, session_id: str, sidecar: Path, data: dict[str, Any]) -> dict[str, Any]:
         """A sidecar still ``recording``/``paused`` with no live recording of it was cut by a
-        crash: make its WAV's header whole (:func:`repair_wav`) and say so in the sidecar."""
+        crash: make its WAV's header whole and say so in the sidecar (:func:`finish`)."""
         live = self.active.get(session_id)
         if data.get("state") not in ("recording", "paused") or (live is not None and live.sidecar == sidecar):
             return data
-        wav = sidecar.with_name(sidecar.name[: -len(".json")] + ".wav")
         try:
-            if wav.is_file():
-                repair_wav(wav)
-            end = max((f.stat().st_mtime for f in sidecar.parent.glob(sidecar.name[: -len(".json")] + ".*")), default=None)
+            return self.store.repair(sidecar, data, self.wall_clock())
         except (OSError, ValueError) as e:
             log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
-                "recording {path}: not repaired: {why}", path=str(wav), why=str(e))
+                "recording {path}: not repaired: {why}", path=str(sidecar), why=str(e))
             return data
-        data = {**data, "state": "interrupted", "end": data.get("end") or _iso(end),
-                "error": data.get("error") or "the gateway stopped before the recording ended"}
-        with contextlib.suppress(OSError):
-            sidecar.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        return data
+
+    # --- the sweep at start ---------------------------------------------------------------
+    def sweep_at_start(self) -> None:
+        """Finish the recordings a crash left unfinished under ``dir`` (``[recording]
+        repair_days``; docs/recording.md "Crash safety"): in a thread, bounded, logged and
+        counted (``repaired``); the result is :attr:`last_sweep` when done. The start does not
+        wait for it."""
+        days = self.config.repair_days
+        if days <= 0:
+            return
+        root, template, before, store = self.dir, self.config.path, self.wall_clock(), self.store
+        quiet = max(10.0, 3 * self.config.flush_s)
+
+        def run() -> SweepResult | None:
+            try:
+                return store.sweep(root, template, days, before, quiet)
+            except Exception:  # noqa: BLE001 - a sweep never takes the gateway down
+                log.failure("recordings: the sweep for unfinished recordings failed")
+                return None
+
+        def in_thread() -> None:
+            result = run()
+            if result is not None:
+                self.reactor.callFromThread(self._swept, result)
+
+        call_in_thread = getattr(self.reactor, "callInThread", None)
+        if call_in_thread is not None:
+            call_in_thread(in_thread)
+            return
+        result = run()  # a reactor without threads (a test's fake): here and now
+        if result is not None:
+            self._swept(result)
+
+    def _swept(self, result: SweepResult) -> None:
+        self.last_sweep = result
+        self.counters["repaired"] += len(result.repaired)
+        for path, why in result.errors:
+            log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "recording {path}: not repaired: {why}", path=str(path), why=why)
+        if result.repaired or result.truncated:
+            log.info("recordings: {n} left unfinished by a crash repaired ({examined} examined in {s:.2f} s{more})",
+                     n=len(result.repaired), examined=result.examined, s=result.seconds,
+                     more="; stopped at the cap, the rest are repaired when fetched" if result.truncated else "")
 
     def delete(self, session_id: str) -> int:
         """Remove every recording of ``session_id`` (GDPR erasure): stops a live one first. The
@@ -489,7 +522,7 @@ class Recordings:
         for sidecar in self.sidecars(session_id):
             paths = {sidecar}
             with contextlib.suppress(OSError, ValueError):
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
+                data = self.store.read_json(sidecar)
                 stem = sidecar.name[: -len(".json")]
                 for f in (data.get("files") or {}).values():
                     p = Path(str(f))
@@ -498,11 +531,8 @@ class Recordings:
             for ext in (".wav", ".ogg", ".webm", ".mkv", ".mp4", ".data.jsonl"):
                 paths.add(sidecar.with_name(sidecar.name[: -len(".json")] + ext))
             for p in paths:
-                try:
-                    os.remove(p)
+                if self.store.remove(p):
                     removed += 1
-                except FileNotFoundError:
-                    pass
         if removed:
             self.counters["deleted"] += 1
             log.info("recordings of {session_id} deleted ({n} files)", session_id=session_id, n=removed)

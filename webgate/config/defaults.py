@@ -74,7 +74,7 @@ jitter_min_ms = 20
 jitter_max_ms = 200
 strict_source = true
 relearn_after_s = 0
-media_io = "loop"
+media_io = "native"
 read_interval_ms = 0
 
 [session_id]
@@ -146,6 +146,7 @@ min_free_mb = 500
 flush_s = 1.0
 record_beep_s = 0
 record_announcement = ""
+repair_days = 2
 
 [shutdown]
 timeout_s = 10

@@ -216,6 +216,8 @@ class RecordingConfig:
     record_beep_s: int = 0
     #: a WAV file played to both parties when recording starts ("" = none)
     record_announcement: str = ""
+    #: at start, repair the recordings a crash left unfinished in this many recent days (0 = off)
+    repair_days: int = 2
 
 
 @dataclass(frozen=True)
@@ -310,9 +312,11 @@ class RtpConfig:
     #: > 0: a learnt source silent this long is learnt again (probation again); 0 = only when a
     #: re-INVITE/UPDATE moves the far end's media
     relearn_after_s: int = 0
-    #: how media sockets are read: "loop" (one event-loop reader draining every RTP/RTCP port and
-    #: a directly relayed WebRTC call's ICE socket) or "twisted" (a Twisted/asyncio reader each)
-    media_io: str = "loop"
+    #: how media sockets are read: "native" (the loop reader in C, relaying a packet-path call's
+    #: audio there: webgate/adapters/native_reader.py), "loop" (one event-loop reader in Python
+    #: draining every RTP/RTCP port and a directly relayed WebRTC call's ICE socket) or "twisted"
+    #: (a Twisted/asyncio reader each)
+    media_io: str = "native"
     #: media_io "loop": 0 = read when a socket is readable; N ms = read every socket every N ms
     #: instead (fewer, fuller wake-ups for up to N ms of added delay per pass)
     read_interval_ms: int = 0

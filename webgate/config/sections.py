@@ -112,6 +112,7 @@ class NewerSections(Collector):
                 flush_s=s.number("flush_s", 0.05, 60.0),
                 record_beep_s=s.integer("record_beep_s", 0, 3600),
                 record_announcement=s.string("record_announcement", check=check_text),
+                repair_days=s.integer("repair_days", 0, 366),
             ),
         )
         s.finish()

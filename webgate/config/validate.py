@@ -408,7 +408,7 @@ class _Validator(NewerSections, TrunkTables):
             jitter_max_ms=s.integer("jitter_max_ms", 1, 10000),
             strict_source=s.boolean("strict_source"),
             relearn_after_s=s.integer("relearn_after_s", 0, 86400),
-            media_io=s.choice("media_io", ("loop", "twisted")),
+            media_io=s.choice("media_io", ("native", "loop", "twisted")),
             read_interval_ms=s.integer("read_interval_ms", 0, 20),
         )
         s.finish()

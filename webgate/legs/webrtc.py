@@ -447,6 +447,9 @@ class WebRtcCallLeg(HubCallerSide):
         if direct is not None:
             self._direct = direct
             self.out_track.direct = True
+            bind = getattr(direct, "bind_leg", None)
+            if bind is not None:
+                bind(self)  # [rtp] media_io = "native": the relayed audio may be carried in C
 
     def _direct_rtp(self, pt: int, seq: int, ts: int, marker: bool, payload: bytes) -> None:
         """One audio RTP packet from the browser (already SRTP-unprotected)."""

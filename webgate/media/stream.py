@@ -59,6 +59,22 @@ class AudioPrompt(Protocol):
     def in_payload(self, payload: bytes) -> bytes: ...
 
 
+class NativeLink(Protocol):
+    """A native relay carrying this stream's packet path in C (webgate/adapters/native_relay.py):
+    while it does, relayed packets do not pass through this object, so it hands its state back
+    before Python writes or reports."""
+
+    def yield_out(self) -> None:
+        """Python is about to write toward the far end: the native direction into it stops and
+        the sender's sequence/timestamp/counters are brought up to date."""
+
+    def sync(self) -> None:
+        """Bring the statistics (sent, received, RTCP receiver state, last packet time) up to date."""
+
+    def changed(self) -> None:
+        """Something the native path depends on changed (SDP, recorder, prompt, close): check now."""
+
+
 class _NoLog:
     def info(self, format: str, **kwargs: Any) -> None:
         pass
@@ -143,13 +159,39 @@ class RtpAudioStream:
         self.on_audio: Callable[[PCM, int], None] | None = None
         self.on_payload: Callable[[bytes, int, rtp.RtpPacket], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
+        #: the native relay carrying the packet path (None: Python relays); set by the adapter
+        self.native: NativeLink | None = None
+        #: the adapter object that owns this stream's sockets (opaque here)
+        self.owner: Any = None
         #: a call recording's tap on both directions (None: not recorded)
-        self.recorder: AudioTap | None = None
+        self._recorder: AudioTap | None = None
         #: sound mixed into both directions while a recording plays it (None: nothing)
-        self.prompt: AudioPrompt | None = None
+        self._prompt: AudioPrompt | None = None
         self._encoding = False  # send_pcm's payloads are already mixed
         self.first_packet_at: float | None = None
         self.remote_report: rtp.ReportBlock | None = None  # the far end's RTCP report on what we send
+
+    @property
+    def recorder(self) -> AudioTap | None:
+        """A call recording's tap on both directions (None: not recorded)."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, tap: AudioTap | None) -> None:
+        self._recorder = tap
+        if self.native is not None:
+            self.native.changed()  # a recorded packet path is relayed by Python (the tap sees it)
+
+    @property
+    def prompt(self) -> AudioPrompt | None:
+        """Sound mixed into both directions while a recording plays it (None: nothing)."""
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, prompt: AudioPrompt | None) -> None:
+        self._prompt = prompt
+        if self.native is not None:
+            self.native.changed()
 
     # --- negotiation -----------------------------------------------------------------
     def configure(self, media: NegotiatedMedia) -> None:
@@ -203,6 +245,8 @@ class RtpAudioStream:
             self._resamplers = _Resamplers()
         te_rate = media.telephone_event_clock_rate or (self.codec.rtp_clock_rate if self.codec else 8000)
         self.dtmf_rx = rtp.DtmfReceiver(te_rate)
+        if self.native is not None:
+            self.native.changed()
 
     @property
     def samples_per_packet(self) -> int:
@@ -298,6 +342,8 @@ class RtpAudioStream:
             self.stats.bad_packets += 1
             return False
         g = self.source_guard
+        if self.native is not None:
+            self.native.sync()  # the last packet's time from the native path (relearn_after_s)
         before, foreign = g.locked, g.dropped_foreign
         ok = g.admit(source, int.from_bytes(data[8:12], "big"), (data[2] << 8) | data[3], now)
         if g.locked != before and g.locked is not None:
@@ -378,6 +424,8 @@ class RtpAudioStream:
                     break
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
+            if self.native is not None:
+                self.native.sync()
             self._send_report(now)
 
     def _play(self, item: rtp.RtpPacket | rtp.Loss) -> PCM | None:
@@ -475,6 +523,8 @@ class RtpAudioStream:
             # RFC 4733 §2.5.1.2: audio is not sent while the event is being signalled
             self.sender.skip(n)
             return
+        if self.native is not None:
+            self.native.yield_out()  # the sender's sequence number and timestamp from the native path
         if self.prompt is not None and not self._encoding:
             payload = self.prompt.out_payload(payload)
         pkt = self.sender.next_packet(payload, n, marker=marker)
@@ -491,6 +541,8 @@ class RtpAudioStream:
 
     def _start_digit(self, digit: str, duration_ms: int) -> None:
         assert self.media is not None and self.sender is not None and self.media.telephone_event is not None
+        if self.native is not None:
+            self.native.yield_out()  # RFC 4733: no audio while the event is sent; and our sequence numbers
         clock = self.media.telephone_event_clock_rate or self.sender.clock_rate
         sender = rtp.DtmfSender(self.media.telephone_event, clock)
         packets = sender.packets(digit, duration_ms, self.sender)
@@ -506,8 +558,10 @@ class RtpAudioStream:
         self.on_audio = None
         self.on_payload = None
         self.on_dtmf = None
-        self.recorder = None
-        self.prompt = None
+        self._recorder = None
+        self._prompt = None
+        if self.native is not None:
+            self.native.changed()
 
 
 def _fmt(addr: HostPort | None) -> str:

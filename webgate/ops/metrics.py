@@ -203,7 +203,8 @@ def _recordings(recs: Any) -> Iterator[Metric]:
     fam = CounterMetricFamily(
         "webgate_recordings",
         "Call recordings by event: started, stopped, failed (disk full, write error: the call went on), "
-        "refused_low_space ([recording] min_free_mb), refused_error, deleted",
+        "refused_low_space ([recording] min_free_mb), refused_error, deleted, "
+        "repaired (left unfinished by a crash, repaired at start)",
         labels=["event"],
     )
     counters = dict(getattr(recs, "counters", {}) or {})
