@@ -494,12 +494,16 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("janus", "WebRTC G.711 relay (Janus)", "webrtc", "janus", "pcmu", steps(args.steps)),
         Scenario("g711py", "WebRTC G.711 pass-through (webgate, media_io = \"loop\": the relay in Python)", "webrtc",
                  "webgate", "pcmu", steps(args.steps), rtp='media_io = "loop"'),
+        Scenario("g711h2", "WebRTC G.711 pass-through (webgate, read_interval_ms = 2)", "webrtc", "webgate", "pcmu",
+                 steps(args.steps), rtp="read_interval_ms = 2"),
+        Scenario("g711h5", "WebRTC G.711 pass-through (webgate, read_interval_ms = 5)", "webrtc", "webgate", "pcmu",
+                 steps(args.steps), rtp="read_interval_ms = 5"),
         Scenario("opus", "WebRTC Opus<->G.711 (webgate)", "webrtc", "webgate", "opus", steps(args.opus_steps)),
         Scenario("nelly", "RTMP Nellymoser<->G.711 (webgate)", "rtmp", "webgate", "nellymoser", steps(args.rtmp_steps)),
         Scenario("aac", "RTMP AAC<->G.711 (webgate)", "rtmp", "webgate", "aac", steps(args.rtmp_steps)),
     ]
     only = set(args.only.split(",")) if args.only else None
-    named = {"g711py"}  # run only when named in --only
+    named = {"g711py", "g711h2", "g711h5"}  # run only when named in --only
     return [s for s in out if (s.key in only if only is not None else s.key not in named)
             and not (s.target == "janus" and args.no_janus)]
 
@@ -755,7 +759,8 @@ def main() -> int:
                          "watcher each, at each step")
     ap.add_argument("--only", default="", help="comma list of scenario keys: g711,janus,opus,nelly,aac,xcheck,watch,g711py "
                                                "(xcheck: the Chromium cross-check; watch: the watched-video "
-                                               "scenario and g711py: the relay in Python (media_io = \"loop\"), "
+                                               "scenario, g711py: the relay in Python (media_io = \"loop\"), g711h2/g711h5: "
+                                               "read_interval_ms = 2/5, "
                                                "only when named here)")
     ap.add_argument("--no-janus", action="store_true")
     ap.add_argument("--no-setup-rate", action="store_true")

@@ -226,29 +226,3 @@ async def test_rtp_port_pool_receives_and_sends_alike_on_each_implementation(med
         blocker.close()
         peer.close()
         pool.clock.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_read_interval_reads_every_socket_on_a_timer_not_per_arrival() -> None:
-    r = MediaReader(_loop(), interval=0.2)
-    a, b, tx = _udp(), _udp(), _udp()
-    got: list[bytes] = []
-    try:
-        r.add(a, lambda data, addr: got.append(data))
-        r.add(b, lambda data, addr: got.append(data))
-        assert r._timer is not None  # no reader on the epoll: a timer
-        assert await wait_for(lambda: r.wakeups == 1, 1)  # just past the first (idle) read
-        start = r.wakeups
-        for i in range(3):  # three arrivals 10 ms apart: one read for all of them
-            tx.sendto(b"%d" % i, (a if i % 2 else b).getsockname())
-            await sleep(0.01)
-        assert got == [] and r.wakeups == start  # held until the interval (200 ms) is up
-        assert await wait_for(lambda: len(got) == 3, 1)
-        assert r.wakeups == start + 1 and sorted(got) == [b"0", b"1", b"2"]
-        r.remove(a)
-        r.remove(b)
-        assert r._timer is None and not r._in_loop  # no sockets, no timer
-    finally:
-        r.close()
-        for s in (a, b, tx):
-            s.close()

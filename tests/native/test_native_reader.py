@@ -110,22 +110,27 @@ async def test_a_closed_socket_s_number_reused_is_not_unregistered_by_the_old_on
 
 @pytest.mark.parametrize("cls", READERS)
 @pytest_twisted.ensureDeferred
-async def test_a_read_interval_reads_every_socket_on_a_timer_not_per_arrival(cls: Any) -> None:
+async def test_a_read_interval_holds_reads_off_after_each_wake_up(cls: Any) -> None:
+    """[rtp] read_interval_ms: a packet after a quiet spell is read at once; what arrives in the
+    interval after a read waits for one wake-up at its end; an idle reader has no timer."""
     r = cls(_loop(), interval=0.2)
     a, b, tx = _udp(), _udp(), _udp()
     got: list[bytes] = []
     try:
         r.add(a, lambda data, addr: got.append(data))
         r.add(b, lambda data, addr: got.append(data))
-        assert r._timer is not None
-        assert await wait_for(lambda: r.wakeups == 1, 1)
-        start = r.wakeups
-        for i in range(3):
+        assert r._timer is None and r._in_loop  # idle: the epoll is watched, no timer
+        tx.sendto(b"0", b.getsockname())
+        assert await wait_for(lambda: got == [b"0"], 1)  # read at once
+        assert r.wakeups == 1 and r._timer is not None  # and held off
+        for i in (1, 2):  # two arrivals 10 ms apart inside the hold-off: one read for both
             tx.sendto(b"%d" % i, (a if i % 2 else b).getsockname())
             await sleep(0.01)
-        assert got == [] and r.wakeups == start
+        assert got == [b"0"] and r.wakeups == 1
         assert await wait_for(lambda: len(got) == 3, 1)
-        assert r.wakeups == start + 1 and sorted(got) == [b"0", b"1", b"2"]
+        assert r.wakeups == 2 and sorted(got) == [b"0", b"1", b"2"]
+        await sleep(0.5)
+        assert r.wakeups == 2 and r._timer is None  # idle again: no wake-ups, no timer
         r.remove(a)
         r.remove(b)
         assert r._timer is None and not r._in_loop

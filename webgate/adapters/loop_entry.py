@@ -9,15 +9,18 @@ __all__ = ["LoopEntry"]
 
 
 class LoopEntry:
-    """How a reader is in the event loop: its one pollable descriptor ``_poll_fd`` read on
-    readiness (``interval`` 0), or every ``interval`` seconds on an absolute schedule; ``_ready``
-    reads.  Shared by :class:`MediaReader` and the native reader."""
+    """How a reader is in the event loop: its one pollable descriptor ``_poll_fd``, read by
+    ``_ready`` when readable.  With ``interval`` > 0 (``[rtp] read_interval_ms``) a read is
+    followed by a hold-off: the descriptor is not watched again for ``interval`` seconds, so
+    whatever arrives meanwhile is read in one wake-up at the end of it (at most one wake-up per
+    interval under load, for up to ``interval`` of added delay; none at all while idle, and a
+    packet arriving after a quiet spell is read at once).  Shared by :class:`MediaReader` and the
+    native reader."""
 
     loop: Any
     interval: float
     _poll_fd: int
-    _timer: Any = None
-    _due = 0.0
+    _timer: Any = None  # the hold-off's end (interval > 0, while held off)
     _in_loop = False
 
     def _ready(self) -> None:
@@ -26,11 +29,7 @@ class LoopEntry:
     def _enter_loop(self) -> None:
         if self._in_loop:
             return
-        if self.interval > 0:
-            self._due = self.loop.time() + self.interval
-            self._timer = self.loop.call_at(self._due, self._timed)
-        else:
-            self.loop.add_reader(self._poll_fd, self._ready)
+        self.loop.add_reader(self._poll_fd, self._ready if self.interval <= 0 else self._wake)
         self._in_loop = True
 
     def _leave_loop(self) -> None:
@@ -41,12 +40,13 @@ class LoopEntry:
             self.loop.remove_reader(self._poll_fd)
         self._in_loop = False
 
-    def _timed(self) -> None:
-        """``interval`` > 0: read what arrived since the last time, on an absolute schedule (a
-        late wake-up does not shift it; more than one interval late, it starts again from now)."""
-        now = self.loop.time()
-        self._due += self.interval
-        if self._due <= now:
-            self._due = now + self.interval
-        self._timer = self.loop.call_at(self._due, self._timed)
+    def _wake(self) -> None:
+        """``interval`` > 0: read, then stop watching for ``interval`` seconds."""
+        self.loop.remove_reader(self._poll_fd)
+        self._timer = self.loop.call_later(self.interval, self._resume)
         self._ready()
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._in_loop:
+            self.loop.add_reader(self._poll_fd, self._wake)  # level-triggered: at once if anything came

@@ -75,7 +75,7 @@ jitter_max_ms = 200
 strict_source = true
 relearn_after_s = 0
 media_io = "native"
-read_interval_ms = 0
+read_interval_ms = 2
 
 [session_id]
 length = 10

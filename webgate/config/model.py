@@ -317,9 +317,9 @@ class RtpConfig:
     #: draining every RTP/RTCP port and a directly relayed WebRTC call's ICE socket) or "twisted"
     #: (a Twisted/asyncio reader each)
     media_io: str = "native"
-    #: media_io "loop": 0 = read when a socket is readable; N ms = read every socket every N ms
-    #: instead (fewer, fuller wake-ups for up to N ms of added delay per pass)
-    read_interval_ms: int = 0
+    #: media_io "native"/"loop": 0 = read when a socket is readable; N ms = after each read, wait
+    #: N ms before watching the sockets again (one wake-up per N ms under load, up to N ms added delay)
+    read_interval_ms: int = 2
 
     @property
     def port_pairs(self) -> int:
