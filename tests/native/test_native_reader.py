@@ -131,6 +131,12 @@ async def test_a_read_interval_holds_reads_off_after_each_wake_up(cls: Any) -> N
         assert r.wakeups == 2 and sorted(got) == [b"0", b"1", b"2"]
         await sleep(0.5)
         assert r.wakeups == 2 and r._timer is None  # idle again: no wake-ups, no timer
+        # a new configuration while sockets are read (a second gateway in the process): at once
+        r.set_interval(0.0)
+        for i in (3, 4):  # no hold-off any more: each read as it comes
+            tx.sendto(b"%d" % i, a.getsockname())
+            assert await wait_for(lambda i=i: len(got) == i + 1, 1)
+        assert r.wakeups == 4 and r._timer is None
         r.remove(a)
         r.remove(b)
         assert r._timer is None and not r._in_loop

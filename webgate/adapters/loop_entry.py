@@ -26,6 +26,17 @@ class LoopEntry:
     def _ready(self) -> None:
         raise NotImplementedError
 
+    def set_interval(self, interval: float) -> None:
+        """A new ``interval`` (a new configuration), taken at once, also while sockets are read."""
+        if interval == self.interval:
+            return
+        if self._in_loop:
+            self._leave_loop()
+            self.interval = interval
+            self._enter_loop()
+        else:
+            self.interval = interval
+
     def _enter_loop(self) -> None:
         if self._in_loop:
             return

@@ -107,8 +107,7 @@ def reader_for(loop: Any, mode: str | None = None) -> Any:
     r = _READERS.get(loop)
     if r is not None and not r.closed:
         if type(r) is cls or len(r):
-            if isinstance(r, MediaReader) and r.interval != _interval["value"] and not len(r):
-                r.interval = _interval["value"]  # a new configuration (a test's gateway): taken while idle
+            r.set_interval(_interval["value"])  # a new configuration (a test's gateway)
             return r  # the same kind, or busy with the other kind's sockets: shared
         r.close()
     r = _READERS[loop] = cls(loop, _interval["value"])
