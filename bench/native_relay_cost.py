@@ -16,7 +16,7 @@ over ``--seconds`` is divided by the packets relayed.
   statistics and send in C; ``recvmmsg``/``sendmmsg`` per wake-up).
 
 ``core``/``core-srtp``: ``wg_relay_packet`` alone, called 100,000 times (the C work per packet,
-without any I/O). ``--interval-ms``: both readers read on a timer (``[rtp] read_interval_ms``), so
+without any I/O). ``--interval-ms``: both readers hold reads off after each (``[rtp] read_interval_ms``), so
 that wake-ups carry several datagrams.
 
 Prints one JSON line per mode: pps, packets, µs CPU per packet, wake-ups and datagrams per wake-up.

@@ -15,7 +15,6 @@ from tests.calls.gw import sleep, wait_for
 from tests.interop.peers import free_port
 from webgate.adapters import media_loop
 from webgate.adapters.media_loop import (
-    MAX_PER_SOCKET,
     MediaReader,
     fast_sendto,
     reader_for,
@@ -37,83 +36,8 @@ def _loop() -> Any:
     return loop
 
 
-@pytest_twisted.ensureDeferred
-async def test_one_wake_up_drains_every_ready_socket() -> None:
-    r = MediaReader(_loop())
-    a, b, tx = _udp(), _udp(), _udp()
-    got: list[tuple[str, bytes]] = []
-    try:
-        r.add(a, lambda data, addr: got.append(("a", data)))
-        r.add(b, lambda data, addr: got.append(("b", data)))
-        assert len(r) == 2
-        for i in range(5):  # all queued before the loop runs: one wake-up reads them all
-            tx.sendto(b"A%d" % i, a.getsockname())
-            tx.sendto(b"B%d" % i, b.getsockname())
-        assert await wait_for(lambda: len(got) == 10, 2)
-        assert r.wakeups == 1 and r.datagrams == 10
-        assert [d for k, d in got if k == "a"] == [b"A%d" % i for i in range(5)]
-        assert [d for k, d in got if k == "b"] == [b"B%d" % i for i in range(5)]
-        # a handler that raises is counted and logged; the next datagram is still read
-        r.add(a, lambda data, addr: 1 / 0)
-        tx.sendto(b"x", a.getsockname())
-        tx.sendto(b"y", a.getsockname())
-        assert await wait_for(lambda: r.datagrams == 12, 2)
-        assert r.errors == 2
-        r.remove(a)
-        r.remove(a)  # twice: nothing
-        tx.sendto(b"late", a.getsockname())
-        await sleep(0.1)
-        assert r.datagrams == 12 and len(r) == 1
-        r.remove(b)
-        assert len(r) == 0 and not r._in_loop  # the last socket out takes the epoll off the loop
-    finally:
-        r.close()
-        for s in (a, b, tx):
-            s.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_flooded_socket_does_not_starve_the_others() -> None:
-    r = MediaReader(_loop())
-    flood, quiet, tx = _udp(), _udp(), _udp()
-    got: list[str] = []
-    try:
-        r.add(flood, lambda data, addr: got.append("f"))
-        r.add(quiet, lambda data, addr: got.append("q"))
-        for _ in range(3 * MAX_PER_SOCKET):
-            tx.sendto(b"f", flood.getsockname())
-        tx.sendto(b"q", quiet.getsockname())
-        assert await wait_for(lambda: len(got) == 3 * MAX_PER_SOCKET + 1, 2)
-        # the quiet socket's datagram is read within the first wake-up, not after the whole flood
-        assert got.index("q") <= MAX_PER_SOCKET
-        assert r.wakeups >= 3
-    finally:
-        r.close()
-        for s in (flood, quiet, tx):
-            s.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_closed_socket_s_number_reused_is_not_unregistered_by_the_old_one() -> None:
-    r = MediaReader(_loop())
-    tx = _udp()
-    got: list[bytes] = []
-    try:
-        old = _udp()
-        r.add(old, lambda data, addr: got.append(b"old:" + data))
-        fd = old.fileno()
-        old.close()  # closed while registered (the transport closed it): epoll forgets it
-        new = _udp()
-        assert new.fileno() == fd  # the lowest free number, as the kernel hands them out
-        r.add(new, lambda data, addr: got.append(b"new:" + data))
-        r.remove(old)  # the stale owner lets go late: the new socket stays
-        tx.sendto(b"1", new.getsockname())
-        assert await wait_for(lambda: got == [b"new:1"], 2)
-        r.remove(new)
-        new.close()
-    finally:
-        r.close()
-        tx.close()
+# the reader's own behaviour (draining, fairness, closed-socket numbers reused, the read interval) is
+# tested on both readers, this one and the native one, in tests/native/test_native_reader.py
 
 
 @pytest_twisted.ensureDeferred

@@ -16,26 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.legs.h264_streams import TICKS, access_units, flv_tags, rtp_packets, x264
+from tests.legs.h264_streams import TICKS, flv_tags, rtp_packets
 from tests.legs.test_hub import Watcher, decode_annexb, make_hub, read_flv, vp8_payload
 from webgate.legs.hub import MIN_BITRATE_BPS
 from webgate.legs.hub_types import RtpVideo
 from webgate.proto import h264
-
-
-@pytest.fixture(scope="module")
-def ffmpeg() -> str:
-    from tests.require import require_program
-
-    return require_program("ffmpeg")
-
-
-@pytest.fixture(scope="module")
-def testsrc(ffmpeg: str) -> list[list[bytes]]:
-    """12 frames of testsrc at 320x240, an IDR every 5 frames: IDR P P P P IDR P P P P IDR P."""
-    aus = access_units(x264(ffmpeg, "testsrc", "320x240", 12, 5))
-    assert [h264.is_keyframe(a) for a in aus] == [i % 5 == 0 for i in range(12)]
-    return aus
 
 
 def _without_parameter_sets(au: list[bytes]) -> list[bytes]:

@@ -1,8 +1,12 @@
-"""Shared helpers of the recording tests: reading the stereo WAV and measuring it."""
+"""Shared helpers of the recording tests: reading the stereo WAV and measuring it, and a small
+tmpfs to fill up."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +41,17 @@ def longest_silence(stereo: np.ndarray) -> tuple[int, int]:
         return 0, 0
     i = int(np.argmax(ends - starts))
     return int(starts[i]), int(ends[i] - starts[i])
+
+
+@contextlib.contextmanager
+def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"64k"``) mounted at ``tmp_path / "small"`` for the block, then
+    unmounted lazily (even with a file left open)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, timeout=10, check=False)
+    assert r.returncode == 0, r.stderr  # the suite runs as root (CI and the dev container)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], timeout=10, check=False)

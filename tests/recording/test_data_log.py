@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.recording.helpers import small_tmpfs
 from webgate.legs.hub import MediaHub
 from webgate.legs.hub_recording import HubRecordingFactory
 from webgate.media.recording.data import DataLog
@@ -45,11 +45,7 @@ def test_an_unwritable_place_is_an_error_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_stops_the_file_with_disk_full(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, timeout=10, check=False)
-    assert r.returncode == 0, r.stderr  # the suite runs as root (CI and the dev container)
-    try:
+    with small_tmpfs(tmp_path, "64k") as mnt:
         log = DataLog(mnt / "d.data.jsonl")
         for i in range(200):
             log.write(float(i), "caller", "alice", "chat", "x" * 1000)
@@ -58,8 +54,6 @@ def test_a_full_disk_stops_the_file_with_disk_full(tmp_path: Path) -> None:
         assert log.error == "disk full" and 40 <= log.lines < 200
         log.write(999.0, "caller", None, "chat", "more")  # stopped: no exception, nothing written
         log.close()
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], timeout=10, check=False)  # lazy: even with a file left open
 
 
 class _Caller:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.recording.helpers import small_tmpfs
 from tests.recording.video_bytes import (
     audio_stream,
     decoded_audio,
@@ -242,11 +243,7 @@ def test_the_thread_writes_the_same_file_and_drops_video_only_when_full(tmp_path
 
 
 def test_a_full_disk_is_disk_full_and_stops_the_video_only(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)], capture_output=True, timeout=10, check=False)
-    assert r.returncode == 0, r.stderr  # the suite runs as root (CI and the dev container)
-    try:
+    with small_tmpfs(tmp_path, "128k") as mnt:
         frames = [vp8_noise_keyframe()] * 100  # ~75 KB each: the 128 KiB fill at once
         rec = VideoRemuxer(mnt / "full", rate=48000)
         for seq, ts, marker, payload, i in vp8_rtp(frames):
@@ -260,8 +257,6 @@ def test_a_full_disk_is_disk_full_and_stops_the_video_only(tmp_path: Path) -> No
         rec.audio(np.zeros((4800, 2), np.int16))
         rec.close()
         assert rec.frames == written and rec.error == "disk full"
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], timeout=10, check=False)  # lazy: even with a file left open
 
 
 CRASH = """

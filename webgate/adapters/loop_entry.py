@@ -1,11 +1,16 @@
-"""How a media reader sits in the event loop (shared by webgate/adapters/media_loop.py's
-``MediaReader`` and webgate/adapters/native_reader.py's ``NativeMediaReader``)."""
+"""What the media readers share (webgate/adapters/media_loop.py's ``MediaReader`` and
+webgate/adapters/native_reader.py's ``NativeMediaReader``): their table of sockets and handlers,
+and how they sit in the event loop."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LoopEntry"]
+__all__ = ["Handler", "LoopEntry"]
+
+Handler = Callable[[bytes, Any], None]
 
 
 class LoopEntry:
@@ -19,12 +24,59 @@ class LoopEntry:
 
     loop: Any
     interval: float
+    closed: bool
     _poll_fd: int
     _timer: Any = None  # the hold-off's end (interval > 0, while held off)
     _in_loop = False
+    #: fd -> (socket, handler), and socket -> fd (a closed socket's number may be another's next)
+    _handlers: dict[int, tuple[socket.socket, Handler]]
+    _fds: dict[socket.socket, int]
 
     def _ready(self) -> None:
         raise NotImplementedError
+
+    # --- the reader's own part: watch and unwatch a descriptor -----------------------------
+    def _watch(self, fd: int, sock: socket.socket) -> None:
+        """Start polling ``fd`` (``sock``'s, which may reuse a closed socket's number)."""
+        raise NotImplementedError
+
+    def _unwatch(self, fd: int, sock: socket.socket) -> None:
+        """Stop polling ``fd``, ``sock``'s (which may be closed already)."""
+        raise NotImplementedError
+
+    def _removing(self, sock: socket.socket) -> None:
+        """``sock`` is being removed (before the table forgets it)."""
+
+    # --- the table ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def add(self, sock: socket.socket, handler: Handler) -> None:
+        """Read ``sock`` (non-blocking UDP) here from now on: ``handler(data, addr)`` per datagram
+        (the native reader: per datagram no rule relays)."""
+        fd = sock.fileno()
+        if fd < 0 or self.closed:
+            raise ValueError("socket or reader is closed")
+        self._watch(fd, sock)
+        old = self._handlers.get(fd)
+        if old is not None and old[0] is not sock:  # a closed socket's number, reused
+            self._fds.pop(old[0], None)
+        self._handlers[fd] = (sock, handler)
+        self._fds[sock] = fd
+        self._enter_loop()
+
+    def remove(self, sock: socket.socket) -> None:
+        """Stop reading ``sock`` (also after it was closed)."""
+        self._removing(sock)
+        fd = self._fds.pop(sock, None)
+        if fd is None:
+            return
+        entry = self._handlers.get(fd)
+        if entry is not None and entry[0] is sock:
+            del self._handlers[fd]
+            self._unwatch(fd, sock)
+        if not self._handlers and self._in_loop:
+            self._leave_loop()
 
     def set_interval(self, interval: float) -> None:
         """A new ``interval`` (a new configuration), taken at once, also while sockets are read."""

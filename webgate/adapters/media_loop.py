@@ -29,7 +29,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from webgate.adapters.loop_entry import LoopEntry
+from webgate.adapters.loop_entry import Handler, LoopEntry
 
 __all__ = ["MAX_PER_SOCKET", "MEDIA_IO", "MediaReader", "fast_sendto", "reader_for", "set_default_mode", "take_asyncio_socket"]
 
@@ -43,7 +43,6 @@ MAX_PER_SOCKET = 64
 #: the receive size: as Twisted's UDP port (RTP, RTCP, STUN and DTLS records all fit)
 RECV_SIZE = 8192
 
-Handler = Callable[[bytes, Any], None]
 
 #: the process's mode (``[rtp] media_io``), set from the configuration at start-up
 _mode = {"value": "loop"}
@@ -132,40 +131,18 @@ class MediaReader(LoopEntry):
         self.datagrams = 0
         self.errors = 0
 
-    def __len__(self) -> int:
-        return len(self._handlers)
-
-    def add(self, sock: socket.socket, handler: Handler) -> None:
-        """Read ``sock`` (non-blocking UDP) here from now on: ``handler(data, addr)`` per datagram."""
-        fd = sock.fileno()
-        if fd < 0:
-            raise ValueError("socket is closed")
-        old = self._handlers.get(fd)
-        if old is not None:  # a closed socket's number, reused: epoll forgot it already
-            self._fds.pop(old[0], None)
-        self._handlers[fd] = (sock, handler)
-        self._fds[sock] = fd
+    def _watch(self, fd: int, sock: socket.socket) -> None:
         try:
             self._ep.register(fd, select.EPOLLIN)
-        except FileExistsError:
+        except FileExistsError:  # a closed socket's number, reused: epoll forgot the old one
             self._ep.modify(fd, select.EPOLLIN)
-        self._enter_loop()
 
-    def remove(self, sock: socket.socket) -> None:
-        """Stop reading ``sock`` (also after it was closed)."""
-        fd = self._fds.pop(sock, None)
-        if fd is None:
-            return
-        entry = self._handlers.get(fd)
-        if entry is not None and entry[0] is sock:
-            del self._handlers[fd]
-            if sock.fileno() == fd:
-                try:
-                    self._ep.unregister(fd)
-                except OSError:
-                    pass
-        if not self._handlers and self._in_loop:
-            self._leave_loop()
+    def _unwatch(self, fd: int, sock: socket.socket) -> None:
+        if sock.fileno() == fd:
+            try:
+                self._ep.unregister(fd)
+            except OSError:
+                pass
 
     def _ready(self) -> None:
         self.wakeups += 1

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
-from webgate.adapters.loop_entry import LoopEntry
+from webgate.adapters.loop_entry import Handler, LoopEntry
 
 try:
     from webgate.native._relay import ffi, lib
@@ -31,7 +30,6 @@ __all__ = ["NativeMediaReader", "available", "set_srtp", "sockaddr", "srtp_handl
 
 log = Logger()
 
-Handler = Callable[[bytes, Any], None]
 
 #: records and bytes handed back to Python per wake-up (the rest waits for the next wake-up)
 RECORDS = 256
@@ -137,42 +135,22 @@ class NativeMediaReader(LoopEntry):
         self.errors = 0
         self._handler_errors = 0
 
-    def __len__(self) -> int:
-        return len(self._handlers)
-
-    def add(self, sock: socket.socket, handler: Handler) -> None:
-        """Read ``sock`` (non-blocking UDP) here from now on: ``handler(data, addr)`` per datagram
-        that no rule relays."""
-        fd = sock.fileno()
-        if fd < 0 or self.closed:
-            raise ValueError("socket or reader is closed")
-        old = self._handlers.get(fd)
-        if old is not None and old[0] is not sock:  # a closed socket's number, reused
-            self._fds.pop(old[0], None)
+    def _watch(self, fd: int, sock: socket.socket) -> None:
         rule = self._rules.get(fd)
         if rule is not None and rule[0] is not sock:  # the closed socket's rule is not this one's
             self._drop_rule(fd)
         if lib.wg_add_socket(self._e, fd) != 0:
             raise OSError(ffi.errno, "epoll_ctl failed")
-        self._handlers[fd] = (sock, handler)
-        self._fds[sock] = fd
-        self._enter_loop()
 
-    def remove(self, sock: socket.socket) -> None:
-        """Stop reading ``sock`` (also after it was closed); its rule goes too, and so do the rules
-        that send through it (its number may be another socket's next)."""
+    def _unwatch(self, fd: int, sock: socket.socket) -> None:
+        lib.wg_remove_socket(self._e, fd)
+        self._rules.pop(fd, None)
+
+    def _removing(self, sock: socket.socket) -> None:
+        """Its rule goes too (``_unwatch``), and so do the rules that send through it (its number
+        may be another socket's next)."""
         for in_fd in [k for k, rule in self._rules.items() if rule[1] is sock and rule[0] is not sock]:
             self._drop_rule(in_fd)
-        fd = self._fds.pop(sock, None)
-        if fd is None:
-            return
-        entry = self._handlers.get(fd)
-        if entry is not None and entry[0] is sock:
-            del self._handlers[fd]
-            lib.wg_remove_socket(self._e, fd)
-            self._rules.pop(fd, None)
-        if not self._handlers and self._in_loop:
-            self._leave_loop()
 
     def set_rule(
         self, in_sock: socket.socket, *, src: tuple[Any, ...], in_pt: int, out_sock: socket.socket,

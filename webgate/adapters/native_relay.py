@@ -39,21 +39,14 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from webgate.adapters.rtp import ip_literal
+
 __all__ = ["CHECK_S", "CallOffload"]
 
 log = Logger()
 
 #: how often each offloaded call's conditions are checked and its counters brought up to date
 CHECK_S = 0.5
-_SEQ_MOD = 1 << 16
-
-
-def _ip_literal(host: Any, family: int) -> bool:
-    try:
-        socket.inet_pton(family, host)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
 
 
 class _Checker:
@@ -108,6 +101,7 @@ class CallOffload:
         self.stream: Any = None
         self._up: _Direction | None = None
         self._down: _Direction | None = None
+        self._down_src: Any = None  # the locked source SIP -> web relays from
         self.closed = False
         #: packets relayed in C, both directions; directions given to C and taken back (tests, bench)
         self.relayed = 0
@@ -164,10 +158,10 @@ class CallOffload:
         if stream.recorder is not None or stream.prompt is not None:
             return None
         ep = stream.owner
-        socks = getattr(ep, "_socks", None)
-        if socks is None or getattr(getattr(ep, "pool", None), "reader", None) is not self.reader:
+        sock = getattr(ep, "rtp_socket", None)
+        if sock is None or ep.reader is not self.reader:
             return None
-        return stream, socks[0]
+        return stream, sock
 
     def check(self) -> None:
         """Periodically and on a change: bring counters up to date, take back a direction whose
@@ -198,8 +192,8 @@ class CallOffload:
             return
         rate = stream.codec.rtp_clock_rate if stream.codec is not None else 8000
         # web -> SIP
-        up_ok = (stream.can_send and stream.remote is not None and not stream._dtmf_queue
-                 and not stream._pending_digits and _ip_literal(stream.remote[0], sip_sock.family))
+        up_ok = (stream.can_send and stream.remote is not None and not stream.dtmf_pending
+                 and ip_literal(stream.remote[0], sip_sock.family))
         if up_ok and self._up is None:
             s = stream.sender
             self.reader.set_rule(
@@ -216,8 +210,7 @@ class CallOffload:
         if down_ok and self._down is not None and self._down_src != locked:
             self._stop_down()  # the guard moved the lock: the rule follows it
         if down_ok and self._down is None:
-            rx = stream.rx_stats
-            base = (rx.ssrc, rx.received, rx.cycles, rx.max_seq, rx.octets) if rx is not None else None
+            base = stream.rx_snapshot()
             self.reader.set_rule(
                 sip_sock, src=locked, in_pt=sip_pt, out_sock=d.ice_sock, dst=d.remote_addr, out_pt=web_pt,
                 out_ssrc=d.ssrc, next_seq=d.next_seq, next_ts=d.next_ts, clock_rate=rate, rx=None, tx=d.tx_session)
@@ -226,8 +219,6 @@ class CallOffload:
             self.given += 1
         elif not down_ok and self._down is not None:
             self._stop_down()
-
-    _down_src: Any = None
 
     # --- counters -------------------------------------------------------------------------------
     def _delta(self, dirn: _Direction, st: dict[str, Any]) -> tuple[int, int, int]:
@@ -247,13 +238,7 @@ class CallOffload:
         if not dp:
             return
         self.relayed += dp
-        s = stream.sender
-        s.sequence = (st["last_out_seq"] + 1) & 0xFFFF
-        s.timestamp = (st["last_out_ts"] + (st["last_step"] or stream.samples_per_packet)) & 0xFFFFFFFF
-        s.packet_count += dp
-        s.octet_count += do
-        stream.stats.packets_sent += dp
-        stream.stats.bytes_sent += 12 * dp + do
+        stream.native_sent(dp, do, st["last_out_seq"], st["last_out_ts"], st["last_step"])
         d.packets_received += dp
         leg._rx_rtp += dp
         leg.stats.packets_relayed += dp
@@ -268,34 +253,10 @@ class CallOffload:
             return
         self.relayed += dp
         d, leg = self.direct, self.leg
-        stats = stream.stats
-        stats.packets_received += dp
-        stats.bytes_received += 12 * dp + do
         # C's times are CLOCK_MONOTONIC; the stream's are the reactor's (Twisted: wall-clock seconds)
         shift = stream.owner.pool.reactor.seconds() - time.monotonic()
-        if stream.first_packet_at is None:
-            stream.first_packet_at = st["first_rx"] + shift
-        stream.source_guard.last_rx = st["last_rx"] + shift
-        stream._rx_last = (st["last_in_seq"], st["last_in_ts"])
-        if st["last_step"]:
-            stream._rx_step = st["last_step"]
-        rx = stream.rx_stats
-        if rx is not None and st["received"]:
-            base = dirn.base_rx
-            if base is not None and base[0] == st["last_in_ssrc"] and base[1]:
-                wrapped = _SEQ_MOD if st["base_seq"] < base[3] else 0
-                rx.cycles = base[2] + wrapped + st["cycles"]
-                rx.received = base[1] + st["received"]
-                rx.octets = base[4] + st["received_octets"]
-            else:
-                rx.ssrc = st["last_in_ssrc"]
-                rx.base_seq = st["base_seq"]
-                rx.cycles = st["cycles"]
-                rx.received = st["received"]
-                rx.octets = st["received_octets"]
-                rx.expected_prior = rx.received_prior = 0
-            rx.max_seq = st["max_seq"]
-            rx._jitter = st["jitter"]
+        stream.native_received(dp, do, st["first_rx"] + shift, st["last_rx"] + shift, st["last_in_seq"],
+                               st["last_in_ts"], st["last_step"], st, dirn.base_rx)
         d.next_seq = (st["last_out_seq"] + 1) & 0xFFFF
         d.next_ts = (st["last_out_ts"] + (st["last_step"] or stream.samples_per_packet)) & 0xFFFFFFFF
         d.count_sent(dp, do, st["last_out_ts"], max(0.0, time.monotonic() - st["last_rx"]), dirn.clock_rate)

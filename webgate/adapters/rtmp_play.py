@@ -65,8 +65,10 @@ class _Stream:
         return self.live and self.conn.is_open
 
     def _send(self, send: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        if not self.open:
-            return
+        if self.open:
+            self._write(send, *args, **kwargs)
+
+    def _write(self, send: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
             send(self.stream_id, *args, **kwargs)
         except LocalProtocolError:
@@ -76,8 +78,9 @@ class _Stream:
 
     def _send_audio(self, timestamp_ms: int, data: bytes) -> None:
         # the players' back-pressure: a gap, not a delay, for a client that does not read in time
+        # (audio_wanted is only true while the connection is open: no second check)
         if self.open and self.conn.audio_wanted(data):
-            self._send(self.conn.core.send_audio, timestamp_ms, data)
+            self._write(self.conn.core.send_audio, timestamp_ms, data)
 
 
 class _StreamSink(_Stream):
@@ -98,12 +101,7 @@ class _WatchStream(_Stream):
         return self.conn.video_wanted()
 
     def accept(self, metadata: dict[str, Any] | None) -> None:
-        try:
-            self.conn.core.accept_play(self.stream_id, metadata=metadata, info={"sessionId": self.session_id})
-        except LocalProtocolError:
-            self.live = False
-            return
-        self.conn.flush()
+        self._write(self.conn.core.accept_play, metadata=metadata, info={"sessionId": self.session_id})
 
     def send_video(self, timestamp_ms: int, body: bytes) -> None:
         self._send(self.conn.core.send_video, timestamp_ms, body)
@@ -222,16 +220,17 @@ class RtmpPlayback(ConnectionParts):
             if not self._may_try_play(ev.stream_id):
                 return
             codec = codec or self.conn_codec or "aac"
+            token = opts.get(TOKEN_OPTION) or self.conn_token
             if self.mode == APP_CALL:
                 leg = self.factory.live.latest(name)
             elif self.mode == APP_SESSION:
                 call = self.manager.registry.by_session_id(name) if name.isdigit() else None
-                if call is None and self._elsewhere(ev.stream_id, name, ev.name, opts.get(TOKEN_OPTION) or self.conn_token):
+                if call is None and self._elsewhere(ev.stream_id, name, ev.name, token):
                     return
                 if call is not None and isinstance(call.leg, RtmpLeg) and not call.ended:
                     leg = call.leg
             if leg is not None and leg.call is not None and not may_listen(
-                leg.call, opts.get(TOKEN_OPTION) or self.conn_token, self.manager,
+                leg.call, token, self.manager,
                 by_destination=self.mode == APP_CALL, source_ip=self.peer_ip,
             ):
                 log.info("RTMP {client}: play of {name} refused (not the publisher, no valid token)", client=self.client, name=safe(name))
@@ -286,7 +285,7 @@ class RtmpPlayback(ConnectionParts):
             self.close()
 
     # ---- watch (issue 14: the caller's video and data by session ID)
-    def _on_watch(self, stream_id: int, name: str, opts: dict[str, str], played: str = "") -> None:
+    def _on_watch(self, stream_id: int, name: str, opts: dict[str, str], played: str) -> None:
         """Play ``watch/SESSIONID?token=JWT[&audio=none|both][&codec=C]``: who may watch is
         ``CallManager.authorize_watch`` (it counts the attempt); every case of "no such call or not
         yours" gets the same ``NetStream.Play.StreamNotFound``."""
@@ -309,7 +308,7 @@ class RtmpPlayback(ConnectionParts):
             call = self.manager.authorize_watch(name, token, self.peer_ip)
         except CallRefused as e:
             if e.code == NOT_FOUND and self.manager.registry.by_session_id(name) is None and self._elsewhere(
-                    stream_id, name, played or name, token, watch=True):
+                    stream_id, name, played, token, watch=True):
                 return
             if e.code == NOT_FOUND:
                 self._watch_not_found(stream_id, name)
@@ -414,12 +413,7 @@ class RtmpPlayback(ConnectionParts):
             return
         entry[1].live = False
         log.info("RTMP {client}: watch of {session_id} ended ({cause})", client=self.client, session_id=entry[0].session_id, cause=cause)
-        if self.is_open:
-            try:
-                self.core.end_stream(stream_id)
-            except LocalProtocolError:
-                pass
-            self.flush()
+        self._end_stream(stream_id)
 
     def _drop_player(self, stream_id: int) -> None:
         entry = self.players.pop(stream_id, None)
@@ -434,9 +428,13 @@ class RtmpPlayback(ConnectionParts):
             if p is player:
                 del self.players[sid]
                 sink.live = False
-                if self.is_open:
-                    try:
-                        self.core.end_stream(sid)
-                    except LocalProtocolError:
-                        pass
-                    self.flush()
+                self._end_stream(sid)
+
+    def _end_stream(self, stream_id: int) -> None:
+        """Stream EOF + NetStream.Play.Stop on a play stream whose call has ended."""
+        if self.is_open:
+            try:
+                self.core.end_stream(stream_id)
+            except LocalProtocolError:
+                pass
+            self.flush()

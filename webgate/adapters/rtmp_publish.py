@@ -90,21 +90,20 @@ class RtmpPublishing(ConnectionParts):
     async def _publish_reserved(self, stream_id: int, name: str, leg: RtmpLeg, admission: Any) -> None:
         """The rest of a publish on a cluster node: ``CallManager.reserve`` (the cluster-wide
         attempt rate, per-IP and per-identity limits and the session ID), then the call."""
-        manager = self.manager
+
+        def pending() -> bool:  # the encoder still waits for the answer
+            return self.is_open and self.core.publish_pending(stream_id)
+
         try:
-            admission = await manager.reserve(leg, admission)
-            if not self.is_open or not self.core.publish_pending(stream_id):
-                manager.release_reservation(admission)  # the encoder gave up meanwhile
-                return
-            call = manager.place_call(leg, name, admission=admission)
+            call = await self._place_reserved(leg, name, admission, pending)
         except CallRefused as e:
-            if self.is_open and self.core.publish_pending(stream_id):
+            if pending():
                 self._publish_refused(stream_id, name, e)
                 self.flush()
             return
-        leg.attach_call(call)
-        self._publish_placed(stream_id, name, leg, call)
-        self.flush()
+        if call is not None:
+            self._publish_placed(stream_id, name, leg, call)
+            self.flush()
 
     def _publish_refused(self, stream_id: int, name: str, e: CallRefused) -> None:
         log.info("RTMP {client}: publish to {dest} refused: {code}", client=self.client, dest=safe(name), code=e.code)

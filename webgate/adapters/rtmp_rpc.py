@@ -13,6 +13,7 @@ call's media is the connection's :class:`~webgate.legs.rtmp.RtmpLeg`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -67,6 +68,19 @@ class ConnectionParts:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    async def _place_reserved(self, leg: RtmpLeg, destination: Any, admission: Any, wanted: Callable[[], bool]) -> Call | None:
+        """On a cluster node, the rest of placing ``leg``'s call after ``CallManager.admit``:
+        ``CallManager.reserve`` (one await), then the call, attached to ``leg``. None when
+        ``wanted()`` turned false meanwhile (the reservation given back); raises CallRefused."""
+        manager = self.manager
+        admission = await manager.reserve(leg, admission)
+        if not wanted():
+            manager.release_reservation(admission)  # the client gave up meanwhile
+            return None
+        call: Call = manager.place_call(leg, destination, admission=admission)
+        leg.attach_call(call)
+        return call
 
 
 class FlashRpc(ConnectionParts):
@@ -237,22 +251,17 @@ class FlashRpc(ConnectionParts):
 
     async def _invite_reserved(self, tid: float, leg: RtmpLeg, destination: Any, admission: Any) -> None:
         """The rest of an ``invite`` on a cluster node: ``CallManager.reserve``, then the call."""
-        manager = self.manager
         try:
             try:
-                admission = await manager.reserve(leg, admission)
-                if not self.is_open or self.flash_leg is not leg:
-                    manager.release_reservation(admission)  # the client left meanwhile
-                    return
-                call = manager.place_call(leg, destination, admission=admission)
+                call = await self._place_reserved(leg, destination, admission, lambda: self.is_open and self.flash_leg is leg)
             except CallRefused as e:
                 if self.is_open:
                     self._invite_refused(tid, e)
                     self.flush()
                 return
-            leg.attach_call(call)
-            self._invite_placed(tid, call)
-            self.flush()
+            if call is not None:
+                self._invite_placed(tid, call)
+                self.flush()
         finally:
             self._inviting = False
 

@@ -40,6 +40,15 @@ class _Socket(protocol.DatagramProtocol):
             log.failure("RTP packet handling failed on port {port}", port=ep.rtp_port)
 
 
+def ip_literal(host: Any, family: int) -> bool:
+    """Whether ``host`` is an IP address of ``family`` (never a name to resolve)."""
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 class RtpEndpoint:
     """An even/odd UDP port pair bound for one call leg."""
 
@@ -106,15 +115,23 @@ class RtpEndpoint:
             except Exception:  # noqa: BLE001 - as _Socket: logged, the next packet is read
                 log.failure("RTP packet handling failed on port {port}", port=self.rtp_port)
 
+    @property
+    def rtp_socket(self) -> socket.socket | None:
+        """The RTP socket when the pool's loop reader reads it (``media_io`` "native"/"loop")."""
+        return self._socks[0] if self._socks is not None else None
+
+    @property
+    def reader(self) -> Any:
+        """The loop reader reading this endpoint's sockets (None: Twisted's ports)."""
+        return self.pool.reader if self._socks is not None else None
+
     def _send_loop(self, i: int, data: bytes, dest: tuple[str, int]) -> None:
         assert self._socks is not None
         ok = self._dest_ok
         if dest != ok[i]:
             # an IP literal only (as Twisted's Port.write): a host name would be resolved,
             # blocking, on every packet
-            try:
-                socket.inet_pton(self._socks[i].family, dest[0])
-            except (OSError, TypeError, ValueError, IndexError):
+            if not ip_literal(dest[0] if dest else None, self._socks[i].family):
                 log.debug("RTP send to {dest} refused: not an IP address of this socket's family", dest=dest)
                 return
             self._dest_ok = (dest, ok[1]) if i == 0 else (ok[0], dest)

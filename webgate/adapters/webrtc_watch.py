@@ -189,8 +189,14 @@ class WebRtcWatcher:
             raise InvalidOffer(f"unusable SDP offer: {type(e).__name__}: {e}") from None
         if self.closed:
             raise InvalidOffer("the watch ended")
-        self._choose_codec(offer_sdp, fmt)
-        self._choose_audio(offer_sdp)
+        offer: AiortcSdp | None = None
+        if self._video_tr is not None or self._audio_tr is not None:
+            try:  # once for both sections
+                offer = AiortcSdp.parse(offer_sdp)
+            except Exception:  # noqa: BLE001 - parsed once already by setRemoteDescription
+                offer = None
+        self._choose_codec(offer, fmt)
+        self._choose_audio(offer)
         try:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
@@ -200,7 +206,17 @@ class WebRtcWatcher:
             self._ice_timer = self.reactor.callLater(self.settings.ice_timeout_s, self._ice_timeout)
         return str(pc.localDescription.sdp)
 
-    def _choose_codec(self, offer_sdp: str, fmt: VideoFormat | None) -> None:
+    @staticmethod
+    def _offered(offer: AiortcSdp | None, tr: Any) -> Any | None:
+        """``tr``'s media section of the (applied) offer; None when it has none."""
+        if offer is None or tr.mid is None:
+            return None
+        try:
+            return offer.media[tr._get_mline_index()]
+        except Exception:  # noqa: BLE001 - the offer was applied: not expected
+            return None
+
+    def _choose_codec(self, offer: AiortcSdp | None, fmt: VideoFormat | None) -> None:
         """Only the caller's codec in the video answer (the watcher's payload type for it); every
         other audio/video section inactive."""
         assert self.pc is not None
@@ -210,9 +226,8 @@ class WebRtcWatcher:
                 other.direction = "inactive"
         if tr is None or fmt is None or tr.mid is None:
             return
-        try:
-            media = AiortcSdp.parse(offer_sdp).media[tr._get_mline_index()]
-        except Exception:  # noqa: BLE001 - parsed once already by setRemoteDescription
+        media = self._offered(offer, tr)
+        if media is None:
             tr.direction = "inactive"
             return
         chosen = _pick(media.rtp.codecs, fmt)
@@ -226,20 +241,16 @@ class WebRtcWatcher:
         self._video_pt = int(chosen.payloadType)
         self._video_codec = fmt.codec
 
-    def _choose_audio(self, offer_sdp: str) -> None:
+    def _choose_audio(self, offer: AiortcSdp | None) -> None:
         """Supervisor audio: the watcher's first Opus/PCMU/PCMA codec, or no audio (the hub's
         mixer then stops unless another watcher listens)."""
         tr = self._audio_tr
         if tr is None:
             return
         chosen = None
-        if tr.mid is not None:
-            try:
-                media = AiortcSdp.parse(offer_sdp).media[tr._get_mline_index()]
-            except Exception:  # noqa: BLE001 - parsed once already by setRemoteDescription
-                media = None
-            if media is not None and media.direction in (None, "recvonly", "sendrecv"):
-                chosen = next((c for c in media.rtp.codecs if str(c.mimeType).split("/")[-1].upper() in _AUDIO_RATES), None)
+        media = self._offered(offer, tr)
+        if media is not None and media.direction in (None, "recvonly", "sendrecv"):
+            chosen = next((c for c in media.rtp.codecs if str(c.mimeType).split("/")[-1].upper() in _AUDIO_RATES), None)
         if chosen is None:
             log.info("watch {client}: no audio section it can take: no audio for it", client=self.client)
             if tr.mid is not None:

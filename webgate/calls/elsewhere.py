@@ -59,7 +59,7 @@ async def locate(registry: Any, session_id: object) -> tuple[Any, Any] | None:
     call, it is here, or this is not a cluster). Raises ``CallRefused`` ``cluster_unavailable``
     when the cluster's state cannot be read."""
     elsewhere = getattr(registry, "elsewhere", None)
-    if elsewhere is None or not is_valid_session_id(session_id) or not str(session_id).isdigit():
+    if elsewhere is None or not is_valid_session_id(session_id):  # (ASCII digits only)
         return None
     found: tuple[Any, Any] | None = await elsewhere(session_id)
     return found

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
-import string
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +39,7 @@ from webgate.calls.interfaces import (
 from webgate.config import RecordingConfig
 from webgate.media.recording.audio import RecordingTap
 from webgate.media.recording.prompt import PromptPlayer, beep, load_prompt
-from webgate.media.recording.sweep import SweepResult
+from webgate.media.recording.sweep import SweepResult, iso_utc, template_glob
 
 __all__ = ["MODES", "CallRecording", "Recordings", "record_mode"]
 
@@ -60,10 +58,6 @@ def record_mode(route_mode: str, claim: str | None, on_request: bool) -> str:
     if on_request:
         return claim
     return MODES[min(MODES.index(claim), MODES.index(route_mode) if route_mode in MODES else 0)]
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
 class RecordingError(Exception):
@@ -181,7 +175,7 @@ class CallRecording:
         self.flush()
         self.tap.pause()
         self.state = "paused"
-        self.pauses.append({"start": _iso(self.owner.wall_clock()), "at_s": round(self.timeline(), 3), "end": None})
+        self.pauses.append({"start": iso_utc(self.owner.wall_clock()), "at_s": round(self.timeline(), 3), "end": None})
         if self.sink is not None:
             with _logged(self, "pause"):
                 self.sink.paused(True)
@@ -195,7 +189,7 @@ class CallRecording:
         self.state = "recording"
         if self.pauses:
             p = self.pauses[-1]
-            p["end"] = _iso(self.owner.wall_clock())
+            p["end"] = iso_utc(self.owner.wall_clock())
             p["duration_s"] = round(self.timeline() - p["at_s"], 3)
         if self.sink is not None:
             with _logged(self, "resume"):
@@ -284,8 +278,8 @@ class CallRecording:
                 "left": {"who": "web caller", "identity": call.identity, "ingress": call.ingress_kind, "client": call.client},
                 "right": {"who": "SIP", "destination": call.destination, "sip_call_id": call.sip_call_id},
             },
-            "start": _iso(self.started),
-            "end": _iso(self.ended),
+            "start": iso_utc(self.started),
+            "end": iso_utc(self.ended),
             "duration_s": round(self.tap.timeline.base / self.rate, 3),
             "pauses": [dict(p) for p in self.pauses],
             "codecs": codecs,
@@ -430,12 +424,10 @@ class Recordings:
         return self.store.new_base(self.dir / rel, (".json", ".wav", ".ogg"))
 
     # --- retrieval ------------------------------------------------------------------------
-    def sidecars(self, session_id: str) -> list[Path]:
-        """Every sidecar of ``session_id`` under ``dir``, oldest first (by start time)."""
-        pattern = "".join(
-            glob.escape(literal) + ("" if name is None else glob.escape(session_id) if name == "session_id" else "*")
-            for literal, name, _spec, _conv in string.Formatter().parse(self.config.path))
-        found: list[tuple[str, float, Path]] = []
+    def sidecars(self, session_id: str) -> list[tuple[Path, dict[str, Any]]]:
+        """Every sidecar of ``session_id`` under ``dir`` and its content, oldest first (by start time)."""
+        pattern = template_glob(self.config.path, "session_id", session_id)
+        found: list[tuple[str, float, Path, dict[str, Any]]] = []
         for p, mtime in self.store.find(self.dir, [pattern + ".json", pattern + "-*.json"]):
             try:
                 data = self.store.read_json(p)
@@ -444,17 +436,17 @@ class Recordings:
                     continue
             except (OSError, ValueError, AttributeError):
                 continue
-            found.append((start, mtime, p))
-        return [p for _s, _m, p in sorted(found, key=lambda x: (x[0], x[1]))]
+            if isinstance(data, dict):
+                found.append((start, mtime, p, data))
+        return [(p, data) for _s, _m, p, data in sorted(found, key=lambda x: (x[0], x[1]))]
 
     def newest(self, session_id: str) -> tuple[Path, dict[str, Any]] | None:
         """The newest sidecar of ``session_id`` and its content (None if there is none)."""
-        for p in reversed(self.sidecars(session_id)):
-            with contextlib.suppress(OSError, ValueError):
-                data = self.store.read_json(p)
-                if isinstance(data, dict):
-                    return p, self._recover(session_id, p, data)
-        return None
+        found = self.sidecars(session_id)
+        if not found:
+            return None
+        p, data = found[-1]
+        return p, self._recover(session_id, p, data)
 
     def _recover(self, session_id: str, sidecar: Path, data: dict[str, Any]) -> dict[str, Any]:
         """A sidecar still ``recording``/``paused`` with no live recording of it was cut by a
@@ -519,17 +511,15 @@ class Recordings:
         if rec is not None:
             rec.stop()
         removed = 0
-        for sidecar in self.sidecars(session_id):
+        for sidecar, data in self.sidecars(session_id):
             paths = {sidecar}
-            with contextlib.suppress(OSError, ValueError):
-                data = self.store.read_json(sidecar)
-                stem = sidecar.name[: -len(".json")]
-                for f in (data.get("files") or {}).values():
-                    p = Path(str(f))
-                    if p.parent == sidecar.parent and p.name.startswith(stem + "."):  # only its own files
-                        paths.add(p)
+            stem = sidecar.name[: -len(".json")]
+            for f in (data.get("files") or {}).values():
+                p = Path(str(f))
+                if p.parent == sidecar.parent and p.name.startswith(stem + "."):  # only its own files
+                    paths.add(p)
             for ext in (".wav", ".ogg", ".webm", ".mkv", ".mp4", ".data.jsonl"):
-                paths.add(sidecar.with_name(sidecar.name[: -len(".json")] + ext))
+                paths.add(sidecar.with_name(stem + ext))
             for p in paths:
                 if self.store.remove(p):
                     removed += 1

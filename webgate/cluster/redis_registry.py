@@ -92,7 +92,7 @@ class RedisCallRegistry(CallRegistry):
     async def elsewhere(self, session_id: str) -> tuple[CallEntry, NodeInfo] | None:
         """The live call ``session_id`` if it lives on another node (for a client's redirect;
         raises ``cluster_unavailable``)."""
-        found = await self.node.lookup_call(session_id)
+        found = await self.locate(session_id)
         return found if found is not None and found[0].node != self.node.node_id else None
 
 

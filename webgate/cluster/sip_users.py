@@ -78,11 +78,5 @@ class SipUserRegistrations:
             return False
         if reg in self.registrations:
             self.registrations.remove(reg)
-        if unregister:
-            self.ua.unregister(reg, self.clock())
-        else:
-            reg.active = False
-            reg.refresh_at = None
-        if reg in self.ua.registrations:  # its last REGISTER's answer still finds it (by transaction)
-            self.ua.registrations.remove(reg)
+        self.ua.forget(reg, self.clock(), unregister=unregister)
         return True

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from webgate.legs.hub_bits import sps_in_rtp, vp8_keyframe_size, vp8_strip
 from webgate.legs.hub_transcode import TRANSCODABLE_CODECS, Vp8Feed
 from webgate.legs.hub_types import (
+    FLV_VIDEO_CODECS,
     TOO_MANY_WATCHERS,
     FlvVideo,
     HubCaller,
@@ -58,14 +59,13 @@ log = Logger()
 
 MAX_DATA_BYTES = 64 * 1024
 
-_FLV_AVC = 7
-_FLV_CODECS = {2: "H263", 3: "SCREEN", 4: "VP6", 5: "VP6A", 6: "SCREEN2", 7: "H264", 12: "HEVC"}
 _KEYFRAME_REQUEST_INTERVAL_S = 0.5
 #: the lowest bitrate a watcher's REMB may hold the caller to: one watcher's REMB of 0 (or a
 #: collapsed estimate) must not stop the video for every watcher
 MIN_BITRATE_BPS = 30_000
 _MAX_SANE_BPS = 10_000_000_000  # a REMB above 10 Gbit/s is garbage, not an estimate: ignored
 _RTP_MTU_PAYLOAD = 1200
+_TRANSCODE_MAX_BPS = 800_000  # the VP8 re-encoder's bitrate, at most
 _REPLAY_GAP_TICKS = 3000  # a GOP replayed to a running watcher starts 1/30 s after its last frame
 
 
@@ -275,9 +275,7 @@ class MediaHub:
         if self.closed or self.source == "flv" or (
                 not now and t - self._last_keyframe_request < _KEYFRAME_REQUEST_INTERVAL_S):
             return
-        self._last_keyframe_request = t
-        self.stats.keyframe_requests += 1
-        self._safe(self.caller.request_keyframe)
+        self._ask_caller(t)
 
     # --- keyframes and bitrate -------------------------------------------------------
     def keyframe_wanted(self, watcher: HubWatcher | None = None) -> None:
@@ -304,6 +302,11 @@ class MediaHub:
             self._asked.add(id(watcher))
         elif now - self._last_keyframe_request < _KEYFRAME_REQUEST_INTERVAL_S:
             return
+        self._ask_caller(now)
+
+    def _ask_caller(self, now: float) -> None:
+        """A keyframe request to the caller's encoder (its PLI), counted; ``now`` starts the next
+        interval."""
         self._last_keyframe_request = now
         self.stats.keyframe_requests += 1
         self._safe(self.caller.request_keyframe)
@@ -432,7 +435,7 @@ class MediaHub:
         st = self.stats
         st.packets_in += 1
         st.bytes_in += len(tag.body)
-        codec = _FLV_CODECS.get(tag.body[0] & 0x0F, "unknown")
+        codec = FLV_VIDEO_CODECS.get(tag.body[0] & 0x0F, "unknown")
         first = self.source is None
         if first:
             self.source = "flv"
@@ -488,9 +491,13 @@ class MediaHub:
             self._vp8_feed = None
             return
         if self._vp8_feed is None and tag.is_keyframe:  # none made at a join (no GOP cached then)
-            self._vp8_feed = Vp8Feed(min(self.bitrate_limit, 800_000), _RTP_MTU_PAYLOAD)
+            self._new_vp8_feed()
         if self._vp8_feed is not None:
             self._vp8_to(rtp, self._vp8_feed.packets(tag.body, tag.timestamp_ms))
+
+    def _new_vp8_feed(self) -> Vp8Feed:
+        self._vp8_feed = Vp8Feed(min(self.bitrate_limit, _TRANSCODE_MAX_BPS), _RTP_MTU_PAYLOAD)
+        return self._vp8_feed
 
     def _vp8_to(self, watchers: list[HubWatcher], packets: list[tuple[int, int, bool, bytes, bool]]) -> None:
         st = self.stats
@@ -546,8 +553,8 @@ class MediaHub:
             if self._vp8_feed is not None:
                 self._vp8_feed.force_keyframe()  # the running encoder: a keyframe next
             elif self._flv_gop:  # the first WebRTC watcher: decode from the cached GOP on
-                self._vp8_feed = Vp8Feed(min(self.bitrate_limit, 800_000), _RTP_MTU_PAYLOAD)
-                self._vp8_to([w], [p for t in self._flv_gop for p in self._vp8_feed.packets(t.body, t.timestamp_ms)])
+                feed = self._new_vp8_feed()
+                self._vp8_to([w], [p for t in self._flv_gop for p in feed.packets(t.body, t.timestamp_ms)])
         elif self._packetizer is not None and self._au_gop.has_keyframe:
             # numbered so that they end right before the live stream's next packet: the
             # watcher never saw those numbers, so it sees one gap-free sequence

@@ -6,13 +6,13 @@ from the tags' milliseconds. The hub makes one while such a watcher exists (see 
 from __future__ import annotations
 
 from webgate.legs.hub_bits import vp8_payloads
+from webgate.legs.hub_types import FLV_VIDEO_CODECS
 from webgate.media.transcode import TRANSCODABLE, FlvToVp8
 
 __all__ = ["TRANSCODABLE_CODECS", "Vp8Feed"]
 
-#: the hub's names of the FLV codecs re-encoded (``hub._FLV_CODECS``)
-TRANSCODABLE_CODECS = frozenset({"H263", "VP6", "VP6A"})
-assert len(TRANSCODABLE) == len(TRANSCODABLE_CODECS)
+#: the hub's names of the FLV codecs re-encoded ("H263", "VP6", "VP6A")
+TRANSCODABLE_CODECS = frozenset(FLV_VIDEO_CODECS[c] for c in TRANSCODABLE)
 
 
 class Vp8Feed:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["TOO_MANY_WATCHERS", "FlvVideo", "HubCaller", "HubRecorder", "HubStats", "HubWatcher", "RtpVideo",
+__all__ = ["FLV_VIDEO_CODECS", "TOO_MANY_WATCHERS", "FlvVideo", "HubCaller", "HubRecorder", "HubStats", "HubWatcher", "RtpVideo",
            "WatchRefused"]
 
 TOO_MANY_WATCHERS = "too_many_watchers"
 _FLV_AVC = 7
+#: FLV VideoTagHeader CodecID -> the hub's codec name (``HubStats.codec`` of an FLV source)
+FLV_VIDEO_CODECS = {2: "H263", 3: "SCREEN", 4: "VP6", 5: "VP6A", 6: "SCREEN2", _FLV_AVC: "H264", 12: "HEVC"}
 
 
 class WatchRefused(Exception):

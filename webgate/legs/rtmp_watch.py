@@ -36,13 +36,13 @@ import base64
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from webgate.legs.hub_types import FlvVideo
+from webgate.legs.hub_types import FLV_VIDEO_CODECS, FlvVideo
 from webgate.legs.rtmp_audio import Player
 
 __all__ = ["FLV_VIDEO_CODEC_IDS", "RtmpWatcher", "WatchSink", "watch_metadata"]
 
 #: FLV VideoTagHeader CodecID of the hub's codec names (FLV sources come as they are)
-FLV_VIDEO_CODEC_IDS = {"H263": 2, "SCREEN": 3, "VP6": 4, "VP6A": 5, "SCREEN2": 6, "H264": 7, "HEVC": 12}
+FLV_VIDEO_CODEC_IDS = {name: cid for cid, name in FLV_VIDEO_CODECS.items()}
 
 
 class WatchSink(Protocol):
@@ -175,7 +175,7 @@ class RtmpWatcher:
 
     def audio_pcm(self, pcm: Any, rate: int) -> None:
         """The call's mixed audio (every 20 ms, from the play's start): encoded and sent."""
-        if self.player is not None and self.began and self.live and self.sink.open:
+        if self.player is not None and self.player.sink.open:  # not open: no encoding either
             self.player.pcm(pcm, rate)
 
     def flv_video(self, tag: FlvVideo) -> None:

@@ -85,6 +85,7 @@ class _NoLog:
 
 HostPort = tuple[str, int]
 RTCP_INTERVAL = 5.0
+RTP_HEADER = 12  # bytes of a plain RTP header (what the native relay counts per packet it relays)
 MAX_PACKETS_PER_TICK = 8  # 10 ms packets play two per tick; a burst of late ones no more than this
 MAX_CONCEALED_MS = 120  # the longest gap one Loss is concealed for
 
@@ -192,6 +193,64 @@ class RtpAudioStream:
         self._prompt = prompt
         if self.native is not None:
             self.native.changed()
+
+    # --- the native relay (webgate/adapters/native_relay.py) --------------------------------
+    @property
+    def dtmf_pending(self) -> bool:
+        """RFC 4733 events queued or being sent (no audio may be sent meanwhile)."""
+        return bool(self._dtmf_queue or self._pending_digits)
+
+    def rx_snapshot(self) -> tuple[int | None, int, int, int, int] | None:
+        """The receiver statistics when the native relay starts receiving for this stream
+        (ssrc, received, cycles, max_seq, octets), for :meth:`native_received`."""
+        rx = self.rx_stats
+        return (rx.ssrc, rx.received, rx.cycles, rx.max_seq, rx.octets) if rx is not None else None
+
+    def native_sent(self, packets: int, octets: int, last_seq: int, last_ts: int, step: int) -> None:
+        """Packets the native relay sent toward the far end for this stream since the last call:
+        the sender continues after them (``step``: the last timestamp step, 0 if unknown)."""
+        s = self.sender
+        if s is None or packets <= 0:
+            return
+        s.sequence = (last_seq + 1) & 0xFFFF
+        s.timestamp = (last_ts + (step or self.samples_per_packet)) & 0xFFFFFFFF
+        s.packet_count += packets
+        s.octet_count += octets
+        self.stats.packets_sent += packets
+        self.stats.bytes_sent += RTP_HEADER * packets + octets
+
+    def native_received(self, packets: int, octets: int, first_rx: float, last_rx: float, last_seq: int,
+                        last_ts: int, step: int, rx: dict[str, Any], base: tuple[int | None, int, int, int, int] | None) -> None:
+        """Packets the native relay received from the far end for this stream since the last call
+        (times on this stream's clock; ``rx``: its RFC 3550 statistics since it started, merged
+        into :attr:`rx_stats` onto ``base``, the :meth:`rx_snapshot` taken then)."""
+        if packets <= 0:
+            return
+        self.stats.packets_received += packets
+        self.stats.bytes_received += RTP_HEADER * packets + octets
+        if self.first_packet_at is None:
+            self.first_packet_at = first_rx
+        self.source_guard.last_rx = last_rx
+        self._rx_last = (last_seq, last_ts)
+        if step:
+            self._rx_step = step
+        stats = self.rx_stats
+        if stats is None or not rx["received"]:
+            return
+        if base is not None and base[0] == rx["last_in_ssrc"] and base[1]:
+            # the same source Python counted before: go on from its counts
+            stats.cycles = base[2] + (1 << 16 if rx["base_seq"] < base[3] else 0) + rx["cycles"]
+            stats.received = base[1] + rx["received"]
+            stats.octets = base[4] + rx["received_octets"]
+        else:
+            stats.ssrc = rx["last_in_ssrc"]
+            stats.base_seq = rx["base_seq"]
+            stats.cycles = rx["cycles"]
+            stats.received = rx["received"]
+            stats.octets = rx["received_octets"]
+            stats.expected_prior = stats.received_prior = 0
+        stats.max_seq = rx["max_seq"]
+        stats._jitter = rx["jitter"]
 
     # --- negotiation -----------------------------------------------------------------
     def configure(self, media: NegotiatedMedia) -> None:
@@ -314,14 +373,14 @@ class RtpAudioStream:
         if self.rx_stats is not None:
             self.rx_stats.update(packet, now)
         if self.on_payload is not None:
-            payload = packet.payload if self.prompt is None else self.prompt.in_payload(packet.payload)
+            payload = packet.payload if self._prompt is None else self._prompt.in_payload(packet.payload)
             self.on_payload(payload, self._payload_samples(packet), packet)
         elif self.jitter is not None:
             self.jitter.put(packet, now)
-        if self.recorder is not None and self.on_payload is not None:
+        if self._recorder is not None and self.on_payload is not None:
             # packet path, after the relay: it only queues (decoded at its flush); the frame
             # path hands it the PCM it decodes anyway (tick)
-            self.recorder.received(packet.ssrc, packet.timestamp, packet.payload)
+            self._recorder.received(packet.ssrc, packet.timestamp, packet.payload)
 
     def _payload_samples(self, packet: rtp.RtpPacket) -> int:
         """Packet path: the duration of a received payload (RTP clock), from the timestamp step
@@ -412,10 +471,10 @@ class RtpAudioStream:
                 if item is None:
                     break
                 pcm = self._play(item)
-                if pcm is not None and len(pcm) and self.recorder is not None and isinstance(item, rtp.RtpPacket):
-                    self.recorder.received_pcm(item.ssrc, item.timestamp, pcm)
-                if pcm is not None and len(pcm) and self.prompt is not None:
-                    pcm = self.prompt.in_pcm(pcm)
+                if pcm is not None and len(pcm) and self._recorder is not None and isinstance(item, rtp.RtpPacket):
+                    self._recorder.received_pcm(item.ssrc, item.timestamp, pcm)
+                if pcm is not None and len(pcm) and self._prompt is not None:
+                    pcm = self._prompt.in_pcm(pcm)
                 if pcm is not None and len(pcm):
                     played += len(pcm)
                     if self.on_audio is not None:
@@ -495,10 +554,10 @@ class RtpAudioStream:
             if rs is None:
                 rs = self._resamplers.to_codec[rate] = Resampler(rate, self.codec.sample_rate)
             pcm = rs.resample(pcm)
-        if self.prompt is not None:
-            pcm = self.prompt.out_pcm(pcm)
-        if self.recorder is not None and self.can_send:
-            self.recorder.sent_pcm(pcm)  # the frame path: the PCM, not the payloads, is recorded
+        if self._prompt is not None:
+            pcm = self._prompt.out_pcm(pcm)
+        if self._recorder is not None and self.can_send:
+            self._recorder.sent_pcm(pcm)  # the frame path: the PCM, not the payloads, is recorded
         frames = self.packet_plan[1]
         self._encoding = True
         try:
@@ -525,12 +584,12 @@ class RtpAudioStream:
             return
         if self.native is not None:
             self.native.yield_out()  # the sender's sequence number and timestamp from the native path
-        if self.prompt is not None and not self._encoding:
-            payload = self.prompt.out_payload(payload)
+        if self._prompt is not None and not self._encoding:
+            payload = self._prompt.out_payload(payload)
         pkt = self.sender.next_packet(payload, n, marker=marker)
         self._write(pkt)
-        if self.recorder is not None and self.can_send and not self._encoding:
-            self.recorder.sent(pkt.ssrc, pkt.timestamp, payload)
+        if self._recorder is not None and self.can_send and not self._encoding:
+            self._recorder.sent(pkt.ssrc, pkt.timestamp, payload)
 
     def send_dtmf(self, digit: str, duration_ms: int = 160) -> bool:
         """Queue an RFC 4733 digit. False when the far end did not negotiate telephone-event."""

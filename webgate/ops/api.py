@@ -53,6 +53,7 @@ from webgate.ops.openapi import openapi_document
 from webgate.ops.recordings_api import route_recordings
 from webgate.ops.snapshot_api import SNAPSHOT, answer_snapshot
 from webgate.web.site import json_body
+from webgate.web.site import json_error as _err
 
 __all__ = ["ApiResource", "call_view"]
 
@@ -66,10 +67,6 @@ def _any(request: IRequest) -> Any:
     """The request for calling its methods: zope's ``IRequest`` declares them without ``self``,
     so mypy (without the zope plugin) rejects every call through the interface type."""
     return request
-
-
-def _err(request: IRequest, status: int, code: str, message: str) -> bytes:
-    return json_body(request, status, {"error": code, "message": message})
 
 
 def _iso(t: float | None) -> str | None:
@@ -323,11 +320,11 @@ class ApiResource(resource.Resource):
             return _err(request, 404, "no_such_call", "no live call with this session ID")
 
         async def work() -> bytes:
-            found = await cluster.registry.locate(session_id)
+            found = await cluster.registry.elsewhere(session_id)
             if found is not None:
                 entry, info = found
                 base = _http_base(info.ws_url)
-                if entry.node != cluster.node_id and base is not None:
+                if base is not None:
                     location = base + _any(request).uri.decode("ascii", "replace")
                     _any(request).setHeader(b"location", location.encode())
                     return _err(request, 307, "elsewhere", f"the call lives on node {entry.node}")

@@ -122,7 +122,7 @@ def _control(api: Any, request: IRequest, sid: str) -> bytes:
 
 def _serve(request: IRequest, sidecar: Path, data: dict[str, Any], kind: str) -> bytes | int:
     stem = sidecar.name[: -len(".json")]
-    files = data.get("files") if isinstance(data.get("files"), dict) else {}
+    files = data.get("files")
     exts = (".wav", ".ogg") if kind == "audio" else (".webm", ".mkv", ".mp4")
     target: Path | None = None
     named = files.get(kind) if isinstance(files, dict) else None

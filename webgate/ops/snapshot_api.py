@@ -15,7 +15,7 @@ from twisted.web.iweb import IRequest
 from webgate.counters import count_error
 from webgate.logsafe import safe
 from webgate.media.snapshot import SnapshotError, keyframe_to_jpeg
-from webgate.web.site import json_body
+from webgate.web.site import json_error as _err
 
 __all__ = ["MAX_SNAPSHOTS_AT_ONCE", "SNAPSHOT", "answer_snapshot"]
 
@@ -29,10 +29,6 @@ MAX_SNAPSHOTS_AT_ONCE = 2
 def _any(request: IRequest) -> Any:
     """The request for calling its methods (zope's ``IRequest`` declares them without ``self``)."""
     return request
-
-
-def _err(request: IRequest, status: int, code: str, message: str) -> bytes:
-    return json_body(request, status, {"error": code, "message": message})
 
 
 def answer_snapshot(api: Any, request: IRequest, session_id: str) -> bytes | int:

@@ -21,7 +21,7 @@ from webgate.config import HttpConfig
 from webgate.security.connlimit import ConnectionLimiter
 from webgate.web.limits import GuardedSite
 
-__all__ = ["HealthResource", "HealthSource", "NotFound", "Root", "html5_client_dir", "json_body", "make_site"]
+__all__ = ["HealthResource", "HealthSource", "NotFound", "Root", "html5_client_dir", "json_body", "json_error", "make_site"]
 
 
 class HealthSource(Protocol):
@@ -37,6 +37,11 @@ def json_body(request: IRequest, status: int, body: Any) -> bytes:
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"x-content-type-options", b"nosniff")
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def json_error(request: IRequest, status: int, code: str, message: str) -> bytes:
+    """:func:`json_body` of an API error: ``{"error": code, "message": message}``."""
+    return json_body(request, status, {"error": code, "message": message})
 
 
 class NotFound(resource.Resource):

@@ -159,29 +159,23 @@ class RecordingTap:
         self.decode_errors = 0
 
     # --- on the forwarding path: only an append ------------------------------------------
+    def _queue(self, side: _Side, ssrc: int, timestamp: int, payload: bytes | PCM) -> None:
+        if len(side.queue) < MAX_QUEUED:
+            side.queue.append((ssrc, timestamp, payload, self.clock()))
+        else:
+            side.dropped += 1
+
     def sent(self, ssrc: int, timestamp: int, payload: bytes) -> None:
         """A payload the stream sent toward SIP (the web caller: left)."""
-        q = self._sides[LEFT].queue
-        if len(q) < MAX_QUEUED:
-            q.append((ssrc, timestamp, payload, self.clock()))
-        else:
-            self._sides[LEFT].dropped += 1
+        self._queue(self._sides[LEFT], ssrc, timestamp, payload)
 
     def received(self, ssrc: int, timestamp: int, payload: bytes) -> None:
         """A payload received from SIP in the negotiated codec (the SIP party: right)."""
-        q = self._sides[RIGHT].queue
-        if len(q) < MAX_QUEUED:
-            q.append((ssrc, timestamp, payload, self.clock()))
-        else:
-            self._sides[RIGHT].dropped += 1
+        self._queue(self._sides[RIGHT], ssrc, timestamp, payload)
 
     def received_pcm(self, ssrc: int, timestamp: int, pcm: PCM) -> None:
         """Frame path: a packet from SIP the stream decoded (at the codec's rate)."""
-        q = self._sides[RIGHT].queue
-        if len(q) < MAX_QUEUED:
-            q.append((ssrc, timestamp, pcm, self.clock()))
-        else:
-            self._sides[RIGHT].dropped += 1
+        self._queue(self._sides[RIGHT], ssrc, timestamp, pcm)
 
     def sent_pcm(self, pcm: PCM) -> None:
         """Frame path: PCM (the codec's rate) about to be encoded toward SIP (the web caller)."""

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import IO
 
+from webgate.media.recording import write_error
+
 __all__ = ["DataLog"]
 
 
@@ -59,8 +61,7 @@ class DataLog:
         self.lines += 1
 
     def _fail(self, e: BaseException) -> None:
-        code = getattr(e, "errno", None)
-        self.error = "disk full" if code == errno.ENOSPC else f"data write failed: {type(e).__name__}: {e}"[:200]
+        self.error = write_error(e, "data")
         f, self._f = self._f, None
         if f is not None:
             try:

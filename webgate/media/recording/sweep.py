@@ -29,7 +29,7 @@ from typing import Any
 
 from webgate.media.recording.wav import HEADER_BYTES, repair_wav
 
-__all__ = ["SweepResult", "finish", "recent_sidecars", "sweep", "unfinished"]
+__all__ = ["SweepResult", "finish", "iso_utc", "recent_sidecars", "sweep", "template_glob", "unfinished"]
 
 #: what an unfinished recording's sidecar says after :func:`finish`
 INTERRUPTED_ERROR = "the gateway stopped before the recording ended"
@@ -49,7 +49,8 @@ class SweepResult:
     seconds: float = 0.0
 
 
-def _iso(t: float | None) -> str | None:
+def iso_utc(t: float | None) -> str | None:
+    """A sidecar's time: ``t`` (epoch seconds) as ISO 8601 UTC to the millisecond (None: None)."""
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
@@ -89,26 +90,30 @@ def finish(sidecar: Path, data: dict[str, Any], now: float) -> dict[str, Any]:
     new = dict(data)
     if unfinished(data):
         end = max((p.stat().st_mtime for p in _files(sidecar)), default=None)
-        new.update(state="interrupted", end=data.get("end") or _iso(end),
+        new.update(state="interrupted", end=data.get("end") or iso_utc(end),
                    error=data.get("error") or INTERRUPTED_ERROR)
-    new.update(repaired=True, repaired_at=_iso(now), wav_header_fixed=bool(fixed))
+    new.update(repaired=True, repaired_at=iso_utc(now), wav_header_fixed=bool(fixed))
     tmp = sidecar.with_name(sidecar.name + ".tmp")
     tmp.write_text(json.dumps(new, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, sidecar)
     return new
 
 
+def template_glob(template: str, field: str, value: str) -> str:
+    """The glob pattern of the ``[recording] path`` ``template`` with ``{field}`` = ``value``
+    (escaped) and every other field a ``*``."""
+    return "".join(glob.escape(literal) + ("" if name is None else glob.escape(value) if name == field else "*")
+                   for literal, name, _spec, _conv in string.Formatter().parse(template))
+
+
 def recent_sidecars(root: Path, template: str, days: int, now: float) -> list[Path]:
     """The sidecars under ``root`` made with ``template`` in the last ``days`` days (UTC dates;
     a template without ``{date}``: sidecars modified in that time), newest first."""
     dates = [(datetime.fromtimestamp(now, UTC) - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(days)]
-    parts = list(string.Formatter().parse(template))
-    by_date = any(name == "date" for _l, name, _s, _c in parts)
+    by_date = any(name == "date" for _l, name, _s, _c in string.Formatter().parse(template))
     found: dict[Path, float] = {}
     for date in dates if by_date else [""]:
-        pattern = "".join(glob.escape(literal) + (
-            "" if name is None else glob.escape(date) if name == "date" else "*")
-            for literal, name, _spec, _conv in parts)
+        pattern = template_glob(template, "date", date)
         for p in list(root.glob(pattern + ".json")) + list(root.glob(pattern + "-*.json")):
             try:
                 mtime = p.stat().st_mtime

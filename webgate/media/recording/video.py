@@ -39,6 +39,8 @@ from typing import Any
 import av
 import numpy as np
 
+from webgate.media.recording import write_error
+from webgate.media.recording.ogg import OPUS_RATES
 from webgate.proto import h264
 from webgate.proto.errors import LocalProtocolError, RemoteProtocolError
 from webgate.proto.flv import AVC_NALU, AVC_SEQUENCE_HEADER, VIDEO_AVC
@@ -47,7 +49,6 @@ __all__ = ["CONTAINERS", "RemuxThread", "VideoRemuxer", "Vp8Assembler", "vp8_fra
 
 #: codec → (container format, file suffix)
 CONTAINERS = {"VP8": ("webm", ".webm"), "H264": ("matroska", ".mkv")}
-_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _MS = Fraction(1, 1000)
 _REANCHOR_S = 1.0
 _MUX_OPTIONS = {"cluster_time_limit": "1000", "flush_packets": "1"}
@@ -189,7 +190,7 @@ class VideoRemuxer:
         self._vstream: Any = None
         self._astream: Any = None
         self._resampler: Any = None
-        self._arate = rate if rate in _OPUS_RATES else 48000
+        self._arate = rate if rate in OPUS_RATES else 48000
         self._pending: list[np.ndarray] = []  # audio before the file opens / not yet a whole frame
         self._pending_n = 0
         self._audio_max = int(audio_buffer_s * rate)
@@ -455,8 +456,7 @@ class VideoRemuxer:
 
     # --- the end -----------------------------------------------------------------------
     def _fail(self, e: BaseException) -> None:
-        code = getattr(e, "errno", None)
-        self.error = "disk full" if code == errno.ENOSPC else f"video write failed: {type(e).__name__}: {e}"[:200]
+        self.error = write_error(e, "video")
         out, self._out = self._out, None
         if out is not None:
             try:

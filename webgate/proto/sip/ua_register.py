@@ -76,6 +76,18 @@ class Registrar(UACore):
         reg.refresh_at = None
         self._send_register(reg, now, expires=0)
 
+    def forget(self, reg: Registration, now: float, *, unregister: bool = True) -> None:
+        """Stop keeping ``reg``: with ``unregister`` its binding is removed (``Expires: 0``),
+        else it is only no longer refreshed; either way the user agent drops it (an answer to its
+        last REGISTER still finds it, by transaction)."""
+        if unregister:
+            self.unregister(reg, now)
+        else:
+            reg.active = False
+            reg.refresh_at = None
+        if reg in self.registrations:
+            self.registrations.remove(reg)
+
     def _send_register(self, reg: Registration, now: float, expires: int | None = None,
                        authorization: tuple[str, str] | None = None) -> None:
         reg.cseq += 1
