@@ -53,11 +53,12 @@ def beeps(x: np.ndarray, rate: int) -> tuple[list[float], int]:
 
 
 def assert_beeps(x: np.ndarray, rate: int, who: str) -> None:
-    """At least three beeps, about a second apart, and quiet (no 1400 Hz) in between."""
+    """At least three beeps, about a second apart (± 0.3 s: the starts are found in 100 ms windows,
+    and a loaded machine delays a packet burst by a window or two), and quiet (no 1400 Hz) in between."""
     starts, off = beeps(x, rate)
     print(f"[relayed] {who}: beeps at {starts} s, {off} windows without")
     gaps = np.diff(starts)
-    assert len(starts) >= 3 and all(0.8 < g < 1.2 for g in gaps) and off >= 15, (who, starts, off)
+    assert len(starts) >= 3 and all(0.7 < g < 1.3 for g in gaps) and off >= 15, (who, starts, off)
 
 
 @pytest.mark.timeout(90)

@@ -153,3 +153,22 @@ def test_an_unfinished_ogg_recording_is_marked_without_touching_its_file(tmp_pat
     data = json.loads(side.read_text())
     assert data["state"] == "interrupted" and data["wav_header_fixed"] is False and data["repaired"] is True
     assert abs(datetime.fromisoformat(data["end"]).timestamp() - t) < 1  # the files' last write
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_survives_a_sidecar_whose_files_is_not_an_object(tmp_path: Path) -> None:
+    """A hand-edited or foreign sidecar (``files`` a list, a string, a number) must not make the
+    erasure raise: the sidecar and the recording's own files by name are still removed."""
+    root = tmp_path / "rec"
+    svc = start_telephony(make_config({"recording": {"dir": str(root), "min_free_mb": 0, "repair_days": 0}}))
+    try:
+        for k, files in enumerate([["x.wav"], "x.wav", 7, None]):
+            sid = f"500000000{k}"
+            side, wav = recording(root, day(0), sid, state="stopped", crashed=False)
+            data = json.loads(side.read_text())
+            data["files"] = files
+            side.write_text(json.dumps(data))
+            assert svc.recordings.delete(sid) == 2, files
+            assert not side.exists() and not wav.exists()
+    finally:
+        await svc.stopService()

@@ -93,6 +93,9 @@ async def test_a_webrtc_call_is_recorded_with_its_video_and_data(tmp_path: Path,
         assert await wait_for(lambda: caller.channel.readyState == "open" and watcher.channel.readyState == "open", 5)
         for i in range(3):
             caller.channel.send(f"c{i}")
+        # two connections (two SCTP associations): the order between them is the arrival order,
+        # so the watcher sends once the caller's three are in the log
+        assert await wait_for(lambda: len(rec.sink.data_log.path.read_text().splitlines()) >= 3, 5)
         watcher.channel.send(b"\x00\x01\x02")
         watcher.channel.send("from the agent")
         assert await wait_for(lambda: len(rec.sink.data_log.path.read_text().splitlines()) >= 5, 5)

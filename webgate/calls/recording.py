@@ -514,7 +514,8 @@ class Recordings:
         for sidecar, data in self.sidecars(session_id):
             paths = {sidecar}
             stem = sidecar.name[: -len(".json")]
-            for f in (data.get("files") or {}).values():
+            files = data.get("files")
+            for f in files.values() if isinstance(files, dict) else ():  # a foreign sidecar: by name only
                 p = Path(str(f))
                 if p.parent == sidecar.parent and p.name.startswith(stem + "."):  # only its own files
                     paths.add(p)
