@@ -17,20 +17,9 @@ def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
     b0 = payload[0]
     if not b0 & 0x10 or b0 & 0x07:  # S (start of partition) and partition index 0
         return None
-    i = 1
-    if b0 & 0x80:  # X: extension byte
-        if n < 2:
-            return None
-        x = payload[1]
-        i = 2
-        if x & 0x80:  # I: picture ID, 7 or 15 bits
-            if n <= i:
-                return None
-            i += 2 if payload[i] & 0x80 else 1
-        if x & 0x40:  # L: TL0PICIDX
-            i += 1
-        if x & 0x30:  # T or K: TID/KEYIDX
-            i += 1
+    i = _vp8_descriptor_len(payload)
+    if i > n:
+        return None
     frame = payload[i:]
     if len(frame) < 10 or frame[0] & 0x01:  # P bit set: an interframe
         return None
@@ -62,19 +51,23 @@ def sps_in_rtp(payload: bytes) -> bytes | None:
 
 def vp8_strip(payload: bytes) -> bytes:
     """The VP8 bitstream part of an RTP VP8 payload (RFC 7741 descriptor removed)."""
-    if not payload:
-        return b""
-    i = 1
-    if payload[0] & 0x80 and len(payload) > 1:
-        x = payload[1]
-        i = 2
-        if x & 0x80 and len(payload) > i:
-            i += 2 if payload[i] & 0x80 else 1
-        if x & 0x40:
-            i += 1
-        if x & 0x30:
-            i += 1
-    return payload[i:]
+    return payload[_vp8_descriptor_len(payload):] if payload else b""
+
+
+def _vp8_descriptor_len(payload: bytes) -> int:
+    """The length of a non-empty RTP VP8 payload's descriptor (RFC 7741 4.2: X, then I with a
+    7- or 15-bit picture ID, L, T/K); it may exceed ``len(payload)`` for a truncated one."""
+    if not payload[0] & 0x80 or len(payload) < 2:  # X: no extension byte
+        return 1
+    x = payload[1]
+    i = 2
+    if x & 0x80 and len(payload) > i:  # I: picture ID, 7 or 15 bits
+        i += 2 if payload[i] & 0x80 else 1
+    if x & 0x40:  # L: TL0PICIDX
+        i += 1
+    if x & 0x30:  # T or K: TID/KEYIDX
+        i += 1
+    return i
 
 
 def vp8_payloads(frame: bytes, max_size: int = 1200) -> list[bytes]:
