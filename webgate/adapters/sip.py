@@ -357,6 +357,8 @@ class SipTransport:
     # --- output ------------------------------------------------------------------------
     def flush(self) -> None:
         """Send what the core queued and re-arm the timer. Call after every core API call."""
+        for notice in self.ua.take_notices():
+            log.warn("SIP core: {notice}", notice=safe(notice))
         for message, dest in self.ua.outgoing():
             try:
                 self.send(message.serialize(), dest)

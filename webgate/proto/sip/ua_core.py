@@ -62,6 +62,9 @@ class UACore:
         #: when the last out-of-dialog OPTIONS arrived (None: never), and how many got 503
         self.options_at: float | None = None
         self.options_refused = 0
+        #: things worth a log line that a sans-IO core cannot write itself: the adapter takes
+        #: them (:meth:`take_notices`) and logs them
+        self._notices: list[str] = []
 
     # --- wire-facing -----------------------------------------------------------------
     def outgoing(self) -> list[tuple[SipMessage, Addr]]:
@@ -89,6 +92,15 @@ class UACore:
 
     def _disarm(self, session: InviteSession, name: str) -> None:
         session.deadlines.pop(name, None)
+
+    def take_notices(self) -> list[str]:
+        """What the core wants logged since the last call (e.g. late 2xx ignored beyond the cap)."""
+        out, self._notices = self._notices, []
+        return out
+
+    def _notice(self, text: str) -> None:
+        if len(self._notices) < 100:  # nobody taking them (a bare core): keep a bounded few
+            self._notices.append(text)
 
     def set_time(self, now: float) -> None:
         """Tell the UA the current time before calling session methods (hangup, INFO, ...)
@@ -166,8 +178,10 @@ class UACore:
                 ack.headers.add(name, v)
         return ack
 
-    def _in_dialog_dest(self, session: InviteSession, target: SipURI) -> Addr:
-        if session.outbound_proxy is not None and session.role == "uac" and session.dialog and not session.dialog.route_set:
+    def _in_dialog_dest(self, session: InviteSession, target: SipURI, dialog: Dialog | None = None) -> Addr:
+        """Where a request to ``target`` in ``dialog`` (default: the session's) goes."""
+        d = dialog or session.dialog
+        if session.outbound_proxy is not None and session.role == "uac" and d and not d.route_set:
             # where the INVITE went: the proxy, as located (RFC 3263), or its URI's host
             return session.dest or self._dest_for(session.outbound_proxy, session.transport)
         t = target.params.get("transport")
@@ -187,9 +201,11 @@ class UACore:
         self._end(session, CallEnd(end_cause, status, reason))
 
     def _retry_in_dialog_with_auth(self, session: InviteSession, txn: ClientTransaction, resp: SipResponse, now: float,
-                                   kind: str) -> ClientTransaction | None:
+                                   kind: str, dialog: Dialog | None = None) -> ClientTransaction | None:
+        """``txn``'s request again with digest credentials after a 401/407 (once), in ``dialog``
+        (default: the session's own, or the early dialog a PRACK belongs to)."""
         creds = session.credentials
-        if creds is None or session.dialog is None:
+        if creds is None or (dialog or session.dialog) is None:
             return None
         old = txn.request
         if old.headers.get("Authorization") or old.headers.get("Proxy-Authorization"):
@@ -197,9 +213,11 @@ class UACore:
         ch = challenge_of(resp)
         if ch is None:
             return None
-        dialog = session.dialog
-        if old.method == "PRACK":
-            dialog = self._early_dialog(session, old.to.tag or "") or dialog
+        if dialog is None:
+            dialog = session.dialog
+            assert dialog is not None
+            if old.method == "PRACK":
+                dialog = self._early_dialog(session, old.to.tag or "") or dialog
         req = dialog.create_request(old.method, self._via(session.transport), old.headers.get("Contact"))
         for name, value in old.headers:
             if name in ("Content-Type", "User-Agent", "Allow", "Supported", "RAck", "Session-Expires", "Min-SE", "Event",

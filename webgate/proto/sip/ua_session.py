@@ -165,6 +165,24 @@ class SessionOwner(RegistrationOwner, Protocol):
     def _notify_refer(self, session: InviteSession, status: int, reason: str, final: bool) -> None: ...
 
 
+#: late dialogs (another fork's 2xx, or a given-up server's) kept per session: beyond, ignored
+MAX_LATE_DIALOGS = 16
+
+
+@dataclass
+class LateDialog:
+    """UAC: a dialog a 2xx created that the session does not keep (a forked INVITE's other 2xx,
+    RFC 3261 §13.2.2.4, or the 2xx of a server given up by failover): ACKed, then ended with one
+    BYE of its own. Its ACK is sent again for every retransmission of that 2xx."""
+
+    dialog: Dialog
+    ack: SipRequest
+    ack_dest: Addr
+    bye_txn: ClientTransaction | None = None  # the BYE awaiting its final response
+    bye_status: int | None = None  # the BYE's final status (408/503: no answer, transport error)
+    bye_auth_sent: bool = False  # a challenge to the BYE is answered once
+
+
 class InviteSession:
     """One INVITE-initiated session, as caller (uac) or callee (uas)."""
 
@@ -209,6 +227,8 @@ class InviteSession:
         # RFC 3262, UAC: the last RSeq PRACKed per early dialog (To tag), early dialogs besides ``dialog``
         self.early_rseq: dict[str, int] = {}
         self.early_dialogs: dict[str, Dialog] = {}
+        #: UAC: dialogs of 2xx the session does not keep, by remote tag (at most MAX_LATE_DIALOGS)
+        self.late_dialogs: dict[str, LateDialog] = {}
         # RFC 4028 session timer, and our refresh in progress
         self.timer = SessionTimer(min_se=ua.config.min_se)
         self.timer_retries = 0  # 422 retries of the initial INVITE

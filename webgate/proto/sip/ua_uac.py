@@ -29,7 +29,14 @@ from webgate.proto.sip.message import (
     format_host,
 )
 from webgate.proto.sip.transaction import Addr, ClientTransaction, TransactionState
-from webgate.proto.sip.ua_session import Answered, InviteSession, Progress, SessionOwner
+from webgate.proto.sip.ua_session import (
+    MAX_LATE_DIALOGS,
+    Answered,
+    InviteSession,
+    LateDialog,
+    Progress,
+    SessionOwner,
+)
 from webgate.proto.sip.ua_timers import SessionTimers
 from webgate.proto.sip.ua_types import (
     CallEnd,
@@ -234,9 +241,10 @@ class InviteClient(SessionTimers):
 
     def _on_invite_response(self, session: InviteSession, txn: ClientTransaction | None, resp: SipResponse, now: float) -> None:
         status = resp.status
-        if session.state is SessionState.TERMINATED:
+        if session.state in (SessionState.TERMINATED, SessionState.CONFIRMED):
             if 200 <= status < 300:
-                # a late 2xx for an ended call: ACK it and end the dialog properly
+                # a late 2xx for an ended call, a retransmission of the 2xx already taken or
+                # another fork's 2xx (RFC 3261 §13.2.2.4): ACK it; a dialog not kept gets a BYE
                 self._ack_and_bye_late_2xx(session, resp, now)
             return
         if status < 200:
@@ -326,28 +334,75 @@ class InviteClient(SessionTimers):
         self.tm.send_stateless(ack, dest)
 
     def _ack_and_bye_late_2xx(self, session: InviteSession, resp: SipResponse, now: float) -> None:
+        """A 2xx for a dialog the session does not keep (another fork's, RFC 3261 §13.2.2.4; a
+        given-up server's; or any 2xx after the call ended): ACK it and end that dialog with one
+        BYE. A retransmission of it gets the same ACK again and no other BYE. The session's own
+        dialog, ACK and state are left alone (it keeps waiting for its answer, or its call)."""
         if session.invite is None:
             return
         try:
             d = Dialog.from_uac(session.invite, resp)
         except RemoteProtocolError:
             return
+        late = session.late_dialogs.get(d.remote_tag)
+        if late is not None:
+            self.tm.send_stateless(late.ack, late.ack_dest)
+            return
         if session.dialog is not None and session.dialog.remote_tag == d.remote_tag and session.ack is not None:
-            # retransmitted 2xx of a dialog we already ACKed: re-send that ACK
+            # retransmitted 2xx of the session's own dialog, already ACKed: re-send that ACK
             assert session.ack_dest is not None
             self.tm.send_stateless(session.ack, session.ack_dest)
             return
-        before = (session.dialog, session.ack, session.ack_dest)
-        session.dialog = d
-        self._send_ack(session, now)
-        req = d.create_request("BYE", self._via(session.transport), None)
+        if len(session.late_dialogs) >= MAX_LATE_DIALOGS:
+            # a forking proxy (or a stranger) sending 2xx after 2xx with new tags: beyond the cap
+            # they are not ACKed (the far end gives up after 64*T1 and ends its dialog itself)
+            self._notice(f"late 2xx for call {session.call_id} ignored: already {MAX_LATE_DIALOGS} late dialogs")
+            return
+        early = self._early_dialog(session, d.remote_tag)
+        if early is not None:  # PRACKs were sent in its early dialog: its CSeq goes on (§12.2.1.1)
+            d.local_cseq = max(d.local_cseq, early.local_cseq)
+        ack = d.create_request("ACK", self._via(session.transport), self._contact(session.transport),
+                               cseq=resp.cseq.number)
+        if resp.cseq.number == session.invite.cseq.number:
+            for name in ("Authorization", "Proxy-Authorization"):
+                for v in session.invite.headers.get_all(name):
+                    ack.headers.add(name, v)
         _, _, target = d.next_request_target()
-        txn = self.tm.send_request(req, self._in_dialog_dest(session, target), now)
-        self._track(txn, "bye", session)
-        if session.state in (SessionState.CALLING, SessionState.EARLY):
-            # the 2xx of a server given up (failover_timeout) while the INVITE goes on elsewhere:
-            # that server's dialog is ended; the session keeps waiting for the next server's answer
-            session.dialog, session.ack, session.ack_dest = before
+        dest = self._in_dialog_dest(session, target, d)
+        self.tm.send_stateless(ack, dest)
+        late = LateDialog(d, ack, dest)
+        session.late_dialogs[d.remote_tag] = late
+        bye = d.create_request("BYE", self._via(session.transport), None)
+        bye.headers.add("User-Agent", self.config.user_agent)
+        late.bye_txn = self.tm.send_request(bye, dest, now)
+        self._track(late.bye_txn, "late_bye", session)
+
+    def _on_late_bye_response(self, session: InviteSession, txn: ClientTransaction, resp: SipResponse,
+                              now: float) -> None:
+        """The response to the BYE of a late dialog: it concerns that dialog only. A 401/407
+        is answered once, with the session's credentials, by a BYE in that dialog."""
+        try:
+            tag = txn.request.to.tag
+        except RemoteProtocolError:
+            return
+        late = session.late_dialogs.get(tag or "")
+        if late is None or late.bye_txn is not txn or resp.status < 200:
+            return
+        late.bye_txn = None
+        if resp.status in (401, 407) and not late.bye_auth_sent:
+            late.bye_auth_sent = True
+            retry = self._retry_in_dialog_with_auth(session, txn, resp, now, "late_bye", late.dialog)
+            if retry is not None:
+                late.bye_txn = retry
+                return
+        late.bye_status = resp.status
+
+    def _late_bye_failed(self, session: InviteSession, txn: object, status: int) -> None:
+        """No answer to (or a transport error on) a late dialog's BYE: that dialog is given up."""
+        for late in session.late_dialogs.values():
+            if late.bye_txn is txn:
+                late.bye_txn = None
+                late.bye_status = status
 
     def _cancel(self, session: InviteSession) -> None:
         if session.role != "uac" or session.state not in (SessionState.CALLING, SessionState.EARLY):

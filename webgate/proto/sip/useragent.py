@@ -184,6 +184,8 @@ class UserAgent(InviteClient, InviteServer, MidCallRequests, Registrar):
                     obj.refresh_txn = None
                     if obj.state is not SessionState.TERMINATED:
                         self._refresh_failed(obj, status, reason)
+            elif kind == "late_bye" and isinstance(obj, InviteSession):
+                self._late_bye_failed(obj, ev.txn, status)
             elif kind in ("bye", "info", "cancel", "prack", "notify"):
                 pass
             elif kind == "register" and isinstance(obj, Registration):
@@ -241,6 +243,8 @@ class UserAgent(InviteClient, InviteServer, MidCallRequests, Registrar):
         elif kind in ("bye", "info", "prack", "notify") and isinstance(obj, InviteSession):
             if resp.status in (401, 407):
                 self._retry_in_dialog_with_auth(obj, txn, resp, now, kind)
+        elif kind == "late_bye" and isinstance(obj, InviteSession):
+            self._on_late_bye_response(obj, txn, resp, now)
         elif kind == "register" and isinstance(obj, Registration):
             self._on_register_response(obj, resp, now)
 
