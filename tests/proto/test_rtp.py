@@ -254,6 +254,20 @@ def test_stats_ssrc_change_resets() -> None:
     assert stats.ssrc == 2 and stats.received == 1 and stats.expected == 1
 
 
+def test_stats_counts_a_packet_left_out_of_the_jitter() -> None:
+    # an RFC 4733 event's timestamp is its start: counted as received, kept out of the jitter
+    stats = RtpStats(8000)
+    for i in range(5):
+        stats.update(_pkt(i, 160 * i), now=0.02 * i)
+    for k in range(5, 10):  # one event, five packets, all stamped at its start, 20 ms apart
+        assert stats.update(_pkt(k, 160 * 5, pt=101, payload=b"\x01\x0a\x00\xa0"), now=0.02 * k, jitter=False)
+    for i in range(10, 15):
+        stats.update(_pkt(i, 160 * i), now=0.02 * i)
+    assert stats.received == stats.expected == 15 and stats.lost == 0
+    assert stats.octets == 10 * 160 + 5 * 4
+    assert stats.jitter == 0  # with the events in the estimate it would be ~130 timestamp units
+
+
 # ------------------------------------------------------------------------------ sender / rewriter
 
 

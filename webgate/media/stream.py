@@ -152,6 +152,9 @@ class RtpAudioStream:
         self._rx_samples = 0  # duration of the last packet received (codec rate samples)
         self._rx_last: tuple[int, int] | None = None  # packet path: (sequence, timestamp) of the last payload
         self._rx_step = 0  # packet path: the far end's timestamp step (RTP clock)
+        #: packets (and payload octets) per SSRC that Python counted into rx_stats since the native
+        #: relay's last rx_snapshot: the relay does not see them (events, comfort noise)
+        self._rx_side: dict[int, tuple[int, int]] = {}
         self._dtmf_queue: list[rtp.RtpPacket] = []
         self._pending_digits: list[tuple[str, int]] = []
         self._next_rtcp = 0.0
@@ -202,7 +205,9 @@ class RtpAudioStream:
 
     def rx_snapshot(self) -> tuple[int | None, int, int, int, int] | None:
         """The receiver statistics when the native relay starts receiving for this stream
-        (ssrc, received, cycles, max_seq, octets), for :meth:`native_received`."""
+        (ssrc, received, cycles, max_seq, octets), for :meth:`native_received`. Python's own
+        counts (the packets the relay hands back: RFC 4733 events, comfort noise) start again here."""
+        self._rx_side = {}
         rx = self.rx_stats
         return (rx.ssrc, rx.received, rx.cycles, rx.max_seq, rx.octets) if rx is not None else None
 
@@ -237,19 +242,31 @@ class RtpAudioStream:
         stats = self.rx_stats
         if stats is None or not rx["received"]:
             return
-        if base is not None and base[0] == rx["last_in_ssrc"] and base[1]:
+        ssrc = rx["last_in_ssrc"]
+        side_packets, side_octets = self._rx_side.get(ssrc, (0, 0))  # Python's since the snapshot
+        # the highest sequence number Python saw (an event after C's last packet), same numbering
+        mine = stats.ssrc == ssrc and side_packets
+        py_ext = stats.cycles + stats.max_seq if mine else None
+        py_base = stats.base_seq if mine else None
+        if base is not None and base[0] == ssrc and base[1]:
             # the same source Python counted before: go on from its counts
             stats.cycles = base[2] + (1 << 16 if rx["base_seq"] < base[3] else 0) + rx["cycles"]
-            stats.received = base[1] + rx["received"]
-            stats.octets = base[4] + rx["received_octets"]
+            stats.received = base[1] + rx["received"] + side_packets
+            stats.octets = base[4] + rx["received_octets"] + side_octets
         else:
-            stats.ssrc = rx["last_in_ssrc"]
+            stats.ssrc = ssrc
             stats.base_seq = rx["base_seq"]
             stats.cycles = rx["cycles"]
-            stats.received = rx["received"]
-            stats.octets = rx["received_octets"]
+            if py_base is not None and rtp.seq_diff(py_base, rx["base_seq"]) < 0:
+                # the source's first packets were Python's (events before C's first audio)
+                stats.cycles += 1 << 16 if py_base > rx["base_seq"] else 0
+                stats.base_seq = py_base
+            stats.received = rx["received"] + side_packets
+            stats.octets = rx["received_octets"] + side_octets
             stats.expected_prior = stats.received_prior = 0
         stats.max_seq = rx["max_seq"]
+        if py_ext is not None and py_ext > stats.cycles + stats.max_seq:
+            stats.cycles, stats.max_seq = py_ext & ~0xFFFF, py_ext & 0xFFFF
         stats._jitter = rx["jitter"]
 
     # --- negotiation -----------------------------------------------------------------
@@ -360,6 +377,7 @@ class RtpAudioStream:
                 except RemoteProtocolError:
                     self.stats.bad_packets += 1
                     return
+                self._rx_count(packet, now)  # RFC 3550: per source, whatever the payload type
                 for d in digits:
                     self.stats.dtmf_received += 1
                     if self.on_dtmf is not None:
@@ -367,6 +385,7 @@ class RtpAudioStream:
             return
         if packet.payload_type != m.codec.payload_type:
             if packet.payload_type == 13:  # comfort noise: play silence
+                self._rx_count(packet, now)
                 return
             self.stats.bad_packets += 1
             return
@@ -381,6 +400,17 @@ class RtpAudioStream:
             # packet path, after the relay: it only queues (decoded at its flush); the frame
             # path hands it the PCM it decodes anyway (tick)
             self._recorder.received(packet.ssrc, packet.timestamp, packet.payload)
+
+    def _rx_count(self, packet: rtp.RtpPacket, now: float) -> None:
+        """A packet of the source that is not audio (an RFC 4733 event, comfort noise): counted as
+        received, left out of the jitter, which only the codec's packets enter (docs/decisions.md;
+        as in the native relay, webgate/native/relay.c, which counts the codec's packets only and
+        hands these back to Python)."""
+        if self.rx_stats is None or not self.rx_stats.update(packet, now, jitter=False):
+            return
+        if self.native is not None:
+            n, o = self._rx_side.get(packet.ssrc, (0, 0))
+            self._rx_side[packet.ssrc] = (n + 1, o + len(packet.payload))
 
     def _payload_samples(self, packet: rtp.RtpPacket) -> int:
         """Packet path: the duration of a received payload (RTP clock), from the timestamp step
@@ -451,6 +481,8 @@ class RtpAudioStream:
         """Every 20 ms: play out one frame, send a queued DTMF packet, RTCP when due."""
         if self.closed or self.media is None:
             return
+        if self._dtmf_queue and not self.can_send:
+            self._drop_dtmf()
         if self._dtmf_queue:
             pkt = self._dtmf_queue.pop(0)
             self._write(pkt)
@@ -586,6 +618,11 @@ class RtpAudioStream:
             self.native.yield_out()  # the sender's sequence number and timestamp from the native path
         if self._prompt is not None and not self._encoding:
             payload = self._prompt.out_payload(payload)
+        if not self.can_send:
+            # on hold / not sending: the media clock goes on, the sequence number does not (RFC 3550
+            # §5.1: +1 per packet sent; a skipped number would be a loss at the far end)
+            self.sender.skip(n)
+            return
         pkt = self.sender.next_packet(payload, n, marker=marker)
         self._write(pkt)
         if self._recorder is not None and self.can_send and not self._encoding:
@@ -602,6 +639,8 @@ class RtpAudioStream:
         assert self.media is not None and self.sender is not None and self.media.telephone_event is not None
         if self.native is not None:
             self.native.yield_out()  # RFC 4733: no audio while the event is sent; and our sequence numbers
+        if not self.can_send:
+            return  # on hold: the digit is not sent (and takes no sequence numbers)
         clock = self.media.telephone_event_clock_rate or self.sender.clock_rate
         sender = rtp.DtmfSender(self.media.telephone_event, clock)
         packets = sender.packets(digit, duration_ms, self.sender)
@@ -609,6 +648,17 @@ class RtpAudioStream:
         if packets:
             self._write(packets[0])
             self._dtmf_queue.extend(packets[1:])
+
+    def _drop_dtmf(self) -> None:
+        """Sending stopped during an event (hold): its remaining packets are not sent, so give back
+        their sequence numbers (nothing else took any meanwhile: audio waits for the queue)."""
+        queue, self._dtmf_queue = self._dtmf_queue, []
+        s = self.sender
+        if s is None or not queue:
+            return
+        s.sequence = queue[0].sequence
+        s.packet_count -= len(queue)
+        s.octet_count -= sum(len(p.payload) for p in queue)
 
     def close(self) -> None:
         self.closed = True

@@ -516,8 +516,12 @@ class RtpStats:
         self._transit = None
         self._jitter = 0.0
 
-    def update(self, packet: RtpPacket, now: float) -> bool:
-        """Account for a received packet; False if it was judged invalid (big jump, A.1)."""
+    def update(self, packet: RtpPacket, now: float, *, jitter: bool = True) -> bool:
+        """Account for a received packet; False if it was judged invalid (big jump, A.1).
+
+        Every packet of the source counts toward received/expected, whatever its payload type;
+        ``jitter=False`` leaves it out of the interarrival jitter only (RFC 4733 events, whose
+        timestamp is the event's start, not their sampling instant: docs/decisions.md)."""
         seq = packet.sequence
         if self.ssrc != packet.ssrc:
             self.ssrc = packet.ssrc
@@ -539,7 +543,8 @@ class RtpStats:
                 self.duplicates_or_late += 1  # duplicate or reordered packet
         self.received += 1
         self.octets += len(packet.payload)
-        self._update_jitter(packet.timestamp, now)
+        if jitter:
+            self._update_jitter(packet.timestamp, now)
         return True
 
     def _update_jitter(self, timestamp: int, now: float) -> None:
